@@ -1,0 +1,1 @@
+//! Support code for the cross-crate integration tests: sites as network namespaces.

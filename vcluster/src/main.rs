@@ -1,0 +1,6 @@
+//! `vcluster`: the cluster layer (being written).
+
+fn main() {
+    eprintln!("vcluster: not built yet");
+    std::process::exit(1);
+}
