@@ -1,8 +1,42 @@
 //! `vpn-core`: the Noise-encrypted Ethernet overlay as a sans-I/O library.
 //!
-//! (Top-level documentation is being written.)
+//! One [`Network`] is one overlay network: a virtual cluster's Ethernet segment stretched
+//! over a full mesh of sites. It owns its peers, their Noise IKpsk2 sessions, a learning
+//! switch with one local port and one port per peer, and fragment reassembly. It performs
+//! no I/O: the driver (`vpnd`, a test harness, any program linking this crate) hands it
+//! frames from the local port, datagrams from the WAN and the current time, and polls it
+//! for datagrams to send, frames to deliver and the next deadline. Every random choice is
+//! drawn from a seed, so a whole multi-site overlay can run deterministically in memory
+//! (see the `sim` module, behind the `sim` feature).
+//!
+//! Layers, bottom up:
+//! - [`wire`]: the datagram format (`docs/wire-format.md`), parsed without panics;
+//! - [`key`], `handshake`, `cookie`, [`session`], `replay`: keys, the Noise handshake,
+//!   DoS cookies, in-place AEAD with explicit counters, the anti-replay window;
+//! - [`switch`]: MAC learning, split horizon, ARP suppression, site-local addresses;
+//! - [`frag`]: fragmentation for paths smaller than a frame, bounded reassembly;
+//! - [`network`]: the state machine tying them together, with its timers.
 
+mod cookie;
+mod handshake;
+mod peer;
+mod pool;
+mod ratelimit;
+mod replay;
+
+pub mod config;
+pub mod frag;
+pub mod key;
+pub mod network;
+pub mod session;
 pub mod switch;
 pub mod types;
+pub mod wire;
 
+pub use config::{ConfigError, Limits, NetworkConfig, Timers};
+pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use network::{DatagramError, Drops, Event, Network, NetworkStats, PeerError, Transmit};
+pub use peer::{PeerConfig, PeerInfo, PeerStats};
+pub use session::Cipher;
+pub use switch::{SiteLocalAddr, SwitchConfig};
 pub use types::{MacAddr, NetworkId, ParseMacError, PeerId, Port};

@@ -134,7 +134,13 @@ mod tests {
 
     #[test]
     fn malformed_mac_is_rejected_with_the_input_named() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:ef:01", "5:54:00:ab:cd:ef", "zz:54:00:ab:cd:ef"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:ef:01",
+            "5:54:00:ab:cd:ef",
+            "zz:54:00:ab:cd:ef",
+        ] {
             let err = bad.parse::<MacAddr>().unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
