@@ -520,10 +520,8 @@ mod tests {
         fn parse_never_panics_on_valid_prefixes(kind in 1u8..=6, rest in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut bytes = vec![VERSION, kind];
             bytes.extend(rest);
-            if let Ok(Message::Data(h)) = parse(&bytes) {
-                if let DataKind::Fragment(f) = h.kind {
-                    prop_assert!(f.count >= 2 && f.index < f.count);
-                }
+            if let Ok(Message::Data(DataHeader { kind: DataKind::Fragment(f), .. })) = parse(&bytes) {
+                prop_assert!(f.count >= 2 && f.index < f.count);
             }
         }
 
