@@ -29,6 +29,8 @@ pub mod frag;
 pub mod key;
 pub mod network;
 pub mod session;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod switch;
 pub mod types;
 pub mod wire;

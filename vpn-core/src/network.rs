@@ -357,10 +357,7 @@ impl Network {
             return false;
         };
         self.by_key.remove(&peer.public_key);
-        for s in [&peer.current, &peer.previous, &peer.next]
-            .into_iter()
-            .flatten()
-        {
+        for s in peer.sessions() {
             self.by_index.remove(&s.local_index);
         }
         if let Some(h) = &peer.handshake {
@@ -671,10 +668,9 @@ impl Network {
             resp.sender_index(),
             now,
         );
-        if let Some(old) = peer.previous.take() {
+        if let Some(old) = peer.install(session) {
             self.by_index.remove(&old.local_index);
         }
-        peer.previous = peer.current.replace(session);
         peer.last_received = Some(now);
         peer.last_handshake = Some(now);
         peer.stats.handshakes += 1;
@@ -750,10 +746,9 @@ impl Network {
         if is_next {
             // The initiator used the session we answered: it is confirmed.
             let next = peer.next.take().expect("next session");
-            if let Some(old) = peer.previous.take() {
+            if let Some(old) = peer.install(next) {
                 self.by_index.remove(&old.local_index);
             }
-            peer.previous = peer.current.replace(next);
             self.flush_waiting(now, peer_id);
         }
         let payload = DATA_HEADER_LEN..DATA_HEADER_LEN + len;
@@ -893,7 +888,8 @@ impl Network {
             return;
         };
         let had_current = peer.current.is_some();
-        for slot in [&mut peer.current, &mut peer.previous, &mut peer.next] {
+        let [previous0, previous1] = &mut peer.previous;
+        for slot in [&mut peer.current, previous0, previous1, &mut peer.next] {
             if slot
                 .as_ref()
                 .is_some_and(|s| now.saturating_duration_since(s.established) >= reject)

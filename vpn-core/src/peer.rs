@@ -81,7 +81,9 @@ pub(crate) struct Peer {
     /// cookies it sends us.
     pub mac_keys: MacKeys,
     pub current: Option<Session>,
-    pub previous: Option<Session>,
+    /// Sessions replaced recently, still open for receiving: the peer may have packets
+    /// in flight on them. Two, because crossing handshakes retire two sessions at once.
+    pub previous: [Option<Session>; 2],
     /// A session we answered as responder, used for sending only once the initiator has
     /// sent on it (proof that it received our response).
     pub next: Option<Session>,
@@ -111,7 +113,7 @@ impl Peer {
             name: config.name,
             endpoint: config.endpoint,
             current: None,
-            previous: None,
+            previous: [None, None],
             next: None,
             handshake: None,
             retry_at: None,
@@ -151,8 +153,10 @@ impl Peer {
         if let Some(s) = self.current.as_mut().filter(|s| s.local_index == index) {
             return Some((s, false));
         }
-        if let Some(s) = self.previous.as_mut().filter(|s| s.local_index == index) {
-            return Some((s, false));
+        for s in self.previous.iter_mut().flatten() {
+            if s.local_index == index {
+                return Some((s, false));
+            }
         }
         self.next
             .as_mut()
@@ -179,9 +183,8 @@ impl Peer {
         };
 
         // Sessions past their life are dropped.
-        let expiry = [&self.current, &self.previous, &self.next]
-            .into_iter()
-            .flatten()
+        let expiry = self
+            .sessions()
             .map(|s| s.established + timers.reject_after_time)
             .min();
         consider(expiry, TimerAction::Expire);
@@ -234,7 +237,12 @@ impl Peer {
             (timers.rekey_after_time + timers.reject_after_time) / 2
         };
         let mut due = current.established + rekey_age;
-        if current.send_counter >= timers.rekey_after_messages {
+        let rekey_messages = if current.initiator {
+            timers.rekey_after_messages
+        } else {
+            timers.rekey_after_messages + timers.rekey_after_messages / 4
+        };
+        if current.send_counter >= rekey_messages {
             due = now;
         }
         // Data sent and nothing heard back: the session may be dead on the other side.
@@ -247,6 +255,27 @@ impl Peer {
             Some(nb) => due.max(nb),
             None => due,
         })
+    }
+
+    /// Every session, current, previous and next.
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = &Session> {
+        [
+            &self.current,
+            &self.previous[0],
+            &self.previous[1],
+            &self.next,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Makes `session` current; the one it replaces is kept for receiving. Returns the
+    /// session that falls out, whose index the caller must release.
+    pub(crate) fn install(&mut self, session: Session) -> Option<Session> {
+        let replaced = self.current.replace(session)?;
+        let evicted = self.previous[1].take();
+        self.previous[1] = self.previous[0].replace(replaced);
+        evicted
     }
 
     pub(crate) fn info(&self, now: Instant, timers: &Timers) -> PeerInfo {
