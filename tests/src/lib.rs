@@ -1,1 +1,35 @@
-//! Support code for the cross-crate integration tests: sites as network namespaces.
+//! Support code for the cross-crate integration tests: sites as network namespaces,
+//! joined through a userspace WAN emulator.
+//!
+//! - [`require_root`], [`require_command`]: skip loudly when the machine cannot run a test.
+//! - [`NetNs`]: a namespace guard: run commands, spawn [`Process`]es, configure links;
+//!   on drop it kills what runs inside and deletes itself.
+//! - [`Process`]: a long-running program with its log, stopped on drop, its log tail
+//!   printed when the test fails.
+//! - [`Topology`]: N sites (host namespace with `br0` and `wan0`, M VM namespaces on the
+//!   bridge) joined through one emulated access link per site ([`WanLink`]).
+//! - [`WanPair`]: two endpoints through one emulator, for tests of the link itself.
+//! - [`bin_path`]: the workspace's binaries (`vpnd`, `wanem`, ...) next to the test.
+//! - [`ping`](NetNs::ping), [`wait_until`]: reachability and eventual conditions.
+//!
+//! The emulator itself (`wanem`) is documented in `docs/wanem.md`; its engine and
+//! control protocol are in [`wanem`].
+//!
+//! Everything here needs root except the pure parts ([`wanem::pipeline`],
+//! [`wanem::proto`], [`PingStats::parse`]).
+
+pub mod emulator;
+pub mod env;
+pub mod netns;
+pub mod ping;
+pub mod process;
+pub mod topology;
+pub mod wanem;
+
+pub use emulator::{Emulator, WanPair, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR};
+pub use env::{bin_path, find_command, require_command, require_root, unique_name, TempDir};
+pub use netns::{list_namespaces, veth, CmdOutput, NetNs};
+pub use ping::{try_wait_until, wait_until, PingOpts, PingStats};
+pub use process::{command, Process};
+pub use topology::{Topology, TopologyBuilder};
+pub use wanem::{DirStats, Direction, Dirs, LinkConfig, LinkParams, LinkStats, WanLink};
