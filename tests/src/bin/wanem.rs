@@ -296,6 +296,15 @@ fn handle(req: Request, shared: &Shared) -> Response {
 /// The forwarding loop of one direction: wait for a frame or the next deadline, read a
 /// batch, hand it to the pipeline, write whatever is due.
 fn forward(dir: Direction, rx: PacketSocket, tx: PacketSocket, pipe: &Mutex<Pipeline<Vec<u8>>>) {
+    // Frames must leave on time even while the machine compiles: a real-time priority
+    // when allowed (root). The loop always blocks in ppoll, so it cannot hog a core.
+    let param = libc::sched_param { sched_priority: 10 };
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        eprintln!(
+            "wanem {dir:?}: no real-time priority ({}); timing may suffer under load",
+            std::io::Error::last_os_error()
+        );
+    }
     let mut buf = vec![0u8; RX_BUF];
     let mut pool: Vec<Vec<u8>> = Vec::new();
     // Largest frame the egress takes: MTU + Ethernet header (+4 if 802.1Q tagged).
