@@ -11,6 +11,8 @@
 //! - [`WanPair`]: two endpoints through one emulator, for tests of the link itself.
 //! - [`bin_path`]: the workspace's binaries (`vpnd`, `wanem`, ...) next to the test.
 //! - [`ping`](NetNs::ping), [`wait_until`]: reachability and eventual conditions.
+//! - [`udp_flow`]: a numbered UDP stream between namespaces, timed by one clock: loss,
+//!   duplicates, reordering, one-way latency, rate.
 //!
 //! The emulator itself (`wanem`) is documented in `docs/wanem.md`; its engine and
 //! control protocol are in [`wanem`].
@@ -20,6 +22,7 @@
 
 pub mod emulator;
 pub mod env;
+pub mod flow;
 pub mod netns;
 pub mod ping;
 pub mod process;
@@ -27,6 +30,7 @@ pub mod topology;
 pub mod wanem;
 
 pub use emulator::{Emulator, WanPair, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR};
+pub use flow::{udp_flow, FlowOpts, FlowReport, UDP_FRAME_OVERHEAD};
 pub use env::{bin_path, find_command, require_command, require_root, unique_name, TempDir};
 pub use netns::{list_namespaces, veth, CmdOutput, NetNs};
 pub use ping::{try_wait_until, wait_until, PingOpts, PingStats};
