@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::env::{bin_path, TempDir};
-use crate::netns::{veth, NetNs};
+use crate::env::{TempDir, bin_path};
+use crate::netns::{NetNs, veth};
 use crate::ping::try_wait_until;
 use crate::process::Process;
 use crate::wanem::WanLink;
@@ -49,7 +49,10 @@ impl Emulator {
         });
         if !ready {
             process.dump_log();
-            panic!("wanem {tag} did not answer on {} within 10 s", socket.display());
+            panic!(
+                "wanem {tag} did not answer on {} within 10 s",
+                socket.display()
+            );
         }
         Emulator { process, link }
     }
@@ -80,6 +83,17 @@ pub struct WanPair {
 
 impl WanPair {
     pub fn new(seed: u64) -> WanPair {
+        WanPair::build(seed, false)
+    }
+
+    /// The same with the kernel's default offloads left on at both ends (checksum
+    /// offload, TSO/GSO): the emulator then completes partial checksums and passes GSO
+    /// super-frames whole. For testing that path; impairments get coarser.
+    pub fn with_offloads(seed: u64) -> WanPair {
+        WanPair::build(seed, true)
+    }
+
+    fn build(seed: u64, offloads: bool) -> WanPair {
         let dir = TempDir::new("pair");
         let left = NetNs::new("left");
         let wan = NetNs::new("wan");
@@ -87,14 +101,18 @@ impl WanPair {
         veth(&left, "eth0", &wan, "a");
         veth(&right, "eth0", &wan, "b");
         for (ns, addr) in [(&left, PAIR_LEFT_ADDR), (&right, PAIR_RIGHT_ADDR)] {
-            ns.disable_offloads("eth0");
+            if !offloads {
+                ns.disable_offloads("eth0");
+            }
             ns.ip_batch(&[
                 format!("addr add {addr}/24 dev eth0"),
                 "link set dev eth0 up".into(),
             ]);
         }
         for dev in ["a", "b"] {
-            wan.disable_offloads(dev);
+            if !offloads {
+                wan.disable_offloads(dev);
+            }
             wan.link_up(dev);
         }
         let emulator = Emulator::start(&wan, "a", "b", dir.path(), "pair", seed);

@@ -12,7 +12,7 @@ pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIP {test}: needs root (network namespaces); CI runs it as root");
+    skip(test, "needs root (network namespaces); CI runs it as root");
     false
 }
 
@@ -22,8 +22,18 @@ pub fn require_command(test: &str, command: &str) -> bool {
     if find_command(command).is_some() {
         return true;
     }
-    eprintln!("SKIP {test}: needs the `{command}` command (see the apt-get line in .ci/run)");
+    skip(
+        test,
+        &format!("needs the `{command}` command (see the apt-get line in .ci/run)"),
+    );
     false
+}
+
+/// Writes `SKIP <test>: <why>` straight to the process's stderr: the test harness
+/// captures `eprintln!`, and a skip must show in every run's output.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 /// Full path of an external command, looking in PATH and the sbin directories.
@@ -83,8 +93,7 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let path = std::env::temp_dir().join(unique_name(tag));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }
     }
 

@@ -166,7 +166,8 @@ pub const UDP_FRAME_OVERHEAD: usize = 8 + 20 + 14;
 /// Sends `opts.count` numbered datagrams from namespace `src` to `dst_addr` (an address
 /// in namespace `dst`) and reports what arrived.
 pub fn udp_flow(src: &NetNs, dst: &NetNs, dst_addr: &str, opts: &FlowOpts) -> FlowReport {
-    let rx = dst.in_ns(|| UdpSocket::bind((dst_addr, opts.port)))
+    let rx = dst
+        .in_ns(|| UdpSocket::bind((dst_addr, opts.port)))
         .unwrap_or_else(|e| panic!("bind {dst_addr}:{} in {}: {e}", opts.port, dst.name()));
     let to: SocketAddr = rx.local_addr().expect("local addr");
     let tx = src
@@ -217,7 +218,8 @@ pub fn udp_flow(src: &NetNs, dst: &NetNs, dst_addr: &str, opts: &FlowOpts) -> Fl
             sent_at.push(Instant::now());
             // A full socket buffer is local loss, not the link's: retry until it fits.
             while let Err(e) = tx.send_to(&payload, to) {
-                if e.raw_os_error() != Some(libc::ENOBUFS) && e.kind() != std::io::ErrorKind::WouldBlock
+                if e.raw_os_error() != Some(libc::ENOBUFS)
+                    && e.kind() != std::io::ErrorKind::WouldBlock
                 {
                     panic!("send to {to} from {}: {e}", src.name());
                 }

@@ -29,11 +29,11 @@ pub mod process;
 pub mod topology;
 pub mod wanem;
 
-pub use emulator::{Emulator, WanPair, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR};
-pub use flow::{udp_flow, FlowOpts, FlowReport, UDP_FRAME_OVERHEAD};
-pub use env::{bin_path, find_command, require_command, require_root, unique_name, TempDir};
-pub use netns::{list_namespaces, veth, CmdOutput, NetNs};
-pub use ping::{try_wait_until, wait_until, PingOpts, PingStats};
-pub use process::{command, Process};
+pub use emulator::{Emulator, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR, WanPair};
+pub use env::{TempDir, bin_path, find_command, require_command, require_root, skip, unique_name};
+pub use flow::{FlowOpts, FlowReport, UDP_FRAME_OVERHEAD, udp_flow};
+pub use netns::{CmdOutput, NetNs, list_namespaces, veth};
+pub use ping::{PingOpts, PingStats, try_wait_until, wait_until};
+pub use process::{Process, command};
 pub use topology::{Topology, TopologyBuilder};
 pub use wanem::{DirStats, Direction, Dirs, LinkConfig, LinkParams, LinkStats, WanLink};

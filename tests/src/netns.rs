@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use crate::env::{unique_name, NS_PREFIX};
+use crate::env::{NS_PREFIX, unique_name};
 use crate::process::Process;
 
 /// What a finished command printed, and how it ended.
@@ -134,7 +134,9 @@ impl NetNs {
         S: AsRef<OsStr>,
     {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program).args(args);
+        c.args(["netns", "exec", &self.name])
+            .arg(program)
+            .args(args);
         c
     }
 
@@ -183,8 +185,8 @@ impl NetNs {
         let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|s| {
             let h = s.spawn(|| {
-                let file = std::fs::File::open(&path)
-                    .unwrap_or_else(|e| panic!("open {path}: {e}"));
+                let file =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     panic!("setns {path}: {}", std::io::Error::last_os_error());
                 }

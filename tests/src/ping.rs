@@ -80,7 +80,9 @@ impl PingStats {
         let counts = out.lines().find(|l| l.contains("packets transmitted"))?;
         for part in counts.split(',') {
             let mut words = part.split_whitespace();
-            let n = words.next().and_then(|w| w.trim_start_matches('+').parse().ok());
+            let n = words
+                .next()
+                .and_then(|w| w.trim_start_matches('+').parse().ok());
             match (n, words.next()) {
                 (Some(n), Some("packets")) => s.transmitted = n,
                 (Some(n), Some("received")) => s.received = n,
@@ -88,8 +90,11 @@ impl PingStats {
                 _ => {}
             }
         }
-        if let Some(rtt) = out.lines().find(|l| l.starts_with("rtt") || l.starts_with("round-trip")) {
-            let values = rtt.split('=').nth(1)?.trim().split_whitespace().next()?;
+        if let Some(rtt) = out
+            .lines()
+            .find(|l| l.starts_with("rtt") || l.starts_with("round-trip"))
+        {
+            let values = rtt.split('=').nth(1)?.split_whitespace().next()?;
             let v: Vec<Duration> = values
                 .split('/')
                 .filter_map(|x| x.parse::<f64>().ok())

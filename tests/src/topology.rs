@@ -22,7 +22,7 @@ use std::path::Path;
 
 use crate::emulator::Emulator;
 use crate::env::TempDir;
-use crate::netns::{ip_batch, NetNs};
+use crate::netns::{NetNs, ip_batch};
 use crate::wanem::{Dirs, LinkConfig, LinkParams, LinkStats, WanLink};
 
 type SiteAddr = Box<dyn Fn(usize) -> Option<String>>;
@@ -185,8 +185,7 @@ impl TopologyBuilder {
             let i = idx + 1;
             host.disable_offloads("wan0");
             let mut cmds = vec![
-                "link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0"
-                    .to_string(),
+                "link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0".to_string(),
                 "link set dev br0 up".to_string(),
                 format!("link set dev wan0 mtu {mtu} up"),
             ];

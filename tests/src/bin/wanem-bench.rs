@@ -70,7 +70,9 @@ fn main() {
     );
     pair.link().set(
         Dirs::Both,
-        LinkParams::default().rate_bps(50_000_000).delay(Duration::from_millis(10)),
+        LinkParams::default()
+            .rate_bps(50_000_000)
+            .delay(Duration::from_millis(10)),
     );
     let mbit = iperf(pair.left(), pair.right(), PAIR_RIGHT_ADDR, secs, dir.path());
     println!(

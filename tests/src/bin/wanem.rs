@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use site_tests::wanem::pipeline::Pipeline;
 use site_tests::wanem::proto::{
-    apply_partial, Direction, LinkConfig, LinkParams, LinkStats, Request, Response,
+    Direction, LinkConfig, LinkParams, LinkStats, Request, Response, apply_partial,
 };
 
 const USAGE: &str = "\
@@ -143,8 +143,7 @@ fn ctl(args: &[String]) -> Result<(), String> {
     let [socket, request] = args else {
         return Err(format!("ctl needs SOCKET and a JSON request\n{USAGE}"));
     };
-    let mut stream =
-        UnixStream::connect(socket).map_err(|e| format!("connect {socket}: {e}"))?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect {socket}: {e}"))?;
     stream
         .write_all(format!("{}\n", request.trim()).as_bytes())
         .map_err(|e| format!("write {socket}: {e}"))?;
@@ -166,17 +165,20 @@ fn run(cfg: Config) -> Result<(), String> {
     let a_tx = PacketSocket::open(&cfg.a, false)?;
     let b_tx = PacketSocket::open(&cfg.b, false)?;
     let shared: Shared = Arc::new([
-        Mutex::new(Pipeline::new(cfg.params, seed_for(cfg.seed, Direction::AToB))),
-        Mutex::new(Pipeline::new(cfg.params, seed_for(cfg.seed, Direction::BToA))),
+        Mutex::new(Pipeline::new(
+            cfg.params,
+            seed_for(cfg.seed, Direction::AToB),
+        )),
+        Mutex::new(Pipeline::new(
+            cfg.params,
+            seed_for(cfg.seed, Direction::BToA),
+        )),
     ]);
     eprintln!(
         "wanem: forwarding {} (mtu {}) <-> {} (mtu {}), seed {}, params {:?}",
         cfg.a, a_rx.mtu, cfg.b, b_rx.mtu, cfg.seed, cfg.params
     );
-    for (dir, rx, tx) in [
-        (Direction::AToB, a_rx, b_tx),
-        (Direction::BToA, b_rx, a_tx),
-    ] {
+    for (dir, rx, tx) in [(Direction::AToB, a_rx, b_tx), (Direction::BToA, b_rx, a_tx)] {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("wanem-{dir:?}"))
@@ -439,7 +441,10 @@ impl PacketSocket {
             )
         };
         if raw < 0 {
-            return Err(format!("AF_PACKET socket: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let err = |what: &str| format!("{iface}: {what}: {}", std::io::Error::last_os_error());
@@ -535,14 +540,7 @@ impl PacketSocket {
     }
 
     fn send(&self, frame: &[u8]) -> bool {
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-            )
-        };
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         n == frame.len() as isize
     }
 

@@ -128,11 +128,15 @@ impl WanLink {
     }
 
     pub fn params(&self) -> LinkConfig {
-        self.must(Request::Get).params.expect("get answers with params")
+        self.must(Request::Get)
+            .params
+            .expect("get answers with params")
     }
 
     pub fn stats(&self) -> LinkStats {
-        self.must(Request::Stats).stats.expect("stats answers with stats")
+        self.must(Request::Stats)
+            .stats
+            .expect("stats answers with stats")
     }
 
     pub fn reset_stats(&self) {

@@ -370,7 +370,10 @@ mod tests {
     #[test]
     fn partial_set_changes_only_named_fields() {
         let p = LinkParams::default().delay(Duration::from_millis(5));
-        let partial = serde_json::json!({"loss": 0.25}).as_object().unwrap().clone();
+        let partial = serde_json::json!({"loss": 0.25})
+            .as_object()
+            .unwrap()
+            .clone();
         let q = apply_partial(&p, &partial).unwrap();
         assert_eq!(q.delay, Duration::from_millis(5));
         assert_eq!(q.loss, 0.25);
@@ -379,9 +382,15 @@ mod tests {
     #[test]
     fn unknown_field_and_bad_probability_are_named() {
         let p = LinkParams::default();
-        let bad = serde_json::json!({"los": 0.25}).as_object().unwrap().clone();
+        let bad = serde_json::json!({"los": 0.25})
+            .as_object()
+            .unwrap()
+            .clone();
         assert!(apply_partial(&p, &bad).unwrap_err().contains("\"los\""));
-        let bad = serde_json::json!({"loss": 1.5}).as_object().unwrap().clone();
+        let bad = serde_json::json!({"loss": 1.5})
+            .as_object()
+            .unwrap()
+            .clone();
         assert!(apply_partial(&p, &bad).unwrap_err().contains("loss"));
     }
 
@@ -390,7 +399,13 @@ mod tests {
         let r: Request =
             serde_json::from_str(r#"{"cmd":"set","dir":"a_to_b","params":{"delay_us":10000}}"#)
                 .unwrap();
-        assert!(matches!(r, Request::Set { dir: Dirs::AToB, .. }));
+        assert!(matches!(
+            r,
+            Request::Set {
+                dir: Dirs::AToB,
+                ..
+            }
+        ));
         let r: Request = serde_json::from_str(r#"{"cmd":"outage","on":true}"#).unwrap();
         assert_eq!(
             r,
