@@ -307,7 +307,11 @@ fn forward(dir: Direction, rx: PacketSocket, tx: PacketSocket, pipe: &Mutex<Pipe
     let mut next_stats = Instant::now();
     loop {
         let deadline = pipe.lock().expect("pipeline lock").poll_timeout();
-        rx.wait_readable(deadline);
+        if rx.wait_readable(deadline) {
+            // An error on the socket (interface down or gone). Never spin on it, at
+            // real-time priority least of all; a vanished interface ends the emulator.
+            rx.check_error(dir);
+        }
         let mut pipe = pipe.lock().expect("pipeline lock");
         for _ in 0..RX_BATCH {
             let Some(n) = rx.recv(&mut buf) else { break };
@@ -422,6 +426,7 @@ fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> bool {
 /// or its twin sent are ignored); a sending socket (protocol 0) receives nothing.
 struct PacketSocket {
     fd: OwnedFd,
+    name: std::ffi::CString,
     mtu: usize,
 }
 
@@ -487,11 +492,17 @@ impl PacketSocket {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1500);
-        Ok(PacketSocket { fd, mtu })
+        Ok(PacketSocket {
+            fd,
+            name: cname,
+            mtu,
+        })
     }
 
     /// Blocks until a frame can be read or `deadline` passes.
-    fn wait_readable(&self, deadline: Option<Instant>) {
+    /// Blocks until a frame can be read or `deadline` passes; true if the socket
+    /// reported an error instead.
+    fn wait_readable(&self, deadline: Option<Instant>) -> bool {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -509,7 +520,39 @@ impl PacketSocket {
                 &ts as *const libc::timespec
             }
         };
-        unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+        let n = unsafe { libc::ppoll(&mut pfd, 1, tsp, std::ptr::null()) };
+        n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+    }
+
+    /// Clears and logs a pending socket error; exits if the interface is gone, and
+    /// otherwise pauses briefly so a persisting error cannot make the loop spin.
+    fn check_error(&self, dir: Direction) {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        let gone = unsafe { libc::if_nametoindex(self.name.as_ptr()) } == 0;
+        eprintln!(
+            "wanem {dir:?}: socket error on {}: {}{}",
+            self.name.to_string_lossy(),
+            std::io::Error::from_raw_os_error(err),
+            if gone {
+                "; interface gone, exiting"
+            } else {
+                ""
+            }
+        );
+        if gone {
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 
     /// Reads one frame without blocking: its full length (vnet header included), which
