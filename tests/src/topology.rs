@@ -23,7 +23,8 @@ use std::path::Path;
 use crate::emulator::Emulator;
 use crate::env::TempDir;
 use crate::netns::{NetNs, ip_batch};
-use crate::wanem::{Dirs, LinkConfig, LinkParams, LinkStats, WanLink};
+use crate::process::Process;
+use crate::wanem::{Direction, Dirs, LinkConfig, LinkParams, LinkStats, WanLink};
 
 type SiteAddr = Box<dyn Fn(usize) -> Option<String>>;
 type VmAddr = Box<dyn Fn(usize, usize) -> Option<String>>;
@@ -259,8 +260,20 @@ fn strip_prefix_len(cidr: &str) -> String {
 }
 
 impl Topology {
+    /// A site's access link direction towards the WAN.
+    pub const UPSTREAM: Direction = Direction::AToB;
+    /// A site's access link direction from the WAN.
+    pub const DOWNSTREAM: Direction = Direction::BToA;
+
     pub fn builder() -> TopologyBuilder {
         TopologyBuilder::default()
+    }
+
+    /// Starts a long-running `argv` in `ns` (a host or VM of this topology) with its
+    /// output in `<dir>/<name>.log`; e.g. a site's overlay daemon:
+    /// `topo.spawn(topo.host(1), "vpnd1", &[vpnd, "up", "-c", cfg])`.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(&self, ns: &NetNs, name: &str, argv: &[S]) -> Process {
+        ns.spawn(name, argv, &self.dir.join(format!("{name}.log")))
     }
 
     pub fn sites(&self) -> usize {

@@ -448,6 +448,32 @@ fn three_site_topology_builds_connects_and_leaves_nothing() {
     }
     let s = topo.wan_stats();
     assert!(s.a_to_b.tx_frames >= 6 * 3 * 2, "{s:?}");
+    // Each site's link carried its host's share, upstream and downstream.
+    for i in 1..=3 {
+        let l = topo.link(i).stats();
+        assert!(
+            l.dir(Topology::UPSTREAM).tx_frames >= 2 * 3 * 2,
+            "site {i}: {l:?}"
+        );
+        assert!(
+            l.dir(Topology::DOWNSTREAM).tx_frames >= 2 * 3 * 2,
+            "site {i}: {l:?}"
+        );
+    }
+
+    // A daemon started the way tests will start vpnd: in a host, logged, stopped on drop.
+    let mut daemon = topo.spawn(
+        topo.host(2),
+        "daemon2",
+        &["sh", "-c", "echo up; exec sleep 300"],
+    );
+    wait_until("daemon2 to log", Duration::from_secs(5), || {
+        daemon.log().contains("up")
+    });
+    assert_eq!(topo.host(2).pids(), vec![daemon.pid()]);
+    daemon.assert_running();
+    drop(daemon);
+    assert!(topo.host(2).pids().is_empty());
     assert_eq!(s.total().dropped(), 0, "{s:?}");
 
     // RTT between two sites is the sum of both access links' delays both ways.
