@@ -1,1 +1,39 @@
-//! Support code for the cross-crate integration tests: sites as network namespaces.
+//! Support code for the cross-crate integration tests: sites as network namespaces,
+//! joined through a userspace WAN emulator.
+//!
+//! - [`require_root`], [`require_command`]: skip loudly when the machine cannot run a test.
+//! - [`NetNs`]: a namespace guard: run commands, spawn [`Process`]es, configure links;
+//!   on drop it kills what runs inside and deletes itself.
+//! - [`Process`]: a long-running program with its log, stopped on drop, its log tail
+//!   printed when the test fails.
+//! - [`Topology`]: N sites (host namespace with `br0` and `wan0`, M VM namespaces on the
+//!   bridge) joined through one emulated access link per site ([`WanLink`]).
+//! - [`WanPair`]: two endpoints through one emulator, for tests of the link itself.
+//! - [`bin_path`]: the workspace's binaries (`vpnd`, `wanem`, ...) next to the test.
+//! - [`ping`](NetNs::ping), [`wait_until`]: reachability and eventual conditions.
+//! - [`udp_flow`]: a numbered UDP stream between namespaces, timed by one clock: loss,
+//!   duplicates, reordering, one-way latency, rate.
+//!
+//! The emulator itself (`wanem`) is documented in `docs/wanem.md`; its engine and
+//! control protocol are in [`wanem`].
+//!
+//! Everything here needs root except the pure parts ([`wanem::pipeline`],
+//! [`wanem::proto`], [`PingStats::parse`]).
+
+pub mod emulator;
+pub mod env;
+pub mod flow;
+pub mod netns;
+pub mod ping;
+pub mod process;
+pub mod topology;
+pub mod wanem;
+
+pub use emulator::{Emulator, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR, WanPair};
+pub use env::{TempDir, bin_path, find_command, require_command, require_root, skip, unique_name};
+pub use flow::{FlowOpts, FlowReport, UDP_FRAME_OVERHEAD, udp_flow};
+pub use netns::{CmdOutput, NetNs, list_namespaces, veth};
+pub use ping::{PingOpts, PingStats, try_wait_until, wait_until};
+pub use process::{Process, command};
+pub use topology::{Topology, TopologyBuilder};
+pub use wanem::{DirStats, Direction, Dirs, LinkConfig, LinkParams, LinkStats, WanLink};
