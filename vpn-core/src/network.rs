@@ -599,6 +599,13 @@ impl Network {
             self.by_index.remove(&old.local_index);
         }
         self.by_index.insert(index, peer_id);
+        // The peer's initiation crossed ours. One side must yield or both would wait for
+        // a confirmation of the session they answered: the smaller public key yields.
+        if peer.handshake.is_some() && *self.noise.public_key() < peer.public_key {
+            let ours = peer.handshake.take().expect("checked");
+            self.by_index.remove(&ours.local_index);
+            peer.retry_at = None;
+        }
         peer.last_received = Some(now);
         peer.last_handshake = Some(now);
         peer.stats.handshakes += 1;

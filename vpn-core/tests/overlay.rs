@@ -841,3 +841,23 @@ fn session_indices_carry_the_network_tag() {
         }
     }
 }
+
+#[test]
+fn crossing_initiations_settle_without_retries() {
+    // Both sites start at once, so their first initiations cross on the wire.
+    let mut sim = Sim::new(2, 27, |_, _| {});
+    sim.run_for(Duration::from_secs(5));
+    assert!(all_connected(&sim));
+    for site in 0..2 {
+        assert_eq!(
+            sim.site(site).net.stats().handshakes_initiated,
+            1,
+            "site {site} retried"
+        );
+    }
+    sim.send_frame(0, &frame((0, 1), (1, 1), 100, 1));
+    sim.send_frame(1, &frame((1, 1), (0, 1), 100, 2));
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(sim.take_delivered(1).len(), 1);
+    assert_eq!(sim.take_delivered(0).len(), 1);
+}

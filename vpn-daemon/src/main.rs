@@ -1,6 +1,210 @@
-//! `vpnd`: the overlay daemon (being written).
+//! `vpnd`: the command line. `keygen` and `pubkey` work like WireGuard's `wg genkey` and
+//! `wg pubkey`; `up` runs the daemon in the foreground; `status` and `check` are for
+//! operators.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+use vpn_core::PrivateKey;
+use vpn_daemon::config::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
+use vpn_daemon::control::{self, Client};
+use vpn_daemon::daemon::Daemon;
+use vpn_daemon::status::DaemonStatus;
+
+#[derive(Parser)]
+#[command(
+    name = "vpnd",
+    version,
+    about = "Noise-encrypted Ethernet overlay daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new random private key (base64).
+    Keygen,
+    /// Read a private key on stdin, print its public key.
+    Pubkey,
+    /// Run the daemon in the foreground until SIGINT or SIGTERM.
+    Up {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Control socket (overrides the config file).
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Validate a config file and exit.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show networks and peers of the running daemon.
+    Status {
+        /// Print the control API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
+}
 
 fn main() {
-    eprintln!("vpnd: not built yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen => keygen(),
+        Command::Pubkey => pubkey(),
+        Command::Check { config } => check(&config),
+        Command::Up { config, control } => run(config, control),
+        Command::Status { json, control } => status(json, control),
+    };
+    if let Err(e) = result {
+        eprintln!("vpnd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn keygen() -> Result<()> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    println!("{}", PrivateKey::from_bytes(bytes).to_base64());
+    Ok(())
+}
+
+fn pubkey() -> Result<()> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    let key: PrivateKey = text
+        .trim()
+        .parse()
+        .context("reading a private key from stdin")?;
+    println!("{}", key.public_key());
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> Result<()> {
+    let config = DaemonConfig::load(path)?;
+    let peers: usize = config.networks.iter().map(|n| n.peers.len()).sum();
+    println!(
+        "{}: ok: {} network(s), {} peer(s), public key {}",
+        path.display(),
+        config.networks.len(),
+        peers,
+        config.private_key.public_key()
+    );
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = DaemonConfig::load(&path)?;
+    let control_path = control_override.unwrap_or(config.control_socket.clone());
+    runtime()?.block_on(async move {
+        let daemon = Daemon::bind(config.private_key.clone(), &config.listen)?;
+        info!(public_key = %daemon.public_key(), listen = ?daemon.listen_addrs(), "vpnd starting");
+        let listener = control::bind(&control_path).await?;
+        let receivers = daemon.spawn_receivers();
+        for spec in config.networks {
+            let id = spec.id;
+            daemon
+                .add_network(spec)
+                .await
+                .with_context(|| format!("starting network {id}"))?;
+        }
+        let api = tokio::spawn(serve_control(listener, Arc::clone(&daemon)));
+        let metrics = match config.metrics {
+            Some(addr) => Some(tokio::spawn(
+                serve_metrics(addr, Arc::clone(&daemon)).await?,
+            )),
+            None => None,
+        };
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        api.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        for r in receivers {
+            r.abort();
+        }
+        daemon.shutdown().await;
+        let _ = std::fs::remove_file(&control_path);
+        info!("stopped");
+        Ok(())
+    })
+}
+
+async fn serve_control(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
+    if let Err(e) = axum::serve(listener, control::router(daemon)).await {
+        error!("control API stopped: {e}");
+    }
+}
+
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    daemon: Arc<Daemon>,
+) -> Result<impl std::future::Future<Output = ()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics address {addr}"))?;
+    info!(%addr, "serving Prometheus metrics on /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let daemon = Arc::clone(&daemon);
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    daemon.status().await.render_metrics(),
+                )
+            }
+        }),
+    );
+    Ok(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!("metrics server stopped: {e}");
+        }
+    })
+}
+
+fn status(json: bool, control: PathBuf) -> Result<()> {
+    runtime()?.block_on(async move {
+        let client = Client::new(control);
+        if json {
+            let body = client.request("GET", "/v1/status", None).await?;
+            println!("{}", String::from_utf8_lossy(&body));
+        } else {
+            let status: DaemonStatus = client.get_json("/v1/status").await?;
+            print!("{}", status.render_table());
+        }
+        Ok(())
+    })
 }

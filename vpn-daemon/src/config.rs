@@ -1,0 +1,644 @@
+//! The daemon's configuration: the TOML file (`docs/config.md` documents every field) and
+//! the JSON a control-API client sends to add a network, which share the
+//! [`NetworkSpec`] type.
+//!
+//! Values are parsed while they are deserialised (keys, addresses, MACs, ciphers), so a
+//! bad value is reported by toml with its line, column and text; checks across fields
+//! (duplicate ids, key files) name the file, the line of the `[[network]]` table and the
+//! field. Nothing here touches the network: it only reads the config and key files.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use vpn_core::{Cipher, MacAddr, PresharedKey, PrivateKey, PublicKey};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:51820";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpnd/control.sock";
+/// The largest TAP MTU: a frame of MTU + 14 (Ethernet) + 4 (802.1Q) bytes must fit the
+/// overlay's 1522-byte maximum.
+pub const MAX_MTU: u16 = 1500;
+pub const MIN_MTU: u16 = 576;
+/// Linux interface names are at most 15 bytes.
+const IFNAMSIZ: usize = 15;
+
+/// A configuration error: where, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}", file.display())?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+            f.write_str(": ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn at(mut self, file: &Path, line: Option<usize>) -> ConfigError {
+        self.file = Some(file.to_path_buf());
+        self.line = self.line.or(line);
+        self
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    private_key: Option<Secret<PrivateKey>>,
+    private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    listen: Option<Vec<SocketAddr>>,
+    control_socket: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+    #[serde(default, rename = "network")]
+    networks: Vec<toml::Spanned<NetworkSpec>>,
+}
+
+/// One overlay network, as in a `[[network]]` table or a control-API request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    #[serde(default = "default_mtu")]
+    pub path_mtu: u16,
+    #[serde(
+        default,
+        deserialize_with = "de_from_str",
+        serialize_with = "ser_display"
+    )]
+    pub cipher: Cipher,
+    #[serde(default, skip_serializing)]
+    pub psk: Option<Secret<PresharedKey>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub arp_suppression: bool,
+    #[serde(default = "default_ageing")]
+    pub mac_ageing_secs: u64,
+    /// Seconds between keepalives on an idle link; 0 turns them off.
+    #[serde(default = "default_keepalive")]
+    pub persistent_keepalive_secs: u64,
+    #[serde(default)]
+    pub site_local: Vec<SiteLocalSpec>,
+    #[serde(default, rename = "peer", alias = "peers")]
+    pub peers: Vec<PeerSpec>,
+    /// Only in control-API requests: add the network stopped.
+    #[serde(default = "yes", skip_serializing)]
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    #[serde(deserialize_with = "de_from_str", serialize_with = "ser_display")]
+    pub public_key: PublicKey,
+    /// `host:port`; a name is resolved when the network starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteLocalSpec {
+    pub ip: Ipv4Addr,
+    #[serde(deserialize_with = "de_from_str", serialize_with = "ser_display")]
+    pub mac: MacAddr,
+}
+
+/// A secret value parsed from base64; never printed.
+#[derive(Clone)]
+pub struct Secret<T>(pub T);
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl<'de, T: FromStr> Deserialize<'de> for Secret<T>
+where
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map(Secret)
+            .map_err(|e| serde::de::Error::custom(format!("invalid key: {e}")))
+    }
+}
+
+fn de_from_str<'de, D: Deserializer<'de>, T: FromStr>(d: D) -> Result<T, D::Error>
+where
+    T::Err: fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}")))
+}
+
+fn ser_display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+fn yes() -> bool {
+    true
+}
+fn default_ageing() -> u64 {
+    300
+}
+fn default_keepalive() -> u64 {
+    25
+}
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub private_key: PrivateKey,
+    pub listen: Vec<SocketAddr>,
+    pub control_socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub networks: Vec<NetworkSpec>,
+}
+
+impl DaemonConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            line: None,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` names it in errors and anchors relative key paths.
+    pub fn parse(text: &str, path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                file: Some(path.to_path_buf()),
+                line,
+                field: line.map(|l| quote_line(text, l)).unwrap_or_default(),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let private_key = match (file.private_key, &file.private_key_file) {
+            (Some(k), None) => k.0,
+            (None, Some(key_file)) => {
+                read_key_file::<PrivateKey>(&base.join(key_file)).map_err(|e| e.at(path, None))?
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::field(
+                    "private_key",
+                    "set private_key or private_key_file, not both",
+                )
+                .at(path, None));
+            }
+            (None, None) => {
+                return Err(ConfigError::field(
+                    "private_key",
+                    "missing: set private_key (base64, from `vpnd keygen`) or private_key_file",
+                )
+                .at(path, None));
+            }
+        };
+        let listen = file
+            .listen
+            .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("default")]);
+        if listen.is_empty() {
+            return Err(ConfigError::field("listen", "needs at least one address").at(path, None));
+        }
+        let own_key = private_key.public_key();
+        let mut seen_ids = HashSet::new();
+        let mut seen_taps = HashSet::new();
+        let mut networks = Vec::with_capacity(file.networks.len());
+        for spanned in file.networks {
+            let line = line_of(text, spanned.span().start);
+            let mut spec = spanned.into_inner();
+            let at = |e: ConfigError| e.at(path, Some(line));
+            if let Some(psk_file) = &spec.psk_file {
+                if spec.psk.is_some() {
+                    return Err(at(ConfigError::field(
+                        format!("network {}: psk", spec.id),
+                        "set psk or psk_file, not both",
+                    )));
+                }
+                spec.psk = Some(Secret(read_key_file(&base.join(psk_file)).map_err(at)?));
+            }
+            spec.validate(&own_key).map_err(at)?;
+            if !seen_ids.insert(spec.id) {
+                return Err(at(ConfigError::field(
+                    format!("network {}: id", spec.id),
+                    "another network has the same id",
+                )));
+            }
+            if !seen_taps.insert(spec.tap.clone()) {
+                return Err(at(ConfigError::field(
+                    format!("network {}: tap", spec.id),
+                    format!("TAP {:?} is used by another network", spec.tap),
+                )));
+            }
+            networks.push(spec);
+        }
+        Ok(DaemonConfig {
+            private_key,
+            listen,
+            control_socket: file
+                .control_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            metrics: file.metrics,
+            networks,
+        })
+    }
+}
+
+impl NetworkSpec {
+    /// Checks the network on its own (the daemon checks it against the others).
+    pub fn validate(&self, own_key: &PublicKey) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("network {}: {name}", self.id);
+        if !valid_ifname(&self.tap) {
+            return Err(ConfigError::field(
+                field("tap"),
+                format!(
+                    "{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)",
+                    self.tap
+                ),
+            ));
+        }
+        if let Some(bridge) = &self.bridge
+            && !valid_ifname(bridge)
+        {
+            return Err(ConfigError::field(
+                field("bridge"),
+                format!("{bridge:?} is not a valid interface name"),
+            ));
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::field(
+                field("mtu"),
+                format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu),
+            ));
+        }
+        if self.path_mtu < vpn_core::config::MIN_PATH_MTU {
+            return Err(ConfigError::field(
+                field("path_mtu"),
+                format!(
+                    "{} is below the minimum {}",
+                    self.path_mtu,
+                    vpn_core::config::MIN_PATH_MTU
+                ),
+            ));
+        }
+        if self.mac_ageing_secs == 0 {
+            return Err(ConfigError::field(
+                field("mac_ageing_secs"),
+                "must be at least 1",
+            ));
+        }
+        let mut keys = HashSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let peer_field = |name: &str| {
+                format!(
+                    "network {}: peer {}: {name}",
+                    self.id,
+                    peer.name.clone().unwrap_or_else(|| (i + 1).to_string())
+                )
+            };
+            if peer.public_key == *own_key {
+                return Err(ConfigError::field(
+                    peer_field("public_key"),
+                    "is this host's own key",
+                ));
+            }
+            if !keys.insert(peer.public_key) {
+                return Err(ConfigError::field(
+                    peer_field("public_key"),
+                    "appears twice in this network",
+                ));
+            }
+            if let Some(endpoint) = &peer.endpoint {
+                check_endpoint_syntax(endpoint)
+                    .map_err(|m| ConfigError::field(peer_field("endpoint"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `vpn-core` configuration of this network.
+    pub fn core_config(&self, private_key: PrivateKey, index_tag: u16) -> vpn_core::NetworkConfig {
+        let mut c = vpn_core::NetworkConfig::new(vpn_core::NetworkId(self.id), private_key);
+        c.cipher = self.cipher;
+        c.psk = self.psk.as_ref().map(|p| p.0.clone());
+        c.path_mtu = self.path_mtu;
+        c.index_tag = index_tag;
+        c.switch.arp_suppression = self.arp_suppression;
+        c.switch.mac_ageing = Duration::from_secs(self.mac_ageing_secs);
+        c.switch.site_local = self
+            .site_local
+            .iter()
+            .map(|s| vpn_core::SiteLocalAddr {
+                ip: s.ip,
+                mac: s.mac,
+            })
+            .collect();
+        c.timers.persistent_keepalive = (self.persistent_keepalive_secs > 0)
+            .then(|| Duration::from_secs(self.persistent_keepalive_secs));
+        c
+    }
+}
+
+/// Resolves a `host:port` endpoint (a literal address needs no lookup).
+pub fn resolve_endpoint(endpoint: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = endpoint.parse() {
+        return Ok(addr);
+    }
+    endpoint
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {endpoint:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{endpoint:?} resolves to no address"))
+}
+
+fn check_endpoint_syntax(endpoint: &str) -> Result<(), String> {
+    if endpoint.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || {
+        format!(
+            "{endpoint:?} is not host:port (an IPv6 address goes in brackets: [2001:db8::1]:51820)"
+        )
+    };
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || host.contains(':') || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// Reads a base64 key from a file that only its owner may read.
+pub fn read_key_file<T: FromStr>(path: &Path) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    let field = format!("key file {}", path.display());
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError::field(&field, format!("cannot read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::field(
+            &field,
+            format!(
+                "mode {mode:04o} lets others read a secret key; run: chmod 600 {}",
+                path.display()
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::field(&field, format!("cannot read: {e}")))?;
+    text.trim()
+        .parse()
+        .map_err(|e| ConfigError::field(&field, format!("invalid key: {e}")))
+}
+
+/// The text of a line, to name the field an error is about; secret values are hidden.
+fn quote_line(text: &str, line: usize) -> String {
+    let l = text.lines().nth(line - 1).unwrap_or("").trim();
+    let secret = ["private_key", "psk"]
+        .iter()
+        .any(|k| l.starts_with(k) && !l.starts_with(&format!("{k}_file")));
+    match l.split_once('=') {
+        Some((key, _)) if secret => format!("{}= <secret>", key),
+        _ if l.len() > 80 => format!("{}...", &l[..l.floor_char_boundary(77)]),
+        _ => l.to_string(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const PEER: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    fn parse(text: &str) -> Result<DaemonConfig, ConfigError> {
+        DaemonConfig::parse(text, Path::new("/etc/vpnd/vpnd.toml"))
+    }
+
+    fn ok_config() -> String {
+        format!(
+            r#"
+private_key = "{KEY}"
+listen = ["0.0.0.0:51820", "[::]:51820"]
+
+[[network]]
+id = 1
+tap = "vpn1"
+bridge = "br0"
+cipher = "chacha20-poly1305"
+
+[[network.site_local]]
+ip = "10.1.255.254"
+mac = "02:00:00:00:ff:fe"
+
+[[network.peer]]
+name = "site2"
+public_key = "{PEER}"
+endpoint = "198.51.100.2:51820"
+"#
+        )
+    }
+
+    #[test]
+    fn a_complete_config_parses_with_defaults_filled_in() {
+        let c = parse(&ok_config()).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        let n = &c.networks[0];
+        assert_eq!(
+            (n.mtu, n.path_mtu, n.cipher),
+            (1500, 1500, Cipher::ChaCha20Poly1305)
+        );
+        assert!(n.arp_suppression);
+        assert_eq!(n.site_local[0].mac.to_string(), "02:00:00:00:ff:fe");
+        assert_eq!(n.peers[0].public_key.to_string(), PEER);
+        let core = n.core_config(c.private_key.clone(), 3);
+        assert_eq!(core.index_tag, 3);
+        assert_eq!(core.switch.site_local.len(), 1);
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_bad_value_names_file_line_and_value() {
+        let text = ok_config().replace(PEER, "not-a-key");
+        let e = error_of(&text);
+        assert!(
+            e.starts_with("/etc/vpnd/vpnd.toml:17: public_key = "),
+            "{e}"
+        );
+        assert!(e.contains("not-a-key"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_line() {
+        let text = ok_config().replace("cipher =", "ciper =");
+        let e = error_of(&text);
+        assert!(e.contains(":9: ") && e.contains("ciper"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_cipher_mac_or_address_is_named() {
+        for (from, to, expect) in [
+            ("chacha20-poly1305", "rot13", "rot13"),
+            ("02:00:00:00:ff:fe", "02:00:00:00:ff", "02:00:00:00:ff"),
+            (
+                "\"10.1.255.254\"",
+                "\"10.1.255.999\"",
+                ":12: ip = \"10.1.255.999\": invalid IPv4",
+            ),
+            ("[::]:51820", "[::]", ":3:"),
+        ] {
+            let e = error_of(&ok_config().replace(from, to));
+            assert!(e.contains(expect), "{from} -> {to}: {e}");
+        }
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_network_table_line() {
+        let dup = format!("{}\n[[network]]\nid = 1\ntap = \"vpn2\"\n", ok_config());
+        let e = error_of(&dup);
+        assert!(e.contains(":20: network 1: id"), "{e}");
+        let dup_tap = format!("{}\n[[network]]\nid = 2\ntap = \"vpn1\"\n", ok_config());
+        assert!(error_of(&dup_tap).contains("network 2: tap"));
+        let own_key = KEY.parse::<PrivateKey>().unwrap().public_key().to_string();
+        let own = ok_config().replace(PEER, &own_key);
+        let e = error_of(&own);
+        assert!(
+            e.contains("peer site2: public_key: is this host's own key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        for (from, to, field) in [
+            ("tap = \"vpn1\"", "tap = \"a/b\"", "tap"),
+            ("tap = \"vpn1\"", "tap = \"a-very-long-interface\"", "tap"),
+            ("cipher =", "mtu = 9000\ncipher =", "mtu"),
+            ("cipher =", "path_mtu = 100\ncipher =", "path_mtu"),
+            ("198.51.100.2:51820", "198.51.100.2", "endpoint"),
+        ] {
+            let e = error_of(&ok_config().replace(from, to));
+            assert!(
+                e.contains(&format!("network 1: {field}")) || e.contains(&format!(": {field}:")),
+                "{to}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_broken_inline_secret_is_not_echoed() {
+        let text = ok_config().replace(KEY, "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBm");
+        let e = error_of(&text);
+        assert!(e.contains(":2: private_key = <secret>"), "{e}");
+        assert!(!e.contains("yAnz5TF"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_key_is_reported() {
+        let e = error_of("listen = [\"0.0.0.0:1\"]\n");
+        assert!(e.contains("private_key: missing"), "{e}");
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("private.key");
+        std::fs::write(&key, KEY).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = "private_key_file = \"private.key\"\n".to_string();
+        let path = dir.path().join("vpnd.toml");
+        let e = DaemonConfig::parse(&text, &path).unwrap_err().to_string();
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = DaemonConfig::parse(&text, &path).unwrap();
+        assert_eq!(c.private_key.to_base64(), KEY);
+    }
+
+    #[test]
+    fn network_specs_round_trip_through_json_without_secrets() {
+        let c =
+            parse(&ok_config().replace("cipher =", &format!("psk = \"{KEY}\"\ncipher ="))).unwrap();
+        let json = serde_json::to_string(&c.networks[0]).unwrap();
+        assert!(!json.contains(KEY), "secret leaked: {json}");
+        let back: NetworkSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.peers, c.networks[0].peers);
+        let api: NetworkSpec = serde_json::from_str(&format!(
+            r#"{{"id": 7, "tap": "vc7", "peers": [{{"public_key": "{PEER}"}}], "running": false}}"#
+        ))
+        .unwrap();
+        assert!(!api.running);
+        assert_eq!(api.peers.len(), 1);
+    }
+}
