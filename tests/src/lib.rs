@@ -11,6 +11,7 @@
 //! - [`WanPair`]: two endpoints through one emulator, for tests of the link itself.
 //! - [`bin_path`]: the workspace's binaries (`vpnd`, `wanem`, ...) next to the test.
 //! - [`ping`](NetNs::ping), [`wait_until`]: reachability and eventual conditions.
+//! - [`Overlay`]: `vpnd` at every site of a topology, with keys, configs and status.
 //! - [`udp_flow`]: a numbered UDP stream between namespaces, timed by one clock: loss,
 //!   duplicates, reordering, one-way latency, rate.
 //!
@@ -27,6 +28,7 @@ pub mod netns;
 pub mod ping;
 pub mod process;
 pub mod topology;
+pub mod vpnd;
 pub mod wanem;
 
 pub use emulator::{Emulator, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR, WanPair};
@@ -36,4 +38,5 @@ pub use netns::{CmdOutput, NetNs, list_namespaces, veth};
 pub use ping::{PingOpts, PingStats, try_wait_until, wait_until};
 pub use process::{Process, command};
 pub use topology::{Topology, TopologyBuilder};
+pub use vpnd::{NetworkOpts, Overlay};
 pub use wanem::{DirStats, Direction, Dirs, LinkConfig, LinkParams, LinkStats, WanLink};

@@ -606,19 +606,9 @@ impl Network {
             self.by_index.remove(&ours.local_index);
             peer.retry_at = None;
         }
+        // The session counts as established once the initiator confirms it by using it.
         peer.last_received = Some(now);
-        peer.last_handshake = Some(now);
-        peer.stats.handshakes += 1;
-        self.stats.sessions_established += 1;
         roam(&mut self.events, self.config.limits.events, peer, from);
-        push_event(
-            &mut self.events,
-            self.config.limits.events,
-            Event::SessionEstablished {
-                peer: peer_id,
-                initiator: false,
-            },
-        );
         self.push_control(from, &msg[..RESPONSE_LEN]);
         Ok(())
     }
@@ -756,6 +746,17 @@ impl Network {
             if let Some(old) = peer.install(next) {
                 self.by_index.remove(&old.local_index);
             }
+            peer.last_handshake = Some(now);
+            peer.stats.handshakes += 1;
+            self.stats.sessions_established += 1;
+            push_event(
+                &mut self.events,
+                self.config.limits.events,
+                Event::SessionEstablished {
+                    peer: peer_id,
+                    initiator: false,
+                },
+            );
             self.flush_waiting(now, peer_id);
         }
         let payload = DATA_HEADER_LEN..DATA_HEADER_LEN + len;
@@ -883,10 +884,30 @@ impl Network {
 
     fn run_timer(&mut self, now: Instant, id: PeerId, action: TimerAction) {
         match action {
+            TimerAction::Handshake if self.pending_handshake_is_moot(now, id) => {
+                // A session newer than our initiation exists (we answered the peer's
+                // own): retrying would only make another one.
+                let peer = self.peers.get_mut(&id).expect("timer of a known peer");
+                let ours = peer.handshake.take().expect("moot implies pending");
+                self.by_index.remove(&ours.local_index);
+                peer.retry_at = None;
+                peer.backoff = Duration::ZERO;
+            }
             TimerAction::Handshake => self.initiate(now, id),
             TimerAction::Keepalive => self.queue_keepalive(now, id),
             TimerAction::Expire => self.expire_sessions(now, id),
         }
+    }
+
+    fn pending_handshake_is_moot(&self, now: Instant, id: PeerId) -> bool {
+        let Some(peer) = self.peers.get(&id) else {
+            return false;
+        };
+        let (Some(_), Some(sent)) = (&peer.handshake, peer.last_initiation_sent) else {
+            return false;
+        };
+        peer.has_sending_session(now, &self.config.timers)
+            && peer.current.as_ref().is_some_and(|c| c.established >= sent)
     }
 
     fn expire_sessions(&mut self, now: Instant, id: PeerId) {

@@ -260,6 +260,17 @@ impl Sim {
         result
     }
 
+    /// Loses every datagram `site` has on the wire now; returns how many.
+    pub fn lose_in_flight(&mut self, site: usize) -> usize {
+        let before = self.in_flight.len();
+        let kept: Vec<_> = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .filter(|Reverse(f)| f.from_site != site)
+            .collect();
+        self.in_flight = kept.into_iter().collect();
+        before - self.in_flight.len()
+    }
+
     /// Takes the frames delivered at `site` so far.
     pub fn take_delivered(&mut self, site: usize) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.sites[site].delivered)

@@ -861,3 +861,30 @@ fn crossing_initiations_settle_without_retries() {
     assert_eq!(sim.take_delivered(1).len(), 1);
     assert_eq!(sim.take_delivered(0).len(), 1);
 }
+
+#[test]
+fn a_lost_first_initiation_is_not_retried_once_the_peers_own_succeeded() {
+    // Whichever site's initiation is lost (one site "starts later"), the other's
+    // handshake connects them and nobody makes a second session.
+    for lost in [(0, 1), (1, 0)] {
+        let mut sim = Sim::new(2, 28, |_, _| {});
+        // The first initiation of one site is lost (its peer was not up yet).
+        assert_eq!(sim.lose_in_flight(lost.0), 1);
+        sim.run_for(Duration::from_secs(10));
+        assert!(all_connected(&sim));
+        for site in 0..2 {
+            let s = sim.site(site).net.stats();
+            assert!(s.handshakes_initiated <= 2, "site {site}: {s:?}");
+        }
+        let sessions: u64 = (0..2)
+            .map(|site| {
+                sim.site(site)
+                    .net
+                    .peers(sim.now)
+                    .map(|p| p.stats.handshakes)
+                    .sum::<u64>()
+            })
+            .sum();
+        assert_eq!(sessions, 2, "one session, counted at both ends ({lost:?})");
+    }
+}

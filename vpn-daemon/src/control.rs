@@ -46,8 +46,17 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Parses a JSON body, naming the field, line and column of what is wrong.
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." {
+            format!("invalid JSON body: {inner}")
+        } else {
+            format!("invalid JSON body: field `{path}`: {inner}")
+        };
+        ApiError(StatusCode::BAD_REQUEST, message)
+    })
 }
 
 fn network_id(raw: &str) -> ApiResult<u32> {
