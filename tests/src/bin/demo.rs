@@ -1,0 +1,244 @@
+//! The demo behind `scripts/demo`: three sites as network namespaces joined by `vpnd`
+//! over an emulated WAN (20 ms round trip between sites), showing the one Ethernet
+//! segment they become: pings between VMs of different sites, a DHCP lease and a TFTP
+//! boot file served across sites by a real dnsmasq, and `vpnd status` at a site. Everything
+//! it creates is removed when it ends, also on Ctrl-C.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use site_tests::{
+    LinkParams, NetworkOpts, Overlay, PingOpts, Process, Topology, bin_path, find_command,
+    list_namespaces,
+};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+struct Interrupted;
+
+fn check() -> Result<(), Interrupted> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err(Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Sleeps in small steps so Ctrl-C is honoured promptly.
+fn pause(d: Duration) -> Result<(), Interrupted> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check()?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn main() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("demo: needs root (it creates network namespaces): run it with sudo");
+        std::process::exit(1);
+    }
+    for cmd in ["ip", "ethtool", "dnsmasq", "busybox"] {
+        if find_command(cmd).is_none() {
+            eprintln!("demo: `{cmd}` is missing: run scripts/install-deps first");
+            std::process::exit(1);
+        }
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
+    }
+    let outcome = run();
+    // Everything the demo made has been dropped by now; its namespaces carry its pid.
+    let mine = format!("st{}-", std::process::id());
+    let left: Vec<String> = list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&mine))
+        .collect();
+    match outcome {
+        Ok(()) => println!("\ntorn down: {} namespaces left behind", left.len()),
+        Err(Interrupted) => println!(
+            "\ninterrupted: torn down, {} namespaces left behind",
+            left.len()
+        ),
+    }
+    if !left.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Interrupted> {
+    println!("== one Ethernet segment out of three sites: vpnd over an emulated WAN ==\n");
+    println!(
+        "[1/5] building 3 sites as network namespaces: each a hypervisor host with bridge br0,"
+    );
+    println!("      a WAN address 10.254.0.<site>, and 2 VMs on the bridge; every access link");
+    println!("      delays 5 ms each way, so sites are 20 ms apart (round trip)");
+    let started = Instant::now();
+    let topo = Topology::builder()
+        .sites(3)
+        .vms_per_site(2)
+        // VM 2 at sites 2 and 3 will get its address over DHCP from site 1.
+        .vm_addr(|i, j| (i == 1 || j == 1).then(|| format!("10.77.{i}.{j}/16")))
+        .link_params(LinkParams::default().delay(Duration::from_millis(5)))
+        .build();
+    println!("      done in {:.1} s\n", started.elapsed().as_secs_f64());
+    check()?;
+
+    println!(
+        "[2/5] starting vpnd on every host (network 1, TAP vpn1 on br0, peers: the other two sites)"
+    );
+    let started = Instant::now();
+    let overlay = Overlay::start(&topo, &[NetworkOpts::new(1)]);
+    println!(
+        "      all 3 sessions up in {:.2} s (Noise IKpsk2 handshakes, one round trip each)\n",
+        started.elapsed().as_secs_f64()
+    );
+    check()?;
+
+    println!("[3/5] VMs at different sites ping each other over the overlay:");
+    for (from, to) in [((1, 1), (2, 1)), ((2, 1), (3, 1)), ((3, 1), (1, 1))] {
+        let target = format!("10.77.{}.{}", to.0, to.1);
+        // The first echo also resolves the address with ARP across the WAN.
+        let first = topo
+            .vm(from.0, from.1)
+            .ping_with(&target, &PingOpts::default().count(1));
+        let stats = topo.vm(from.0, from.1).ping_with(
+            &target,
+            &PingOpts::default()
+                .count(5)
+                .interval(Duration::from_millis(200)),
+        );
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN);
+        println!(
+            "      site{} vm{} -> site{} vm{} ({target}): {}/{} replies, rtt min {:.1} / avg {:.1} ms (first, with ARP: {:.1} ms)",
+            from.0,
+            from.1,
+            to.0,
+            to.1,
+            stats.received,
+            stats.transmitted,
+            ms(stats.rtt_min),
+            ms(stats.rtt_avg),
+            ms(first.rtt_avg)
+        );
+        check()?;
+    }
+    println!();
+
+    println!("[4/5] a real dnsmasq at site 1 serves DHCP and TFTP to VMs at sites 2 and 3:");
+    let dir = topo.dir().join("dnsmasq");
+    std::fs::create_dir_all(dir.join("tftp")).expect("demo dir");
+    let boot =
+        "#!ipxe\necho Hello from site 1, across the overlay\nchain http://10.77.1.1/profile\n";
+    std::fs::write(dir.join("tftp/boot.ipxe"), boot).expect("boot file");
+    let leases = dir.join("leases");
+    let _dnsmasq: Process = topo.spawn(
+        topo.vm(1, 1),
+        "dnsmasq",
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--user=root",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-authoritative",
+            // dnsmasq would otherwise ping each address for 3 s before offering it.
+            "--no-ping",
+            "--dhcp-range=10.77.200.10,10.77.200.50,255.255.0.0,1h",
+            &format!("--dhcp-leasefile={}", leases.display()),
+            "--enable-tftp",
+            &format!("--tftp-root={}", dir.join("tftp").display()),
+        ],
+    );
+    pause(Duration::from_millis(300))?;
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr add \"$ip/${mask:-16}\" dev \"$interface\"; echo \"$ip\" > \"$LEASE_OUT\";; esac\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    for site in [2, 3] {
+        check()?;
+        let lease_out = dir.join(format!("lease{site}"));
+        let t = Instant::now();
+        let out = topo.vm(site, 2).run(&[
+            "env",
+            &format!("LEASE_OUT={}", lease_out.display()),
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-s",
+            script.to_str().expect("utf-8 path"),
+        ]);
+        let ip = std::fs::read_to_string(&lease_out).unwrap_or_default();
+        if !out.success || ip.trim().is_empty() {
+            println!("      site{site} vm2: NO LEASE\n{}", out.stderr);
+            continue;
+        }
+        println!(
+            "      site{site} vm2: DHCP lease {} from site 1 in {:.2} s",
+            ip.trim(),
+            t.elapsed().as_secs_f64()
+        );
+        let got = dir.join(format!("boot{site}"));
+        let tftp = topo.vm(site, 2).run(&[
+            "busybox",
+            "tftp",
+            "-g",
+            "-r",
+            "boot.ipxe",
+            "-l",
+            got.to_str().unwrap_or(""),
+            "10.77.1.1",
+        ]);
+        let content = std::fs::read_to_string(&got).unwrap_or_default();
+        println!(
+            "      site{site} vm2: TFTP boot.ipxe from 10.77.1.1: {} ({} bytes)",
+            if tftp.success && content == boot {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            content.len()
+        );
+    }
+    println!();
+    check()?;
+
+    println!("[5/5] vpnd status at site 1 (what an operator sees):\n");
+    let vpnd = bin_path("vpnd");
+    let control = overlay.daemons[0].control.to_string_lossy().into_owned();
+    let table = topo.host(1).run(&[
+        vpnd.to_string_lossy().as_ref(),
+        "status",
+        "--control",
+        &control,
+    ]);
+    for line in table.stdout.lines() {
+        println!("      {line}");
+    }
+    let wan = topo.wan_stats();
+    println!(
+        "\n      the emulated WAN carried {} frames ({} KiB) in all",
+        wan.a_to_b.rx_frames,
+        wan.a_to_b.rx_bytes / 1024
+    );
+    Ok(())
+}
