@@ -61,6 +61,9 @@ struct ServeArgs {
     sample_every: u64,
     #[arg(long, default_value = "10.128.0.0/9")]
     subnet_pool: String,
+    /// The first overlay network id to hand out.
+    #[arg(long, default_value_t = 1)]
+    first_network_id: u32,
     /// Token for the first admin user (created when the store has no admin).
     #[arg(long, env = "VCLUSTER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -159,6 +162,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .subnet_pool
         .parse()
         .map_err(|e| anyhow::anyhow!("--subnet-pool {}: {e}", a.subnet_pool))?;
+    config.first_network_id = a.first_network_id.max(1);
     config.bootstrap_admin_token = a.admin_token;
     config.admin_token_file = a.admin_token_file;
     controller::serve(config).await

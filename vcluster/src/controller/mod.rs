@@ -55,6 +55,9 @@ pub struct ControllerConfig {
     pub sample_every: Duration,
     /// Clusters' subnets are carved from this pool, one /24 each, unless given.
     pub subnet_pool: Ipv4Net,
+    /// The first overlay network id handed out (ids below it are left to the operator's
+    /// own vpnd networks).
+    pub first_network_id: u32,
     /// Creates an `admin` user with this token when the store has no admin.
     pub bootstrap_admin_token: Option<String>,
     /// When the store has no admin and no token was given, a new one is written here.
@@ -75,6 +78,7 @@ impl ControllerConfig {
             housekeeping: Duration::from_secs(2),
             sample_every: Duration::from_secs(60),
             subnet_pool: "10.128.0.0/9".parse().expect("valid pool"),
+            first_network_id: 1,
             bootstrap_admin_token: None,
             admin_token_file: None,
         }

@@ -149,10 +149,13 @@ fn node_address(subnet: Ipv4Net, index: u32) -> String {
     format!("{ip}/{}", subnet.prefix_len())
 }
 
+/// The cluster's subnet: the one asked for, or the first free one in the pool that has
+/// addresses for `nodes` (a /24 unless the cluster is larger).
 async fn choose_subnet(
     tx: &mut WriteTx,
     pool: Ipv4Net,
     wanted: Option<&str>,
+    nodes: u32,
 ) -> Result<Ipv4Net, ApiError> {
     let taken: Vec<Ipv4Net> = store::list_clusters(tx.conn(), None)
         .await?
@@ -190,7 +193,9 @@ async fn choose_subnet(
         }
         return Ok(net);
     }
-    let size = pool.prefix_len().max(24);
+    let needed = nodes as u64 + 3;
+    let bits = 64 - (needed - 1).leading_zeros() as u8;
+    let size = pool.prefix_len().max((32 - bits.max(8)).min(24));
     pool.subnets(size)
         .map_err(|e| ApiError::internal(format!("subnet pool {pool}: {e}")))?
         .find(|n| !taken.iter().any(|t| overlaps(t, n)))
@@ -428,7 +433,7 @@ pub async fn create_cluster(
         }
     }
     let reservation = reservation_for(&mut tx, &who, req.reservation).await?;
-    let subnet = choose_subnet(&mut tx, app.config.subnet_pool, req.subnet.as_deref()).await?;
+    let subnet = choose_subnet(&mut tx, app.config.subnet_pool, req.subnet.as_deref(), anywhere + pinned_total).await?;
     if ((anywhere + pinned_total) as u64) > max_index(subnet) as u64 {
         return Err(ApiError::invalid(
             "subnet",
@@ -438,7 +443,10 @@ pub async fn create_cluster(
             ),
         ));
     }
-    let network_id = store::next_network_id(tx.conn()).await?;
+    let network_id = store::next_network_id(tx.conn(), app.config.first_network_id as i64).await?;
+    if network_id > u32::MAX as i64 {
+        return Err(ApiError::conflict("overlay network ids are used up"));
+    }
     let psk = random_psk();
     let subnet_text = subnet.to_string();
     let id = match store::insert_cluster(

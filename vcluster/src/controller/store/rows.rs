@@ -448,11 +448,13 @@ pub async fn delete_cluster(c: &mut Conn, id: i64) -> R<()> {
     Ok(())
 }
 
-/// Hands out the next overlay network id; ids are never reused.
-pub async fn next_network_id(c: &mut Conn) -> R<i64> {
+/// Hands out the next overlay network id, at least `first`; ids are never reused.
+pub async fn next_network_id(c: &mut Conn, first: i64) -> R<i64> {
     Ok(sqlx::query_scalar(
-        "UPDATE counters SET value = value + 1 WHERE name = 'network_id' RETURNING value",
+        "UPDATE counters SET value = CASE WHEN value + 1 < $1 THEN $1 ELSE value + 1 END \
+         WHERE name = 'network_id' RETURNING value",
     )
+    .bind(first)
     .fetch_one(c)
     .await?)
 }
