@@ -47,7 +47,10 @@ async fn status_reports_the_daemon_public_key() {
 async fn network_lifecycle_follows_the_contract() {
     let vpnd = FakeVpnd::start().await;
     let client = VpndClient::new(&vpnd.socket);
-    assert!(client.network(7).await.unwrap().is_none(), "unknown network is None, not an error");
+    assert!(
+        client.network(7).await.unwrap().is_none(),
+        "unknown network is None, not an error"
+    );
 
     let added = client.add_network(&network(7)).await.unwrap();
     assert_eq!(added.id, 7);
@@ -56,7 +59,10 @@ async fn network_lifecycle_follows_the_contract() {
     assert_eq!(added.bridge.as_deref(), Some("vcbr7"));
 
     let dup = client.add_network(&network(7)).await.unwrap_err();
-    assert!(matches!(&dup, VpndError::Api { status, message } if status.as_u16() == 409 && message.contains("already exists")), "{dup}");
+    assert!(
+        matches!(&dup, VpndError::Api { status, message } if status.as_u16() == 409 && message.contains("already exists")),
+        "{dup}"
+    );
 
     let stopped = client.stop(7).await.unwrap();
     assert!(!stopped.running);
@@ -79,8 +85,17 @@ async fn network_lifecycle_follows_the_contract() {
 
     assert_eq!(client.macs(7).await.unwrap().len(), 1);
     assert!(client.delete_network(7).await.unwrap());
-    assert!(!client.delete_network(7).await.unwrap(), "deleting twice says it was not there");
-    assert!(vpnd.log().iter().any(|l| l.starts_with("DELETE /v1/networks/7/peers/-_")), "{:?}", vpnd.log());
+    assert!(
+        !client.delete_network(7).await.unwrap(),
+        "deleting twice says it was not there"
+    );
+    assert!(
+        vpnd.log()
+            .iter()
+            .any(|l| l.starts_with("DELETE /v1/networks/7/peers/-_")),
+        "{:?}",
+        vpnd.log()
+    );
 }
 
 #[tokio::test]

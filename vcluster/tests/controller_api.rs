@@ -11,11 +11,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use vcluster::cli::ApiClient;
 use vcluster::model::{
-    Accepted, Cluster, ClusterState, EarliestSlot, Event, Host, NodeState, OverlayState, Reservation, Site,
-    Task, TaskState,
+    Accepted, Cluster, ClusterState, EarliestSlot, Event, Host, NodeState, OverlayState,
+    Reservation, Site, Task, TaskState,
 };
 
-use common::{Backend, TestAgent, TestController, eventually, expect_success, get_cluster, raw, wait_task};
+use common::{
+    Backend, TestAgent, TestController, eventually, expect_success, get_cluster, raw, wait_task,
+};
 
 /// A controller, sites with one agent-run host each, and a user.
 struct World {
@@ -47,7 +49,10 @@ async fn world_with(ctl: TestController, sites: &[(&str, i64)]) -> World {
 }
 
 async fn create(client: &ApiClient, body: Value) -> Accepted {
-    client.post("/v1/clusters", &body).await.expect("cluster accepted")
+    client
+        .post("/v1/clusters", &body)
+        .await
+        .expect("cluster accepted")
 }
 
 fn nodes_at(c: &Cluster, site: &str) -> usize {
@@ -60,22 +65,55 @@ async fn roles_are_enforced_and_errors_are_json(b: Backend) {
     let (s, body) = raw(Method::GET, &format!("{url}/v1/sites"), None, None).await;
     assert_eq!(s, 401);
     assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
-    let (s, _) = raw(Method::GET, &format!("{url}/v1/sites"), Some("vc_nope"), None).await;
+    let (s, _) = raw(
+        Method::GET,
+        &format!("{url}/v1/sites"),
+        Some("vc_nope"),
+        None,
+    )
+    .await;
     assert_eq!(s, 401);
 
     // A user reads sites but may not create one or list hosts.
-    let (s, body) = raw(Method::GET, &format!("{url}/v1/sites"), Some(&w.user_token), None).await;
+    let (s, body) = raw(
+        Method::GET,
+        &format!("{url}/v1/sites"),
+        Some(&w.user_token),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body.as_array().unwrap().len(), 1);
-    let (s, body) = raw(Method::POST, &format!("{url}/v1/sites"), Some(&w.user_token), Some(r#"{"name":"x"}"#)).await;
+    let (s, body) = raw(
+        Method::POST,
+        &format!("{url}/v1/sites"),
+        Some(&w.user_token),
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
     assert_eq!(s, 403);
-    assert!(body["error"].as_str().unwrap().contains("admin role"), "{body}");
-    let (s, _) = raw(Method::GET, &format!("{url}/v1/hosts"), Some(&w.user_token), None).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("admin role"),
+        "{body}"
+    );
+    let (s, _) = raw(
+        Method::GET,
+        &format!("{url}/v1/hosts"),
+        Some(&w.user_token),
+        None,
+    )
+    .await;
     assert_eq!(s, 403);
 
     // An agent token registers hosts but is no user.
     let agent = w.ctl.user("agent-x", "agent").await;
-    let (s, body) = raw(Method::GET, &format!("{url}/v1/clusters"), Some(&agent), None).await;
+    let (s, body) = raw(
+        Method::GET,
+        &format!("{url}/v1/clusters"),
+        Some(&agent),
+        None,
+    )
+    .await;
     assert_eq!(s, 403, "{body}");
 
     // Admins see the host with its capacity and heartbeat.
@@ -91,7 +129,9 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
     let w = world(&b, &[("east", 2)]).await;
     let url = &w.ctl.url;
     let t = Some(w.user_token.as_str());
-    let post = async |path: &str, body: &str| raw(Method::POST, &format!("{url}{path}"), t, Some(body)).await;
+    let post = async |path: &str, body: &str| {
+        raw(Method::POST, &format!("{url}{path}"), t, Some(body)).await
+    };
 
     let (s, body) = post("/v1/clusters", "{not json").await;
     assert_eq!(s, 400, "{body}");
@@ -101,7 +141,11 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
     let (s, body) = post("/v1/clusters", r#"{"name":"Bad Name","nodes":1}"#).await;
     assert_eq!(s, 422);
     assert_eq!(body["field"], "name", "{body}");
-    let (s, body) = post("/v1/clusters", r#"{"name":"c1","nodes":1,"sites":[{"site":"nowhere","nodes":1}]}"#).await;
+    let (s, body) = post(
+        "/v1/clusters",
+        r#"{"name":"c1","nodes":1,"sites":[{"site":"nowhere","nodes":1}]}"#,
+    )
+    .await;
     assert_eq!(s, 422);
     assert_eq!(body["field"], "sites", "{body}");
 
@@ -109,9 +153,15 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
     let (s, body) = post("/v1/clusters", r#"{"name":"big","nodes":5}"#).await;
     assert_eq!(s, 409, "{body}");
     assert_eq!(body["field"], "nodes");
-    assert!(body["error"].as_str().unwrap().contains("not enough room"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not enough room"),
+        "{body}"
+    );
     let clusters: Vec<Cluster> = w.user.get("/v1/clusters").await.unwrap();
-    assert!(clusters.is_empty(), "a refused cluster leaves no row: {clusters:?}");
+    assert!(
+        clusters.is_empty(),
+        "a refused cluster leaves no row: {clusters:?}"
+    );
     // ...and its name is free
     let ok = create(&w.user, json!({"name": "big", "nodes": 4})).await;
     expect_success(&w.user, &ok).await;
@@ -125,12 +175,21 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
     .await;
     assert_eq!(s, 422);
     assert_eq!(body["field"], "end");
-    assert!(body["error"].as_str().unwrap().contains("after start"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("after start"),
+        "{body}"
+    );
 
     let (s, body) = raw(Method::GET, &format!("{url}/v1/clusters/nope"), t, None).await;
     assert_eq!(s, 404);
     assert!(body["error"].as_str().unwrap().contains("nope"));
-    let (s, _) = raw(Method::DELETE, &format!("{url}/v1/clusters/big/nodes/big-node-99"), t, None).await;
+    let (s, _) = raw(
+        Method::DELETE,
+        &format!("{url}/v1/clusters/big/nodes/big-node-99"),
+        t,
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     let (s, _) = raw(Method::GET, &format!("{url}/v1/tasks/999999"), t, None).await;
     assert_eq!(s, 404);
@@ -143,7 +202,11 @@ async fn a_cluster_spreads_across_sites_and_its_overlay_links_the_hosts(b: Backe
     let w = world(&b, &[("east", 2), ("west", 2)]).await;
     let a = create(&w.user, json!({"name": "demo", "nodes": 4})).await;
     assert_eq!(a.task.kind, "create-cluster");
-    assert_eq!(a.task.state, TaskState::Running, "answers before the work is done");
+    assert_eq!(
+        a.task.state,
+        TaskState::Running,
+        "answers before the work is done"
+    );
     let task = expect_success(&w.user, &a).await;
     assert!(task.message.contains("nodes running"), "{}", task.message);
 
@@ -153,21 +216,42 @@ async fn a_cluster_spreads_across_sites_and_its_overlay_links_the_hosts(b: Backe
     assert_eq!(nodes_at(&c, "east"), 2);
     assert_eq!(nodes_at(&c, "west"), 2);
     let names: Vec<&str> = c.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, ["demo-node-1", "demo-node-2", "demo-node-3", "demo-node-4"]);
+    assert_eq!(
+        names,
+        ["demo-node-1", "demo-node-2", "demo-node-3", "demo-node-4"]
+    );
     assert!(c.nodes.iter().all(|n| n.state == NodeState::Running));
-    assert_eq!(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &c.psk).unwrap().len(), 32);
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &c.psk)
+            .unwrap()
+            .len(),
+        32
+    );
 
     for (me, other) in [(0, 1), (1, 0)] {
         let agent = &w.agents[me];
         let nets = agent.vpnd.networks();
-        let net = nets.get(&c.network_id).expect("vpnd network on every host of the cluster");
+        let net = nets
+            .get(&c.network_id)
+            .expect("vpnd network on every host of the cluster");
         assert!(net.running);
         assert_eq!(net.config.psk.as_deref(), Some(c.psk.as_str()));
-        assert_eq!(net.config.bridge.as_deref(), Some(format!("vcbr{:x}", c.network_id).as_str()));
+        assert_eq!(
+            net.config.bridge.as_deref(),
+            Some(format!("vcbr{:x}", c.network_id).as_str())
+        );
         assert_eq!(net.peers.len(), 1, "peers are the cluster's other hosts");
         assert_eq!(net.peers[0].public_key, w.agents[other].vpnd.public_key);
-        assert_eq!(net.peers[0].endpoint.as_deref(), Some(w.agents[other].vpnd.endpoint.as_str()));
-        assert!(agent.bridges.snapshot().contains(&format!("vcbr{:x}", c.network_id)));
+        assert_eq!(
+            net.peers[0].endpoint.as_deref(),
+            Some(w.agents[other].vpnd.endpoint.as_str())
+        );
+        assert!(
+            agent
+                .bridges
+                .snapshot()
+                .contains(&format!("vcbr{:x}", c.network_id))
+        );
         let nodes = agent.driver.snapshot();
         assert_eq!(nodes.len(), 2);
         for (slot, n) in nodes {
@@ -188,12 +272,21 @@ async fn nodes_come_and_go_with_stable_names_and_macs(b: Backend) {
     let a = create(&w.user, json!({"name": "grow", "sites": [{"site": "east", "nodes": 1}, {"site": "west", "nodes": 1}]})).await;
     expect_success(&w.user, &a).await;
     let before = get_cluster(&w.user, "grow").await;
-    let node2 = before.nodes.iter().find(|n| n.name == "grow-node-2").unwrap().clone();
+    let node2 = before
+        .nodes
+        .iter()
+        .find(|n| n.name == "grow-node-2")
+        .unwrap()
+        .clone();
     let west_idx = if node2.site == "west" { 1 } else { 0 };
     let east_idx = 1 - west_idx;
 
     // Removing the only node on one host takes the cluster off that host entirely.
-    let r: Accepted = w.user.delete("/v1/clusters/grow/nodes/grow-node-2").await.unwrap();
+    let r: Accepted = w
+        .user
+        .delete("/v1/clusters/grow/nodes/grow-node-2")
+        .await
+        .unwrap();
     expect_success(&w.user, &r).await;
     let after = get_cluster(&w.user, "grow").await;
     assert_eq!(after.nodes.len(), 1);
@@ -202,17 +295,27 @@ async fn nodes_come_and_go_with_stable_names_and_macs(b: Backend) {
     assert!(!gone_host.vpnd.networks().contains_key(&before.network_id));
     assert!(gone_host.bridges.snapshot().is_empty());
     let stays = &w.agents[east_idx];
-    assert!(stays.vpnd.networks()[&before.network_id].peers.is_empty(), "the gone host is no longer a peer");
+    assert!(
+        stays.vpnd.networks()[&before.network_id].peers.is_empty(),
+        "the gone host is no longer a peer"
+    );
 
     // The next node reuses index 2: same name, same MAC, same address.
     let add: Accepted = w
         .user
-        .post("/v1/clusters/grow/nodes", &json!({"count": 1, "site": node2.site}))
+        .post(
+            "/v1/clusters/grow/nodes",
+            &json!({"count": 1, "site": node2.site}),
+        )
         .await
         .unwrap();
     expect_success(&w.user, &add).await;
     let again = get_cluster(&w.user, "grow").await;
-    let back = again.nodes.iter().find(|n| n.name == "grow-node-2").expect("node-2 is back");
+    let back = again
+        .nodes
+        .iter()
+        .find(|n| n.name == "grow-node-2")
+        .expect("node-2 is back");
     assert_eq!(back.mac, node2.mac);
     assert_eq!(back.address, node2.address);
     assert_eq!(back.state, NodeState::Running);
@@ -225,41 +328,92 @@ async fn nodes_come_and_go_with_stable_names_and_macs(b: Backend) {
 
 async fn stopping_the_overlay_stops_it_on_every_host(b: Backend) {
     let w = world(&b, &[("east", 2), ("west", 2)]).await;
-    expect_success(&w.user, &create(&w.user, json!({"name": "vpn", "nodes": 2})).await).await;
+    expect_success(
+        &w.user,
+        &create(&w.user, json!({"name": "vpn", "nodes": 2})).await,
+    )
+    .await;
     let c = get_cluster(&w.user, "vpn").await;
-    let stop: Accepted = w.user.post("/v1/clusters/vpn/overlay/stop", &json!({})).await.unwrap();
-    assert_eq!(stop.cluster.as_ref().unwrap().overlay, OverlayState::Stopped);
+    let stop: Accepted = w
+        .user
+        .post("/v1/clusters/vpn/overlay/stop", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        stop.cluster.as_ref().unwrap().overlay,
+        OverlayState::Stopped
+    );
     expect_success(&w.user, &stop).await;
     for a in &w.agents {
-        assert!(!a.vpnd.networks()[&c.network_id].running, "stopped on {}", a.name);
-        assert!(a.vpnd.log().contains(&format!("POST /v1/networks/{}/stop", c.network_id)));
+        assert!(
+            !a.vpnd.networks()[&c.network_id].running,
+            "stopped on {}",
+            a.name
+        );
+        assert!(
+            a.vpnd
+                .log()
+                .contains(&format!("POST /v1/networks/{}/stop", c.network_id))
+        );
     }
     // nodes keep running while the overlay is down
-    assert!(get_cluster(&w.user, "vpn").await.nodes.iter().all(|n| n.state == NodeState::Running));
-    let start: Accepted = w.user.post("/v1/clusters/vpn/overlay/start", &json!({})).await.unwrap();
+    assert!(
+        get_cluster(&w.user, "vpn")
+            .await
+            .nodes
+            .iter()
+            .all(|n| n.state == NodeState::Running)
+    );
+    let start: Accepted = w
+        .user
+        .post("/v1/clusters/vpn/overlay/start", &json!({}))
+        .await
+        .unwrap();
     expect_success(&w.user, &start).await;
     for a in &w.agents {
-        assert!(a.vpnd.networks()[&c.network_id].running, "started on {}", a.name);
+        assert!(
+            a.vpnd.networks()[&c.network_id].running,
+            "started on {}",
+            a.name
+        );
     }
 }
 
 async fn deleting_a_cluster_removes_everything_it_made(b: Backend) {
     let w = world(&b, &[("east", 2), ("west", 2)]).await;
-    expect_success(&w.user, &create(&w.user, json!({"name": "gone", "nodes": 3})).await).await;
+    expect_success(
+        &w.user,
+        &create(&w.user, json!({"name": "gone", "nodes": 3})).await,
+    )
+    .await;
     let d: Accepted = w.user.delete("/v1/clusters/gone").await.unwrap();
     assert_eq!(d.cluster.as_ref().unwrap().state, ClusterState::Deleting);
     expect_success(&w.user, &d).await;
     for a in &w.agents {
         assert!(a.driver.snapshot().is_empty(), "nodes left on {}", a.name);
-        assert!(a.vpnd.networks().is_empty(), "vpnd network left on {}", a.name);
+        assert!(
+            a.vpnd.networks().is_empty(),
+            "vpnd network left on {}",
+            a.name
+        );
         assert!(a.bridges.snapshot().is_empty(), "bridge left on {}", a.name);
     }
-    let (s, _) = raw(Method::GET, &format!("{}/v1/clusters/gone", w.ctl.url), Some(&w.user_token), None).await;
+    let (s, _) = raw(
+        Method::GET,
+        &format!("{}/v1/clusters/gone", w.ctl.url),
+        Some(&w.user_token),
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     let sites: Vec<Site> = w.user.get("/v1/sites").await.unwrap();
     assert!(sites.iter().all(|s| s.in_use.cpus == 0));
     // the name can be used again
-    expect_success(&w.user, &create(&w.user, json!({"name": "gone", "nodes": 1})).await).await;
+    expect_success(
+        &w.user,
+        &create(&w.user, json!({"name": "gone", "nodes": 1})).await,
+    )
+    .await;
 }
 
 async fn a_failed_creation_is_rolled_back_on_every_host(b: Backend) {
@@ -269,7 +423,11 @@ async fn a_failed_creation_is_rolled_back_on_every_host(b: Backend) {
     let task = wait_task(&w.user, a.task.id).await;
     assert_eq!(task.state, TaskState::Failed);
     assert!(task.message.contains("disk full"), "{}", task.message);
-    assert!(task.message.contains("west-h1"), "names the host: {}", task.message);
+    assert!(
+        task.message.contains("west-h1"),
+        "names the host: {}",
+        task.message
+    );
     assert!(task.message.contains("rolled back"), "{}", task.message);
     let c = get_cluster(&w.user, "broken").await;
     assert_eq!(c.state, ClusterState::Failed);
@@ -279,7 +437,10 @@ async fn a_failed_creation_is_rolled_back_on_every_host(b: Backend) {
     assert!(w.agents[0].driver.snapshot().is_empty());
     assert!(w.agents[0].vpnd.networks().is_empty());
     let sites: Vec<Site> = w.user.get("/v1/sites").await.unwrap();
-    assert!(sites.iter().all(|s| s.in_use.cpus == 0), "capacity released: {sites:?}");
+    assert!(
+        sites.iter().all(|s| s.in_use.cpus == 0),
+        "capacity released: {sites:?}"
+    );
     // a failed cluster can be deleted
     *w.agents[1].driver.fail.lock().unwrap() = None;
     let d: Accepted = w.user.delete("/v1/clusters/broken").await.unwrap();
@@ -297,7 +458,10 @@ async fn a_stuck_task_times_out_and_is_rolled_back(b: Backend) {
     assert!(task.message.contains("timed out"), "{}", task.message);
     let c = get_cluster(&w.user, "stuck").await;
     assert_eq!(c.state, ClusterState::Failed);
-    assert!(c.nodes.iter().all(|n| n.state == NodeState::Failed), "no node stuck in creating: {c:?}");
+    assert!(
+        c.nodes.iter().all(|n| n.state == NodeState::Failed),
+        "no node stuck in creating: {c:?}"
+    );
 }
 
 async fn reservations_are_accepted_refused_and_answer_the_earliest_slot(b: Backend) {
@@ -305,17 +469,36 @@ async fn reservations_are_accepted_refused_and_answer_the_earliest_slot(b: Backe
     let w = world(&b, &[("east", 2)]).await;
     // the store keeps milliseconds
     let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
-    let reserve = |nodes: i64, start: chrono::DateTime<Utc>, hours: i64| {
-        json!({"site": "east", "nodes": nodes, "node_memory_mib": 256, "start": start, "end": start + chrono::Duration::hours(hours)})
-    };
-    let r1: Reservation = w.user.post("/v1/reservations", &reserve(6, now, 2)).await.unwrap();
+    let reserve = |nodes: i64, start: chrono::DateTime<Utc>, hours: i64| json!({"site": "east", "nodes": nodes, "node_memory_mib": 256, "start": start, "end": start + chrono::Duration::hours(hours)});
+    let r1: Reservation = w
+        .user
+        .post("/v1/reservations", &reserve(6, now, 2))
+        .await
+        .unwrap();
     assert_eq!(r1.resources.cpus, 6);
-    let e = w.user.post::<_, Reservation>("/v1/reservations", &reserve(3, now + chrono::Duration::hours(1), 2)).await.unwrap_err();
+    let e = w
+        .user
+        .post::<_, Reservation>(
+            "/v1/reservations",
+            &reserve(3, now + chrono::Duration::hours(1), 2),
+        )
+        .await
+        .unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("refused") && msg.contains("409"), "{msg}");
-    assert!(msg.contains("at most 2 CPUs"), "says how much is free: {msg}");
+    assert!(
+        msg.contains("at most 2 CPUs"),
+        "says how much is free: {msg}"
+    );
     // after r1 ends there is room
-    let r2: Reservation = w.user.post("/v1/reservations", &reserve(8, now + chrono::Duration::hours(2), 1)).await.unwrap();
+    let r2: Reservation = w
+        .user
+        .post(
+            "/v1/reservations",
+            &reserve(8, now + chrono::Duration::hours(2), 1),
+        )
+        .await
+        .unwrap();
     assert_eq!(r2.site, "east");
 
     let slot: EarliestSlot = w
@@ -324,9 +507,20 @@ async fn reservations_are_accepted_refused_and_answer_the_earliest_slot(b: Backe
         .await
         .unwrap();
     assert_eq!(slot.site, "east");
-    assert_eq!(slot.start, now + chrono::Duration::hours(3), "after both leases");
-    let slot: EarliestSlot = w.user.get("/v1/reservations/earliest?nodes=2&hours=1&node_memory_mib=256").await.unwrap();
-    assert!((slot.start - Utc::now()).num_seconds().abs() < 60, "2 nodes fit now: {slot:?}");
+    assert_eq!(
+        slot.start,
+        now + chrono::Duration::hours(3),
+        "after both leases"
+    );
+    let slot: EarliestSlot = w
+        .user
+        .get("/v1/reservations/earliest?nodes=2&hours=1&node_memory_mib=256")
+        .await
+        .unwrap();
+    assert!(
+        (slot.start - Utc::now()).num_seconds().abs() < 60,
+        "2 nodes fit now: {slot:?}"
+    );
 
     // anywhere: the controller picks a site that fits
     let any: Reservation = w
@@ -342,15 +536,33 @@ async fn reservations_are_accepted_refused_and_answer_the_earliest_slot(b: Backe
     assert!(theirs.is_empty());
     let all: Vec<Reservation> = w.ctl.admin.get("/v1/reservations").await.unwrap();
     assert_eq!(all.len(), 3);
-    let (s, _) = raw(Method::DELETE, &format!("{}/v1/reservations/{}", w.ctl.url, r2.id), Some(&bob_token(&w).await), None).await;
+    let (s, _) = raw(
+        Method::DELETE,
+        &format!("{}/v1/reservations/{}", w.ctl.url, r2.id),
+        Some(&bob_token(&w).await),
+        None,
+    )
+    .await;
     assert_eq!(s, 404, "bob cannot cancel alice's reservation");
-    w.user.delete_empty(&format!("/v1/reservations/{}", r2.id)).await.unwrap();
-    let r2: Reservation = w.user.get(&format!("/v1/reservations/{}", r2.id)).await.unwrap();
+    w.user
+        .delete_empty(&format!("/v1/reservations/{}", r2.id))
+        .await
+        .unwrap();
+    let r2: Reservation = w
+        .user
+        .get(&format!("/v1/reservations/{}", r2.id))
+        .await
+        .unwrap();
     assert_eq!(format!("{:?}", r2.state), "Cancelled");
 }
 
 async fn bob_token(w: &World) -> String {
-    let t: Value = w.ctl.admin.post("/v1/users/bob/tokens", &json!({})).await.unwrap();
+    let t: Value = w
+        .ctl
+        .admin
+        .post("/v1/users/bob/tokens", &json!({}))
+        .await
+        .unwrap();
     t["token"].as_str().unwrap().to_string()
 }
 
@@ -364,11 +576,18 @@ async fn unreserved_clusters_leave_room_for_future_reservations(b: Backend) {
         .unwrap();
     let e = w
         .user
-        .post::<_, Accepted>("/v1/clusters", &json!({"name": "greedy", "nodes": 3, "node_memory_mib": 64}))
+        .post::<_, Accepted>(
+            "/v1/clusters",
+            &json!({"name": "greedy", "nodes": 3, "node_memory_mib": 64}),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not enough room"), "{e}");
-    let ok = create(&w.user, json!({"name": "modest", "nodes": 2, "node_memory_mib": 64})).await;
+    let ok = create(
+        &w.user,
+        json!({"name": "modest", "nodes": 2, "node_memory_mib": 64}),
+    )
+    .await;
     expect_success(&w.user, &ok).await;
     // and a reservation for the same period can no longer take all 8
     let e = w
@@ -394,13 +613,19 @@ async fn a_lease_bounds_its_clusters_and_stops_them_when_it_ends(b: Backend) {
         .unwrap();
     let e = w
         .user
-        .post::<_, Accepted>("/v1/clusters", &json!({"name": "early", "nodes": 1, "node_memory_mib": 128, "reservation": future.id}))
+        .post::<_, Accepted>(
+            "/v1/clusters",
+            &json!({"name": "early", "nodes": 1, "node_memory_mib": 128, "reservation": future.id}),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("outside its lease"), "{e}");
     let e = w
         .user
-        .post::<_, Accepted>("/v1/clusters", &json!({"name": "toobig", "nodes": 3, "node_memory_mib": 128, "reservation": lease.id}))
+        .post::<_, Accepted>(
+            "/v1/clusters",
+            &json!({"name": "toobig", "nodes": 3, "node_memory_mib": 128, "reservation": lease.id}),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("allows 2 more nodes"), "{e}");
@@ -411,27 +636,61 @@ async fn a_lease_bounds_its_clusters_and_stops_them_when_it_ends(b: Backend) {
         .unwrap_err();
     assert!(e.to_string().contains("is at site west"), "{e}");
 
-    let a = create(&w.user, json!({"name": "leased", "nodes": 2, "node_memory_mib": 128, "reservation": lease.id})).await;
+    let a = create(
+        &w.user,
+        json!({"name": "leased", "nodes": 2, "node_memory_mib": 128, "reservation": lease.id}),
+    )
+    .await;
     expect_success(&w.user, &a).await;
     let c = get_cluster(&w.user, "leased").await;
-    assert_eq!(nodes_at(&c, "west"), 2, "inside the lease, nodes go to its site");
-    let r: Reservation = w.user.get(&format!("/v1/reservations/{}", lease.id)).await.unwrap();
+    assert_eq!(
+        nodes_at(&c, "west"),
+        2,
+        "inside the lease, nodes go to its site"
+    );
+    let r: Reservation = w
+        .user
+        .get(&format!("/v1/reservations/{}", lease.id))
+        .await
+        .unwrap();
     assert_eq!(r.clusters, ["leased"]);
 
-    eventually("the lease ends and its cluster is stopped", Duration::from_secs(20), || async {
-        let c = get_cluster(&w.user, "leased").await;
-        c.state == ClusterState::Expired && c.nodes.iter().all(|n| n.state == NodeState::Stopped)
-    })
+    eventually(
+        "the lease ends and its cluster is stopped",
+        Duration::from_secs(20),
+        || async {
+            let c = get_cluster(&w.user, "leased").await;
+            c.state == ClusterState::Expired
+                && c.nodes.iter().all(|n| n.state == NodeState::Stopped)
+        },
+    )
     .await;
     let c = get_cluster(&w.user, "leased").await;
     assert_eq!(c.overlay, OverlayState::Stopped);
-    assert!(c.reason.as_deref().unwrap().contains(&format!("reservation {}", lease.id)));
+    assert!(
+        c.reason
+            .as_deref()
+            .unwrap()
+            .contains(&format!("reservation {}", lease.id))
+    );
     let west = &w.agents[1];
     assert!(!west.vpnd.networks()[&c.network_id].running);
-    assert!(west.driver.snapshot().values().all(|n| !n.spec.running), "nodes stopped on the host");
+    assert!(
+        west.driver.snapshot().values().all(|n| !n.spec.running),
+        "nodes stopped on the host"
+    );
     let events: Vec<Event> = w.user.get("/v1/events").await.unwrap();
-    assert!(events.iter().any(|e| e.kind == "lease-expired" && e.message.contains("leased")), "{events:?}");
-    let r: Reservation = w.user.get(&format!("/v1/reservations/{}", lease.id)).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "lease-expired" && e.message.contains("leased")),
+        "{events:?}"
+    );
+    let r: Reservation = w
+        .user
+        .get(&format!("/v1/reservations/{}", lease.id))
+        .await
+        .unwrap();
     assert_eq!(format!("{:?}", r.state), "Expired");
     // expired clusters can still be deleted
     let d: Accepted = w.user.delete("/v1/clusters/leased").await.unwrap();
@@ -440,14 +699,22 @@ async fn a_lease_bounds_its_clusters_and_stops_them_when_it_ends(b: Backend) {
 
 async fn other_users_clusters_are_invisible(b: Backend) {
     let w = world(&b, &[("east", 2)]).await;
-    expect_success(&w.user, &create(&w.user, json!({"name": "mine", "nodes": 1})).await).await;
+    expect_success(
+        &w.user,
+        &create(&w.user, json!({"name": "mine", "nodes": 1})).await,
+    )
+    .await;
     let bob = w.ctl.client(&w.ctl.user("bob", "user").await);
     let theirs: Vec<Cluster> = bob.get("/v1/clusters").await.unwrap();
     assert!(theirs.is_empty());
     for attempt in [
         bob.get::<Cluster>("/v1/clusters/mine").await.map(|_| ()),
-        bob.delete::<Accepted>("/v1/clusters/mine").await.map(|_| ()),
-        bob.post::<_, Accepted>("/v1/clusters/mine/overlay/stop", &json!({})).await.map(|_| ()),
+        bob.delete::<Accepted>("/v1/clusters/mine")
+            .await
+            .map(|_| ()),
+        bob.post::<_, Accepted>("/v1/clusters/mine/overlay/stop", &json!({}))
+            .await
+            .map(|_| ()),
     ] {
         let e = attempt.unwrap_err().to_string();
         assert!(e.contains("404"), "{e}");
@@ -460,7 +727,11 @@ async fn other_users_clusters_are_invisible(b: Backend) {
 
 async fn agent_and_controller_restarts_converge(b: Backend) {
     let mut w = world(&b, &[("east", 2), ("west", 2)]).await;
-    expect_success(&w.user, &create(&w.user, json!({"name": "keep", "nodes": 4})).await).await;
+    expect_success(
+        &w.user,
+        &create(&w.user, json!({"name": "keep", "nodes": 4})).await,
+    )
+    .await;
     let c = get_cluster(&w.user, "keep").await;
 
     // The agent restarts into a host that drifted: a node vanished, and a cluster the
@@ -488,11 +759,23 @@ async fn agent_and_controller_restarts_converge(b: Backend) {
         },
     );
     east.restart().await;
-    assert!(east.driver.snapshot().contains_key(&lost), "the vanished node is back");
-    assert!(!east.bridges.snapshot().contains("vcbrbeef"), "the orphan bridge is gone");
+    assert!(
+        east.driver.snapshot().contains_key(&lost),
+        "the vanished node is back"
+    );
+    assert!(
+        !east.bridges.snapshot().contains("vcbrbeef"),
+        "the orphan bridge is gone"
+    );
     let nets = east.vpnd.networks();
-    assert!(!nets.contains_key(&0xbeef), "the orphan vpnd network is gone");
-    assert!(nets.contains_key(&999), "networks not made by the agent are left alone");
+    assert!(
+        !nets.contains_key(&0xbeef),
+        "the orphan vpnd network is gone"
+    );
+    assert!(
+        nets.contains_key(&999),
+        "networks not made by the agent are left alone"
+    );
     assert!(nets.contains_key(&c.network_id));
 
     // The controller restarts while a task is stuck on a host: the task fails, its node
@@ -500,17 +783,36 @@ async fn agent_and_controller_restarts_converge(b: Backend) {
     *w.agents[1].driver.hang.lock().unwrap() = true;
     let add: Accepted = w
         .user
-        .post("/v1/clusters/keep/nodes", &json!({"count": 1, "site": "west"}))
+        .post(
+            "/v1/clusters/keep/nodes",
+            &json!({"count": 1, "site": "west"}),
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     w.ctl.restart().await;
     let task = wait_task(&w.user, add.task.id).await;
     assert_eq!(task.state, TaskState::Failed);
-    assert!(task.message.contains("controller restarted"), "{}", task.message);
+    assert!(
+        task.message.contains("controller restarted"),
+        "{}",
+        task.message
+    );
     let c = get_cluster(&w.user, "keep").await;
-    assert_eq!(c.nodes.iter().filter(|n| n.state == NodeState::Running).count(), 4);
-    assert_eq!(c.nodes.iter().filter(|n| n.state == NodeState::Failed).count(), 1);
+    assert_eq!(
+        c.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Running)
+            .count(),
+        4
+    );
+    assert_eq!(
+        c.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Failed)
+            .count(),
+        1
+    );
     *w.agents[1].driver.hang.lock().unwrap() = false;
     w.agents[1].restart().await;
     let west_nodes = w.agents[1].driver.snapshot().len();
@@ -523,20 +825,53 @@ async fn agent_and_controller_restarts_converge(b: Backend) {
 
 async fn openapi_metrics_and_timeline_are_served(b: Backend) {
     let w = world(&b, &[("east", 2)]).await;
-    expect_success(&w.user, &create(&w.user, json!({"name": "m", "nodes": 2})).await).await;
-    let (s, doc) = raw(Method::GET, &format!("{}/openapi.json", w.ctl.url), None, None).await;
+    expect_success(
+        &w.user,
+        &create(&w.user, json!({"name": "m", "nodes": 2})).await,
+    )
+    .await;
+    let (s, doc) = raw(
+        Method::GET,
+        &format!("{}/openapi.json", w.ctl.url),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
-    for path in ["/v1/clusters", "/v1/clusters/{cluster}/nodes", "/v1/reservations/earliest", "/v1/hosts/register"] {
+    for path in [
+        "/v1/clusters",
+        "/v1/clusters/{cluster}/nodes",
+        "/v1/reservations/earliest",
+        "/v1/hosts/register",
+    ] {
         assert!(doc["paths"][path].is_object(), "openapi has {path}");
     }
     assert!(doc["components"]["schemas"]["Cluster"].is_object());
-    let metrics = reqwest::get(format!("{}/metrics", w.ctl.url)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("vcluster_site_capacity_cpus{site=\"east\"} 8"), "{metrics}");
-    assert!(metrics.contains("vcluster_site_in_use_cpus{site=\"east\"} 2"), "{metrics}");
-    assert!(metrics.contains("vcluster_tasks_total{kind=\"create-cluster\",outcome=\"succeeded\"} 1"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", w.ctl.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vcluster_site_capacity_cpus{site=\"east\"} 8"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vcluster_site_in_use_cpus{site=\"east\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vcluster_tasks_total{kind=\"create-cluster\",outcome=\"succeeded\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.trim_end().ends_with("# EOF"));
     eventually("usage samples", Duration::from_secs(10), || async {
-        let t: Value = w.user.get("/v1/sites/east/timeline?hours_back=1&hours_ahead=1").await.unwrap();
+        let t: Value = w
+            .user
+            .get("/v1/sites/east/timeline?hours_back=1&hours_ahead=1")
+            .await
+            .unwrap();
         t["points"].as_array().unwrap().len() >= 3
     })
     .await;
@@ -565,12 +900,17 @@ async fn the_cli_drives_the_api_and_prints_server_errors(b: Backend) {
     assert!(out.contains("Succeeded"), "{out}");
     let (ok, out, _) = cli(&["cluster", "show", "cli"]);
     assert!(ok);
-    assert!(out.contains("cli-node-1") && out.contains("cli-node-2"), "{out}");
+    assert!(
+        out.contains("cli-node-1") && out.contains("cli-node-2"),
+        "{out}"
+    );
     let (ok, out, err) = cli(&["vpn", "stop", "cli", "--wait"]);
     assert!(ok, "{out}{err}");
     let (ok, out, err) = cli(&["node", "remove", "cli", "cli-node-1", "--wait"]);
     assert!(ok, "{out}{err}");
-    let (ok, out, _) = cli(&["reserve", "create", "--nodes", "2", "--site", "east", "--hours", "1"]);
+    let (ok, out, _) = cli(&[
+        "reserve", "create", "--nodes", "2", "--site", "east", "--hours", "1",
+    ]);
     assert!(ok, "{out}");
     assert!(out.contains("reservation 1 Accepted"), "{out}");
     let (ok, out, _) = cli(&["reserve", "when", "--nodes", "1", "--hours", "2", "--json"]);
@@ -580,7 +920,10 @@ async fn the_cli_drives_the_api_and_prints_server_errors(b: Backend) {
     // failures print the server's message and exit non-zero
     let (ok, _, err) = cli(&["cluster", "create", "huge", "--nodes", "500"]);
     assert!(!ok);
-    assert!(err.contains("not enough room") && err.contains("409"), "{err}");
+    assert!(
+        err.contains("not enough room") && err.contains("409"),
+        "{err}"
+    );
     let (ok, _, err) = cli(&["sites", "create", "nope"]);
     assert!(!ok);
     assert!(err.contains("admin role"), "{err}");
@@ -588,7 +931,10 @@ async fn the_cli_drives_the_api_and_prints_server_errors(b: Backend) {
     assert!(ok, "{out}{err}");
     let (ok, out, _) = cli(&["task", "list", "--cluster", "cli"]);
     assert!(ok);
-    assert!(out.contains("delete-cluster") && out.contains("remove-node"), "{out}");
+    assert!(
+        out.contains("delete-cluster") && out.contains("remove-node"),
+        "{out}"
+    );
 }
 
 both_backends!(

@@ -129,7 +129,8 @@ impl FakeVpnd {
         let mut raw = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
         let public_key = STANDARD.encode(raw);
-        let port = 20000 + (std::process::id() % 20000) as u16 + PORTS.fetch_add(1, Ordering::Relaxed);
+        let port =
+            20000 + (std::process::id() % 20000) as u16 + PORTS.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(Mutex::new(FakeState::default()));
         let shared = Shared {
             public_key: public_key.clone(),
@@ -209,15 +210,24 @@ async fn add_network(State(s): State<Shared>, body: axum::body::Bytes) -> Respon
     }
     for (i, p) in n.peers.iter().enumerate() {
         if !key_ok(&p.public_key) {
-            return err(StatusCode::BAD_REQUEST, format!("peers[{i}].public_key: not a 32-byte base64 key"));
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("peers[{i}].public_key: not a 32-byte base64 key"),
+            );
         }
     }
     let mut st = s.state.lock().unwrap();
     if st.networks.contains_key(&n.id) {
-        return err(StatusCode::CONFLICT, format!("network {} already exists", n.id));
+        return err(
+            StatusCode::CONFLICT,
+            format!("network {} already exists", n.id),
+        );
     }
     if st.networks.values().any(|o| o.config.tap == n.tap) {
-        return err(StatusCode::CONFLICT, format!("TAP {} already exists", n.tap));
+        return err(
+            StatusCode::CONFLICT,
+            format!("TAP {} already exists", n.tap),
+        );
     }
     let net = FakeNetwork {
         running: n.running.unwrap_or(true),
@@ -256,20 +266,30 @@ async fn stop(State(s): State<Shared>, Path(id): Path<u32>) -> Response {
     set_running(&s, id, false)
 }
 
-async fn add_peer(State(s): State<Shared>, Path(id): Path<u32>, body: axum::body::Bytes) -> Response {
+async fn add_peer(
+    State(s): State<Shared>,
+    Path(id): Path<u32>,
+    body: axum::body::Bytes,
+) -> Response {
     let p: PeerIn = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => return err(StatusCode::BAD_REQUEST, format!("malformed peer: {e}")),
     };
     if !key_ok(&p.public_key) {
-        return err(StatusCode::BAD_REQUEST, "public_key: not a 32-byte base64 key");
+        return err(
+            StatusCode::BAD_REQUEST,
+            "public_key: not a 32-byte base64 key",
+        );
     }
     let mut st = s.state.lock().unwrap();
     let Some(n) = st.networks.get_mut(&id) else {
         return err(StatusCode::NOT_FOUND, format!("no network {id}"));
     };
     if n.peers.iter().any(|o| o.public_key == p.public_key) {
-        return err(StatusCode::CONFLICT, format!("network {id} already has peer {}", p.public_key));
+        return err(
+            StatusCode::CONFLICT,
+            format!("network {id} already has peer {}", p.public_key),
+        );
     }
     n.peers.push(p.clone());
     (StatusCode::CREATED, Json(peer_json(&p))).into_response()
@@ -291,7 +311,10 @@ async fn delete_peer(State(s): State<Shared>, Path((id, key)): Path<(u32, String
     let before = n.peers.len();
     n.peers.retain(|p| p.public_key != key);
     if n.peers.len() == before {
-        return err(StatusCode::NOT_FOUND, format!("network {id} has no peer with public key {key}"));
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("network {id} has no peer with public key {key}"),
+        );
     }
     StatusCode::NO_CONTENT.into_response()
 }
@@ -299,7 +322,8 @@ async fn delete_peer(State(s): State<Shared>, Path((id, key)): Path<(u32, String
 async fn macs(State(s): State<Shared>, Path(id): Path<u32>) -> Response {
     let st = s.state.lock().unwrap();
     match st.networks.get(&id) {
-        Some(_) => Json(json!([{"mac": "52:54:00:12:34:56", "port": "local", "age_secs": 3.2}])).into_response(),
+        Some(_) => Json(json!([{"mac": "52:54:00:12:34:56", "port": "local", "age_secs": 3.2}]))
+            .into_response(),
         None => err(StatusCode::NOT_FOUND, format!("no network {id}")),
     }
 }

@@ -30,7 +30,10 @@ impl MemDriver {
         self.nodes.lock().unwrap().clone()
     }
     pub fn names(&self) -> BTreeSet<String> {
-        self.snapshot().values().map(|n| n.spec.name.clone()).collect()
+        self.snapshot()
+            .values()
+            .map(|n| n.spec.name.clone())
+            .collect()
     }
 }
 
@@ -52,7 +55,12 @@ impl VmDriver for MemDriver {
             .collect())
     }
 
-    async fn ensure(&self, slot: NodeSlot, bridge: &str, spec: &NodeSpec) -> Result<FoundNode, DriverError> {
+    async fn ensure(
+        &self,
+        slot: NodeSlot,
+        bridge: &str,
+        spec: &NodeSpec,
+    ) -> Result<FoundNode, DriverError> {
         if *self.hang.lock().unwrap() {
             std::future::pending::<()>().await;
         }

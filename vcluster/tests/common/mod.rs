@@ -29,7 +29,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique within this test run (lower-case, starts with a letter).
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A store for one test: a fresh SQLite file or a fresh PostgreSQL database.
@@ -123,7 +127,9 @@ impl TestController {
     }
 
     pub async fn start_with(config: ControllerConfig) -> TestController {
-        let running = controller::start(config.clone()).await.expect("controller starts");
+        let running = controller::start(config.clone())
+            .await
+            .expect("controller starts");
         let url = running.url();
         TestController {
             admin: ApiClient::new(&url, ADMIN_TOKEN),
@@ -197,7 +203,10 @@ pub async fn raw(
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// A host agent with an in-memory driver and a stand-in vpnd.
@@ -212,7 +221,13 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    pub async fn start(ctl: &TestController, token: &str, name: &str, site: &str, cpus: i64) -> TestAgent {
+    pub async fn start(
+        ctl: &TestController,
+        token: &str,
+        name: &str,
+        site: &str,
+        cpus: i64,
+    ) -> TestAgent {
         let vpnd = FakeVpnd::start().await;
         let state = tempfile::tempdir().expect("tempdir");
         let config = AgentConfig {
@@ -254,9 +269,13 @@ impl TestAgent {
     /// Starts the agent again with the same state dir, driver, bridges and vpnd.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let agent = agent::start(self.config.clone(), self.driver.clone(), self.bridges.clone())
-            .await
-            .expect("agent restarts");
+        let agent = agent::start(
+            self.config.clone(),
+            self.driver.clone(),
+            self.bridges.clone(),
+        )
+        .await
+        .expect("agent restarts");
         self.agent = Some(agent);
     }
 }
@@ -283,7 +302,10 @@ pub async fn expect_success(client: &ApiClient, accepted: &Accepted) -> Task {
 }
 
 pub async fn get_cluster(client: &ApiClient, name: &str) -> Cluster {
-    client.get(&format!("/v1/clusters/{name}")).await.expect("cluster")
+    client
+        .get(&format!("/v1/clusters/{name}"))
+        .await
+        .expect("cluster")
 }
 
 /// Polls `check` until it returns true or `timeout` passes.

@@ -70,19 +70,32 @@ impl PgServer {
     }
 
     fn start() -> Result<PgServer, String> {
-        let bin = find_bin().ok_or("no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")?;
+        let bin =
+            find_bin().ok_or("no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")?;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc_geteuid() } != 0 {
-            return Err("starting a private PostgreSQL server needs root (runuser -u postgres)".into());
+            return Err(
+                "starting a private PostgreSQL server needs root (runuser -u postgres)".into(),
+            );
         }
         let dir = tempfile::Builder::new()
             .prefix("vcluster-pg-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        run(Command::new("chown").arg("postgres:postgres").arg(dir.path()))?;
+        run(Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path()))?;
         let data = dir.path().join("data");
         run(as_postgres(&bin, "initdb")
-            .args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data))?;
         let port = free_port();
         let opts = format!(
@@ -101,9 +114,15 @@ impl PgServer {
 
     /// A new, empty database; returns its URL.
     pub async fn create_database(&self) -> String {
-        let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
         let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to postgres");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to postgres");
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await

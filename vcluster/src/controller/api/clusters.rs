@@ -433,7 +433,13 @@ pub async fn create_cluster(
         }
     }
     let reservation = reservation_for(&mut tx, &who, req.reservation).await?;
-    let subnet = choose_subnet(&mut tx, app.config.subnet_pool, req.subnet.as_deref(), anywhere + pinned_total).await?;
+    let subnet = choose_subnet(
+        &mut tx,
+        app.config.subnet_pool,
+        req.subnet.as_deref(),
+        anywhere + pinned_total,
+    )
+    .await?;
     if ((anywhere + pinned_total) as u64) > max_index(subnet) as u64 {
         return Err(ApiError::invalid(
             "subnet",
