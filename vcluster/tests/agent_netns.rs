@@ -22,8 +22,16 @@ use common::{TestController, expect_success, get_cluster};
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn can_run(test: &str) -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let ip = Command::new("ip").args(["netns", "list"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let ip = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if root && ip {
         return true;
     }
@@ -48,7 +56,10 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let list = Command::new("ip").args(["-j", "netns", "list"]).output().unwrap();
+        let list = Command::new("ip")
+            .args(["-j", "netns", "list"])
+            .output()
+            .unwrap();
         let list: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap_or_default();
         for ns in list {
             let name = ns["name"].as_str().unwrap_or_default();
@@ -56,15 +67,21 @@ impl Drop for Cleanup {
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }
-        let links = Command::new("ip").args(["-j", "link", "show"]).output().unwrap();
-        let links: Vec<serde_json::Value> = serde_json::from_slice(&links.stdout).unwrap_or_default();
+        let links = Command::new("ip")
+            .args(["-j", "link", "show"])
+            .output()
+            .unwrap();
+        let links: Vec<serde_json::Value> =
+            serde_json::from_slice(&links.stdout).unwrap_or_default();
         for l in links {
             let name = l["ifname"].as_str().unwrap_or_default();
             let ours = NetworkId::from_bridge_name(name)
                 .or_else(|| NodeSlot::from_host_veth_name(name).map(|s| s.network))
                 .is_some_and(|n| self.ids.contains(&n.0));
             if ours {
-                let _ = Command::new("ip").args(["link", "del", "dev", name]).status();
+                let _ = Command::new("ip")
+                    .args(["link", "del", "dev", name])
+                    .status();
             }
         }
     }
@@ -95,7 +112,10 @@ fn ping(from_ns: &str, address: &str) -> bool {
 }
 
 fn mac_in(ns: &str) -> String {
-    let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", "eth0"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["address"].as_str().unwrap().to_string()
 }
@@ -123,18 +143,32 @@ async fn netns_nodes_on_one_bridge_reach_each_other_and_stop_and_go() {
     let spec = |i: u32, running: bool| NodeSpec {
         index: i,
         name: format!("{prefix}-node-{i}"),
-        mac: NodeSlot { network: net, index: i }.mac().to_string(),
+        mac: NodeSlot {
+            network: net,
+            index: i,
+        }
+        .mac()
+        .to_string(),
         address: format!("10.250.{}.{i}/24", base % 200),
         running,
     };
-    let slot = |i| NodeSlot { network: net, index: i };
+    let slot = |i| NodeSlot {
+        network: net,
+        index: i,
+    };
     for i in [1, 2] {
-        driver.ensure(slot(i), &bridge, &spec(i, true)).await.unwrap();
+        driver
+            .ensure(slot(i), &bridge, &spec(i, true))
+            .await
+            .unwrap();
     }
     let n1 = spec(1, true);
     let n2 = spec(2, true);
     assert_eq!(mac_in(&n1.name), n1.mac, "the node has its stable MAC");
-    assert!(ping(&n1.name, &n2.address), "node 1 reaches node 2 over the bridge");
+    assert!(
+        ping(&n1.name, &n2.address),
+        "node 1 reaches node 2 over the bridge"
+    );
     assert!(ping(&n2.name, &n1.address));
 
     // Applying the same spec again changes nothing.
@@ -145,11 +179,21 @@ async fn netns_nodes_on_one_bridge_reach_each_other_and_stop_and_go() {
     let mine: Vec<_> = found.iter().filter(|f| f.slot.network == net).collect();
     assert_eq!(mine.len(), 2);
     assert!(mine.iter().all(|f| f.running));
-    assert!(mine.iter().any(|f| f.name.as_deref() == Some(n1.name.as_str())), "{mine:?}");
+    assert!(
+        mine.iter()
+            .any(|f| f.name.as_deref() == Some(n1.name.as_str())),
+        "{mine:?}"
+    );
 
     // A stopped node is present but unreachable.
-    driver.ensure(slot(2), &bridge, &spec(2, false)).await.unwrap();
-    assert!(!ping(&n1.name, &n2.address), "a stopped node does not answer");
+    driver
+        .ensure(slot(2), &bridge, &spec(2, false))
+        .await
+        .unwrap();
+    assert!(
+        !ping(&n1.name, &n2.address),
+        "a stopped node does not answer"
+    );
     let found = driver.list().await.unwrap();
     let two = found.iter().find(|f| f.slot == slot(2)).unwrap();
     assert!(!two.running);
@@ -157,7 +201,10 @@ async fn netns_nodes_on_one_bridge_reach_each_other_and_stop_and_go() {
     assert!(ping(&n1.name, &n2.address), "started again");
 
     // Half a node (its veth gone) is repaired.
-    Command::new("ip").args(["link", "del", "dev", &slot(2).host_veth_name()]).status().unwrap();
+    Command::new("ip")
+        .args(["link", "del", "dev", &slot(2).host_veth_name()])
+        .status()
+        .unwrap();
     driver.ensure(slot(2), &bridge, &n2).await.unwrap();
     assert!(ping(&n1.name, &n2.address), "repaired");
 
@@ -215,19 +262,30 @@ async fn the_host_agent_builds_real_nodes_and_converges_after_a_restart() {
     let user = ctl.client(&ctl.user("alice", "user").await);
 
     let a: Accepted = user
-        .post("/v1/clusters", &json!({"name": cluster, "nodes": 3, "node_memory_mib": 64}))
+        .post(
+            "/v1/clusters",
+            &json!({"name": cluster, "nodes": 3, "node_memory_mib": 64}),
+        )
         .await
         .unwrap();
     expect_success(&user, &a).await;
     let c = get_cluster(&user, &cluster).await;
-    assert_eq!(c.network_id, base, "ids start where the controller was told");
+    assert_eq!(
+        c.network_id, base,
+        "ids start where the controller was told"
+    );
     let bridge = NetworkId(c.network_id).bridge_name();
     assert!(link_exists(&bridge));
     for from in &c.nodes {
         assert!(netns_exists(&from.name), "namespace {} exists", from.name);
         assert_eq!(mac_in(&from.name), from.mac);
         for to in &c.nodes {
-            assert!(ping(&from.name, &to.address), "{} reaches {}", from.name, to.address);
+            assert!(
+                ping(&from.name, &to.address),
+                "{} reaches {}",
+                from.name,
+                to.address
+            );
         }
     }
     assert!(vpnd.networks()[&c.network_id].config.bridge.as_deref() == Some(bridge.as_str()));
@@ -235,19 +293,31 @@ async fn the_host_agent_builds_real_nodes_and_converges_after_a_restart() {
     // The agent goes down; meanwhile a node's namespace is lost and a bridge of a cluster
     // the store does not know appears. Back up, the agent converges.
     agent.shutdown().await;
-    Command::new("ip").args(["netns", "del", &c.nodes[1].name]).status().unwrap();
+    Command::new("ip")
+        .args(["netns", "del", &c.nodes[1].name])
+        .status()
+        .unwrap();
     let orphan = NetworkId(base + 0xf).bridge_name();
-    Command::new("ip").args(["link", "add", "name", &orphan, "type", "bridge"]).status().unwrap();
+    Command::new("ip")
+        .args(["link", "add", "name", &orphan, "type", "bridge"])
+        .status()
+        .unwrap();
     let agent = start_agent().await.unwrap();
     assert!(netns_exists(&c.nodes[1].name), "the lost node is back");
     assert!(ping(&c.nodes[0].name, &c.nodes[1].address), "and reachable");
     assert!(!link_exists(&orphan), "the orphan bridge is gone");
 
-    let d: Accepted = user.delete(&format!("/v1/clusters/{cluster}")).await.unwrap();
+    let d: Accepted = user
+        .delete(&format!("/v1/clusters/{cluster}"))
+        .await
+        .unwrap();
     expect_success(&user, &d).await;
     for n in &c.nodes {
         assert!(!netns_exists(&n.name), "namespace {} removed", n.name);
-        let slot = NodeSlot { network: NetworkId(c.network_id), index: n.index };
+        let slot = NodeSlot {
+            network: NetworkId(c.network_id),
+            index: n.index,
+        };
         assert!(!link_exists(&slot.host_veth_name()));
     }
     assert!(!link_exists(&bridge), "bridge removed");
