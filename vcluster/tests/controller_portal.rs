@@ -232,10 +232,10 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
         Ok::<(), fantoccini::error::CmdError>(())
     }
     .await;
-    if result.is_err() {
-        if let Ok(shot) = browser.screenshot().await {
-            let _ = std::fs::write(artifacts().join("portal-failure.png"), shot);
-        }
+    if result.is_err()
+        && let Ok(shot) = browser.screenshot().await
+    {
+        let _ = std::fs::write(artifacts().join("portal-failure.png"), shot);
     }
     let _ = browser.close().await;
     result.expect("the portal behaves");

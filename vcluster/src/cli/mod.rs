@@ -361,8 +361,8 @@ fn print_cluster(c: &Cluster) {
         println!("  reservation: {r}");
     }
     println!(
-        "  {:<24} {:<12} {:<10} {:<18} {:<18} {}",
-        "NODE", "HOST", "SITE", "MAC", "ADDRESS", "STATE"
+        "  {:<24} {:<12} {:<10} {:<18} {:<18} STATE",
+        "NODE", "HOST", "SITE", "MAC", "ADDRESS"
     );
     for n in &c.nodes {
         println!(
