@@ -8,7 +8,10 @@
 //! ours from the veths alone, even after the agent lost its state file.
 //!
 //! It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for `ip netns`). It never touches a
-//! device whose name does not follow these conventions.
+//! device whose name does not follow these conventions; within a network namespace it
+//! takes every device that does as its own (one agent per host namespace).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -17,15 +20,21 @@ use tokio::process::Command;
 use super::driver::{DriverError, FoundNode, HostBridges, VmDriver};
 use crate::model::{NodeSlot, NodeSpec};
 
+/// One `ip` command may take this long before it is killed and reported.
+const IP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs `ip ARGS...` and returns its stdout.
 pub async fn ip(args: &[&str]) -> Result<String, DriverError> {
-    let out = Command::new("ip")
-        .args(args)
-        .kill_on_drop(true)
-        .output()
+    let command = || format!("ip {}", args.join(" "));
+    let run = Command::new("ip").args(args).kill_on_drop(true).output();
+    let out = tokio::time::timeout(IP_TIMEOUT, run)
         .await
+        .map_err(|_| DriverError::Command {
+            command: command(),
+            message: format!("no answer in {}s", IP_TIMEOUT.as_secs()),
+        })?
         .map_err(|e| DriverError::Command {
-            command: format!("ip {}", args.join(" ")),
+            command: command(),
             message: format!("cannot run ip: {e}"),
         })?;
     if out.status.success() {

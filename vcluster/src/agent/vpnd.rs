@@ -32,6 +32,8 @@ pub enum VpndError {
     Api { status: StatusCode, message: String },
     #[error("vpnd: unexpected answer to {what}: {message}")]
     Decode { what: String, message: String },
+    #[error("vpnd: no answer to {what} in {secs}s")]
+    Timeout { what: String, secs: u64 },
 }
 
 impl VpndError {
@@ -133,6 +135,9 @@ pub struct MacEntry {
     #[serde(default)]
     pub age_secs: f64,
 }
+
+/// One control request may take this long.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -243,6 +248,21 @@ impl VpndClient {
     }
 
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, VpndError> {
+        let what = format!("{method} {path}");
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
+            .await
+            .map_err(|_| VpndError::Timeout {
+                what,
+                secs: REQUEST_TIMEOUT.as_secs(),
+            })?
+    }
+
+    async fn exchange(
         &self,
         method: Method,
         path: &str,

@@ -134,13 +134,7 @@ pub async fn delete_host(
             live.join(", ")
         )));
     }
-    if !nodes.is_empty() {
-        // only deleted rows left: they are history, not state
-        sqlx::query("DELETE FROM nodes WHERE host_id = $1 AND state = 'deleted'")
-            .bind(row.id)
-            .execute(tx.conn())
-            .await?;
-    }
+    store::forget_deleted_nodes_on_host(tx.conn(), row.id).await?;
     store::delete_host(tx.conn(), row.id).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())

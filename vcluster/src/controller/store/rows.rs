@@ -267,6 +267,15 @@ pub async fn set_host_enabled(c: &mut Conn, id: i64, enabled: bool) -> R<()> {
     Ok(())
 }
 
+/// Drops the rows of nodes that were deleted from a host: history, not state.
+pub async fn forget_deleted_nodes_on_host(c: &mut Conn, host_id: i64) -> R<()> {
+    sqlx::query("DELETE FROM nodes WHERE host_id = $1 AND state = 'deleted'")
+        .bind(host_id)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
 pub async fn delete_host(c: &mut Conn, id: i64) -> R<()> {
     sqlx::query("DELETE FROM hosts WHERE id = $1")
         .bind(id)
