@@ -324,3 +324,213 @@ async fn the_host_agent_builds_real_nodes_and_converges_after_a_restart() {
     assert!(vpnd.networks().is_empty(), "vpnd network removed");
     agent.shutdown().await;
 }
+
+/// A site: a network namespace joined to the test's namespace by a veth, a stand-in vpnd,
+/// and a `vcluster host-agent` process running inside the namespace.
+struct Site {
+    netns: String,
+    site_ip: String,
+    agent: Option<std::process::Child>,
+    vpnd: common::FakeVpnd,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        // Deleting the namespace deletes its end of the veth and so the whole pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn site(name: &str, index: u32, ctl_port: u16, agent_token: &str, site_name: &str) -> Site {
+    let octet = 1 + (std::process::id() % 200);
+    let root_ip = format!("10.251.{octet}.{}", index * 4 + 1);
+    let site_ip = format!("10.251.{octet}.{}", index * 4 + 2);
+    let outside = format!("vcq{}{}", std::process::id() % 10_000, index);
+    sh(&["ip", "netns", "add", name]);
+    sh(&[
+        "ip", "link", "add", "name", &outside, "type", "veth", "peer", "name", "wan0", "netns",
+        name,
+    ]);
+    sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{root_ip}/30"),
+        "dev",
+        &outside,
+    ]);
+    sh(&["ip", "link", "set", "dev", &outside, "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        name,
+        "addr",
+        "add",
+        &format!("{site_ip}/30"),
+        "dev",
+        "wan0",
+    ]);
+    sh(&["ip", "-n", name, "link", "set", "dev", "wan0", "up"]);
+    sh(&["ip", "-n", name, "link", "set", "dev", "lo", "up"]);
+    let vpnd = common::FakeVpnd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    // nsenter --net only: `ip netns exec` would give the agent a private mount namespace,
+    // and the node namespaces it creates would be invisible outside it.
+    let agent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{name}"))
+        .arg(env!("CARGO_BIN_EXE_vcluster"))
+        .args([
+            "host-agent",
+            "--controller",
+            &format!("http://{root_ip}:{ctl_port}"),
+        ])
+        .args(["--name", &format!("{site_name}-h1"), "--site", site_name])
+        .args(["--cpus", "4", "--memory-mib", "4096"])
+        .args(["--listen", &format!("{site_ip}:7300")])
+        .args(["--overlay-endpoint", &format!("{site_ip}:51820")])
+        .arg("--vpnd-socket")
+        .arg(&vpnd.socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--reconcile-every", "2"])
+        .env("VCLUSTER_AGENT_TOKEN", agent_token)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("agent process starts");
+    Site {
+        netns: name.to_string(),
+        site_ip,
+        agent: Some(agent),
+        vpnd,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster() {
+    if !can_run("host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let base = id_base(3);
+    let cluster = common::unique("ns");
+    let _cleanup = Cleanup {
+        netns_prefix: cluster.clone(),
+        ids: base..base + 0x10,
+    };
+    let backend = common::Backend::sqlite().await;
+    let mut config = common::test_config(&backend.url);
+    config.first_network_id = base;
+    // The agents reach the controller over their site's veth.
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let ctl = TestController::start_with(config).await;
+    let port = ctl.running.as_ref().unwrap().addr.port();
+    let mut sites = Vec::new();
+    for (i, name) in ["north", "south"].iter().enumerate() {
+        ctl.site(name).await;
+        let token = ctl.user(&format!("agent-{name}"), "agent").await;
+        let ns = format!("vcs{}{}", std::process::id() % 100_000, name);
+        sites.push(site(&ns, i as u32, port, &token, name).await);
+    }
+    common::eventually(
+        "both agents registered and online",
+        Duration::from_secs(30),
+        || async {
+            let hosts: Vec<vcluster::model::Host> = ctl.admin.get("/v1/hosts").await.unwrap();
+            hosts.len() == 2 && hosts.iter().all(|h| h.online)
+        },
+    )
+    .await;
+    let hosts: Vec<vcluster::model::Host> = ctl.admin.get("/v1/hosts").await.unwrap();
+    for (h, s) in hosts.iter().zip(&sites) {
+        assert_eq!(h.agent_url, format!("http://{}:7300", s.site_ip));
+        assert_eq!(h.public_key, s.vpnd.public_key, "read from vpnd's status");
+        assert_eq!(h.driver, "netns");
+    }
+
+    let user = ctl.client(&ctl.user("alice", "user").await);
+    let a: Accepted = user
+        .post(
+            "/v1/clusters",
+            &json!({"name": cluster, "sites": [{"site": "north", "nodes": 2}, {"site": "south", "nodes": 2}], "node_memory_mib": 64}),
+        )
+        .await
+        .unwrap();
+    let task = common::wait_task(&user, a.task.id).await;
+    if task.state != vcluster::model::TaskState::Succeeded {
+        for s in &sites {
+            eprintln!(
+                "--- agent log {}:\n{}",
+                s.netns,
+                std::fs::read_to_string(s.dir.path().join("agent.log")).unwrap_or_default()
+            );
+        }
+        panic!("task failed: {}", task.message);
+    }
+    let c = get_cluster(&user, &cluster).await;
+    let bridge = NetworkId(c.network_id).bridge_name();
+    for (s, site_name) in sites.iter().zip(["north", "south"]) {
+        let here: Vec<_> = c.nodes.iter().filter(|n| n.site == site_name).collect();
+        assert_eq!(here.len(), 2);
+        // the bridge is in the site's namespace, not the test's
+        sh(&["ip", "-n", &s.netns, "link", "show", "dev", &bridge]);
+        assert!(!link_exists(&bridge));
+        for n in &here {
+            assert!(
+                netns_exists(&n.name),
+                "{} is visible outside the site",
+                n.name
+            );
+        }
+        assert!(
+            ping(&here[0].name, &here[1].address),
+            "nodes at {site_name} reach each other"
+        );
+        let net = &s.vpnd.networks()[&c.network_id];
+        let other = sites.iter().find(|o| o.netns != s.netns).unwrap();
+        assert_eq!(net.peers.len(), 1);
+        assert_eq!(
+            net.peers[0].endpoint.as_deref(),
+            Some(format!("{}:51820", other.site_ip).as_str())
+        );
+        assert_eq!(net.peers[0].public_key, other.vpnd.public_key);
+    }
+
+    let d: Accepted = user
+        .delete(&format!("/v1/clusters/{cluster}"))
+        .await
+        .unwrap();
+    expect_success(&user, &d).await;
+    for s in &sites {
+        assert!(
+            Command::new("ip")
+                .args(["-n", &s.netns, "link", "show", "dev", &bridge])
+                .output()
+                .unwrap()
+                .stdout
+                .is_empty()
+        );
+        assert!(s.vpnd.networks().is_empty());
+    }
+    for n in &c.nodes {
+        assert!(!netns_exists(&n.name), "{} removed", n.name);
+    }
+}
