@@ -127,7 +127,7 @@ async fn peers_and_running_follow_the_newest_share() {
     let net = &rig.vpnd.networks()[&7];
     let mut keys: Vec<&str> = net.peers.iter().map(|p| p.public_key.as_str()).collect();
     keys.sort();
-    let mut want = vec![key(2), key(3)];
+    let mut want = [key(2), key(3)];
     want.sort();
     assert_eq!(keys, want.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!net.running, "stopped");
