@@ -60,9 +60,8 @@ pub struct SitesCmd {
 pub enum SitesSub {
     /// Every site with capacity, in use and reserved.
     List,
-    Show {
-        site: String,
-    },
+    /// One site.
+    Show { site: String },
     /// Create a site (admin).
     Create {
         name: String,
@@ -70,9 +69,7 @@ pub enum SitesSub {
         description: String,
     },
     /// Delete a site without hosts (admin).
-    Delete {
-        site: String,
-    },
+    Delete { site: String },
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +84,7 @@ pub struct HostsCmd {
 pub enum HostsSub {
     /// Every host (admin).
     List,
+    /// One host.
     Show {
         host: String,
     },
@@ -159,13 +157,12 @@ pub enum ReserveSub {
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// Your reservations (admins: all).
     List,
-    Show {
-        id: i64,
-    },
-    Cancel {
-        id: i64,
-    },
+    /// One reservation.
+    Show { id: i64 },
+    /// Cancel a reservation no live cluster uses.
+    Cancel { id: i64 },
     /// When can I get N nodes for D hours?
     When {
         #[arg(long)]
@@ -190,6 +187,7 @@ pub enum ClusterSub {
     /// Create a cluster of N nodes (anywhere, or pinned with --site NAME=COUNT).
     Create {
         name: String,
+        /// Nodes placed by the strategy.
         #[arg(long)]
         nodes: Option<u32>,
         /// NAME=COUNT, repeatable: nodes pinned to a site.
@@ -198,22 +196,26 @@ pub enum ClusterSub {
         /// spread or pack
         #[arg(long)]
         strategy: Option<String>,
+        /// Place the cluster inside this reservation.
         #[arg(long)]
         reservation: Option<i64>,
+        /// CPUs per node (default 1).
         #[arg(long)]
         node_cpus: Option<i64>,
+        /// Memory per node in MiB (default 512).
         #[arg(long)]
         node_memory_mib: Option<i64>,
+        /// The nodes' IPv4 subnet (default: a free one from the controller's pool).
         #[arg(long)]
         subnet: Option<String>,
         /// Wait for the task to finish.
         #[arg(long)]
         wait: bool,
     },
+    /// Your clusters (admins: all).
     List,
-    Show {
-        cluster: String,
-    },
+    /// A cluster and its nodes.
+    Show { cluster: String },
     /// Delete the cluster and everything it made.
     Delete {
         cluster: String,
@@ -285,13 +287,13 @@ pub struct TaskCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TaskSub {
+    /// Recent tasks, newest first.
     List {
         #[arg(long)]
         cluster: Option<String>,
     },
-    Show {
-        id: i64,
-    },
+    /// One task.
+    Show { id: i64 },
     /// Wait until the task ends; exits non-zero if it failed.
     Wait {
         id: i64,
