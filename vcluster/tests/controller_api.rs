@@ -193,6 +193,25 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
     assert_eq!(s, 404);
     let (s, _) = raw(Method::GET, &format!("{url}/v1/tasks/999999"), t, None).await;
     assert_eq!(s, 404);
+    let (s, body) = raw(Method::GET, &format!("{url}/v1/reservations/abc"), t, None).await;
+    assert_eq!(s, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("parse"),
+        "a JSON error: {body}"
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/v1/clusters"))
+        .bearer_auth(&w.user_token)
+        .body(r#"{"name":"x","nodes":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("Content-Type"),
+        "{body}"
+    );
     let (s, body) = raw(Method::GET, &format!("{url}/v1/no/such/route"), t, None).await;
     assert_eq!(s, 404);
     assert!(body["error"].is_string());

@@ -156,6 +156,11 @@ impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     }
 }
 
+/// `axum::extract::Path`, with rejections turned into [`ApiError`]s.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
 /// `axum::extract::Query`, with rejections turned into [`ApiError`]s.
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use base64::Engine;
 use ipnet::Ipv4Net;
@@ -16,7 +16,7 @@ use rand::RngCore;
 use super::{accepted, check_name};
 use crate::controller::App;
 use crate::controller::auth::Principal;
-use crate::controller::error::{ApiError, ApiJson};
+use crate::controller::error::{ApiError, ApiJson, ApiPath};
 use crate::controller::placement::{self, Request};
 use crate::controller::store::{
     self, ClusterRow, NewCluster, NewEvent, NewNode, ReservationRow, WriteTx, now_ms,
@@ -77,7 +77,7 @@ pub async fn list_clusters(
 pub async fn get_cluster(
     State(app): State<App>,
     who: Principal,
-    Path(cluster): Path<String>,
+    ApiPath(cluster): ApiPath<String>,
 ) -> Result<ApiJson<Cluster>, ApiError> {
     who.require_person()?;
     let mut rx = app.store.read().await?;
@@ -538,7 +538,7 @@ fn require_state(row: &ClusterRow, allowed: &[&str], doing: &str) -> Result<(), 
 pub async fn add_nodes(
     State(app): State<App>,
     who: Principal,
-    Path(cluster): Path<String>,
+    ApiPath(cluster): ApiPath<String>,
     ApiJson(req): ApiJson<AddNodes>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
@@ -606,7 +606,7 @@ pub async fn add_nodes(
 pub async fn remove_node(
     State(app): State<App>,
     who: Principal,
-    Path((cluster, node)): Path<(String, String)>,
+    ApiPath((cluster, node)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
     let now = now_ms();
@@ -707,7 +707,7 @@ async fn set_overlay(
 pub async fn start_overlay(
     State(app): State<App>,
     who: Principal,
-    Path(cluster): Path<String>,
+    ApiPath(cluster): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     set_overlay(app, who, cluster, true).await
 }
@@ -720,7 +720,7 @@ pub async fn start_overlay(
 pub async fn stop_overlay(
     State(app): State<App>,
     who: Principal,
-    Path(cluster): Path<String>,
+    ApiPath(cluster): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     set_overlay(app, who, cluster, false).await
 }
@@ -732,7 +732,7 @@ pub async fn stop_overlay(
 pub async fn delete_cluster(
     State(app): State<App>,
     who: Principal,
-    Path(cluster): Path<String>,
+    ApiPath(cluster): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
     let now = now_ms();

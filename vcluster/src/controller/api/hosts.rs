@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -13,7 +13,7 @@ use super::check_name;
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::desired;
-use crate::controller::error::{ApiError, ApiJson};
+use crate::controller::error::{ApiError, ApiJson, ApiPath};
 use crate::controller::store::{self, HostRegistration, HostRow, now_ms};
 use crate::controller::view::{CapacityView, host_model};
 use crate::model::{
@@ -63,7 +63,7 @@ pub async fn list_hosts(
 pub async fn get_host(
     State(app): State<App>,
     who: Principal,
-    Path(host): Path<String>,
+    ApiPath(host): ApiPath<String>,
 ) -> Result<ApiJson<Host>, ApiError> {
     who.require_agent_or_admin()?;
     let mut rx = app.store.read().await?;
@@ -88,7 +88,7 @@ pub async fn get_host(
 pub async fn update_host(
     State(app): State<App>,
     who: Principal,
-    Path(host): Path<String>,
+    ApiPath(host): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateHost>,
 ) -> Result<ApiJson<Host>, ApiError> {
     who.require_admin()?;
@@ -116,7 +116,7 @@ pub async fn update_host(
 pub async fn delete_host(
     State(app): State<App>,
     who: Principal,
-    Path(host): Path<String>,
+    ApiPath(host): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     who.require_admin()?;
     let mut tx = app.store.write().await?;
@@ -249,7 +249,7 @@ pub async fn register_host(
 pub async fn heartbeat(
     State(app): State<App>,
     who: Principal,
-    Path(host): Path<String>,
+    ApiPath(host): ApiPath<String>,
     ApiJson(beat): ApiJson<Heartbeat>,
 ) -> Result<Response, ApiError> {
     who.require_agent_or_admin()?;
@@ -268,7 +268,7 @@ pub async fn heartbeat(
 pub async fn desired_state(
     State(app): State<App>,
     who: Principal,
-    Path(host): Path<String>,
+    ApiPath(host): ApiPath<String>,
 ) -> Result<ApiJson<HostDesired>, ApiError> {
     who.require_agent_or_admin()?;
     let mut rx = app.store.read().await?;

@@ -3,7 +3,7 @@
 //! (see `capacity` for the rule), so concurrent requests can never double-book. Also
 //! "when can I get N nodes for D hours" and cancelling.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use super::created;
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::capacity::Refusal;
-use crate::controller::error::{ApiError, ApiJson, ApiQuery};
+use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::store::{
     self, NewEvent, NewReservation, ReservationRow, ms_to_time, now_ms,
 };
@@ -320,7 +320,7 @@ pub async fn earliest_slot(
 pub async fn get_reservation(
     State(app): State<App>,
     who: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<ApiJson<Reservation>, ApiError> {
     who.require_person()?;
     let mut rx = app.store.read().await?;
@@ -340,7 +340,7 @@ pub async fn get_reservation(
 pub async fn cancel_reservation(
     State(app): State<App>,
     who: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
     let mut tx = app.store.write().await?;

@@ -1,7 +1,7 @@
 //! Sites: where hosts are. Everyone signed in reads them with their capacity, use and
 //! reservations (the portal's first view); admins create and delete them.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use super::{check_name, created};
 use crate::controller::App;
 use crate::controller::auth::Principal;
-use crate::controller::error::{ApiError, ApiJson, ApiQuery};
+use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::store::{self, ms_to_time, now_ms};
 use crate::controller::view::CapacityView;
 use crate::model::{ApiErrorBody, CreateSite, Resources, Site, SiteTimeline, TimelinePoint};
@@ -66,7 +66,7 @@ pub async fn create_site(
 pub async fn get_site(
     State(app): State<App>,
     who: Principal,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
 ) -> Result<ApiJson<Site>, ApiError> {
     who.require_person()?;
     let mut rx = app.store.read().await?;
@@ -85,7 +85,7 @@ pub async fn get_site(
 pub async fn delete_site(
     State(app): State<App>,
     who: Principal,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     who.require_admin()?;
     let mut tx = app.store.write().await?;
@@ -133,7 +133,7 @@ pub struct TimelineQuery {
 pub async fn site_timeline(
     State(app): State<App>,
     who: Principal,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
     ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> Result<ApiJson<SiteTimeline>, ApiError> {
     who.require_person()?;

@@ -1,13 +1,13 @@
 //! Tasks and events: how a long operation went, and what happened to a cluster over time.
 //! Users see their own, admins everyone's. Read-only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::controller::App;
 use crate::controller::auth::Principal;
-use crate::controller::error::{ApiError, ApiJson, ApiQuery};
+use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::store;
 use crate::model::{ApiErrorBody, Event, Task};
 
@@ -50,7 +50,7 @@ pub async fn list_tasks(
 pub async fn get_task(
     State(app): State<App>,
     who: Principal,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<ApiJson<Task>, ApiError> {
     who.require_person()?;
     let mut conn = app.store.conn().await?;

@@ -1,12 +1,12 @@
 //! Users and their tokens (admin), and `whoami` for anyone holding a token.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 
 use super::{check_name, created};
 use crate::controller::App;
 use crate::controller::auth::{self, Principal};
-use crate::controller::error::{ApiError, ApiJson};
+use crate::controller::error::{ApiError, ApiJson, ApiPath};
 use crate::controller::store::{self, now_ms};
 use crate::model::{ApiErrorBody, CreateUser, IssuedToken, User};
 
@@ -63,7 +63,7 @@ pub async fn create_user(
 pub async fn issue_token(
     State(app): State<App>,
     who: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     who.require_admin()?;
     let token = auth::new_token();
