@@ -116,6 +116,11 @@ impl App {
         locks.entry(cluster_id).or_default().clone()
     }
 
+    /// Drops a deleted cluster's lock (whoever still holds it keeps their handle).
+    pub async fn forget_cluster_lock(&self, cluster_id: i64) {
+        self.cluster_locks.lock().await.remove(&cluster_id);
+    }
+
     pub fn host_timeout_ms(&self) -> i64 {
         self.config.host_timeout().as_millis() as i64
     }

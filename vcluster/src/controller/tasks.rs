@@ -86,10 +86,14 @@ pub fn spawn(app: App, task: TaskRow, cluster_id: i64, kind: TaskKind) {
             };
         let lock = app.cluster_lock(cluster_id).await;
         let _held = lock.lock().await;
+        let deleted = outcome.is_ok() && matches!(kind, TaskKind::DeleteCluster);
         let result = match outcome {
             Ok(message) => finish_success(&app, &task, cluster_id, &kind, &message).await,
             Err(message) => rollback(&app, &task, cluster_id, &kind, &message).await,
         };
+        if deleted && result.is_ok() {
+            app.forget_cluster_lock(cluster_id).await;
+        }
         if let Err(e) = result {
             tracing::error!(task = task.id, error = %e, "recording the task's outcome failed");
             if let Ok(mut c) = app.store.conn().await {
