@@ -1,6 +1,200 @@
-//! `vcluster`: the cluster layer (being written).
+//! `vcluster`: a thin dispatcher. Each command's work lives in the library.
 
-fn main() {
-    eprintln!("vcluster: not built yet");
-    std::process::exit(1);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vcluster::{agent, cli, controller};
+
+#[derive(Parser)]
+#[command(name = "vcluster", version, about = "Virtual clusters across sites")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller: REST API, portal, metrics.
+    Serve(ServeArgs),
+    /// Run the host agent on a hypervisor host.
+    HostAgent(HostAgentArgs),
+    /// Sites: list, show, create, delete.
+    Sites(cli::SitesCmd),
+    /// Hosts: list, show, enable, disable, remove (admin).
+    Hosts(cli::HostsCmd),
+    /// Users and tokens (admin); whoami.
+    Users(cli::UsersCmd),
+    /// Reservations: create, list, show, cancel, when.
+    Reserve(cli::ReserveCmd),
+    /// Clusters: create, list, show, delete.
+    Cluster(cli::ClusterCmd),
+    /// Nodes: add, remove.
+    Node(cli::NodeCmd),
+    /// A cluster's overlay: start, stop.
+    Vpn(cli::VpnCmd),
+    /// Tasks and events: list, show, wait, events.
+    Task(cli::TaskCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:7200", env = "VCLUSTER_LISTEN")]
+    listen: SocketAddr,
+    /// sqlite:PATH or postgres://user@host/db
+    #[arg(long, default_value = "sqlite:vcluster.db", env = "VCLUSTER_STORE")]
+    store: String,
+    #[arg(long, default_value_t = 4.0)]
+    cpu_overcommit: f64,
+    #[arg(long, default_value_t = 1.0)]
+    memory_overcommit: f64,
+    /// Seconds before a task fails and is rolled back.
+    #[arg(long, default_value_t = 120)]
+    task_timeout: u64,
+    /// Seconds between host agent heartbeats (offline after three missed).
+    #[arg(long, default_value_t = 5)]
+    heartbeat: u64,
+    /// Seconds between usage samples for the portal's timeline.
+    #[arg(long, default_value_t = 60)]
+    sample_every: u64,
+    #[arg(long, default_value = "10.128.0.0/9")]
+    subnet_pool: String,
+    /// The first overlay network id to hand out.
+    #[arg(long, default_value_t = 1)]
+    first_network_id: u32,
+    /// Token for the first admin user (created when the store has no admin).
+    #[arg(long, env = "VCLUSTER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Where to write a generated first admin token.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct HostAgentArgs {
+    #[arg(long, env = "VCLUSTER_API")]
+    controller: String,
+    /// An agent token (`vcluster users create NAME --role agent`).
+    #[arg(long, env = "VCLUSTER_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This host's name.
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    site: String,
+    #[arg(long)]
+    cpus: Option<i64>,
+    #[arg(long)]
+    memory_mib: Option<i64>,
+    #[arg(long, default_value = "0.0.0.0:7300")]
+    listen: SocketAddr,
+    /// URL the controller reaches this agent at (default http://<listen>).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This host's vpnd endpoint as other sites reach it, ip:port.
+    #[arg(long)]
+    overlay_endpoint: String,
+    #[arg(long, default_value = "/run/vpnd/control.sock")]
+    vpnd_socket: PathBuf,
+    #[arg(long, default_value = "/var/lib/vcluster-agent")]
+    state_dir: PathBuf,
+    /// Seconds between full reconciles.
+    #[arg(long, default_value_t = 30)]
+    reconcile_every: u64,
+    /// VM driver: netns
+    #[arg(long, default_value = "netns")]
+    driver: String,
+}
+
+fn host_memory_mib() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(1024)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::HostAgent(a) => host_agent(a).await,
+        Command::Sites(c) => cli::sites(c).await,
+        Command::Hosts(c) => cli::hosts(c).await,
+        Command::Users(c) => cli::users(c).await,
+        Command::Reserve(c) => cli::reserve(c).await,
+        Command::Cluster(c) => cli::cluster(c).await,
+        Command::Node(c) => cli::node(c).await,
+        Command::Vpn(c) => cli::vpn(c).await,
+        Command::Task(c) => cli::task(c).await,
+    };
+    if let Err(e) = result {
+        eprintln!("vcluster: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut config = controller::ControllerConfig::new(a.listen, a.store);
+    config.overcommit = controller::view::Overcommit {
+        cpu: a.cpu_overcommit,
+        memory: a.memory_overcommit,
+    };
+    config.task_timeout = Duration::from_secs(a.task_timeout);
+    config.heartbeat = Duration::from_secs(a.heartbeat.max(1));
+    config.sample_every = Duration::from_secs(a.sample_every.max(1));
+    config.subnet_pool = a
+        .subnet_pool
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--subnet-pool {}: {e}", a.subnet_pool))?;
+    config.first_network_id = a.first_network_id.max(1);
+    config.bootstrap_admin_token = a.admin_token;
+    config.admin_token_file = a.admin_token_file;
+    controller::serve(config).await
+}
+
+async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
+    let driver: Arc<dyn agent::driver::VmDriver> = match a.driver.as_str() {
+        "netns" => {
+            agent::netns::NetnsDriver::probe()
+                .await
+                .map_err(|e| anyhow::anyhow!("the netns driver needs root and iproute2: {e}"))?;
+            Arc::new(agent::netns::NetnsDriver::new())
+        }
+        other => anyhow::bail!("unknown driver {other:?} (available: netns)"),
+    };
+    let config = agent::AgentConfig {
+        controller: a.controller,
+        token: a.token,
+        name: a.name,
+        site: a.site,
+        cpus: a.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1)
+        }),
+        memory_mib: a.memory_mib.unwrap_or_else(host_memory_mib),
+        listen: a.listen,
+        advertise: a.advertise,
+        overlay_endpoint: a.overlay_endpoint,
+        vpnd_socket: a.vpnd_socket,
+        state_dir: a.state_dir,
+        reconcile_every: Duration::from_secs(a.reconcile_every.max(1)),
+    };
+    agent::run(config, driver, Arc::new(agent::netns::LinuxBridges)).await
 }

@@ -1,0 +1,395 @@
+//! Converging the host to what the controller wants. Three entry points, all idempotent,
+//! all serialised by one lock:
+//!
+//! - [`Reconciler::apply`]: one cluster's share of this host (a push from a task): the
+//!   bridge, the vpnd network with exactly the given peers, running or stopped, and exactly
+//!   the given nodes;
+//! - [`Reconciler::remove`]: the cluster leaves this host: nodes, vpnd network, bridge;
+//! - [`Reconciler::reconcile`]: the whole desired state (the periodic pull, and the first
+//!   thing after a start): everything listed is applied, and every network of ours that
+//!   exists on the host (bridge, vpnd network, node veth or state-file record) but is not
+//!   listed is removed.
+//!
+//! Every statement from the controller carries the store revision it was read at. A
+//! statement older than what was already applied for that network (or older than the last
+//! full snapshot) is ignored, so a slow push can never undo a newer one.
+//!
+//! It never decides what should exist: the controller does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+use super::driver::{DriverError, FoundNode, HostBridges, VmDriver};
+use super::state::{NetworkRecord, StateStore};
+use super::vpnd::{NetworkConfig, PeerConfig, VpndClient, VpndError};
+use crate::model::{AppliedCluster, ClusterOnHost, HostDesired, NetworkId, NodeSlot, ObservedNode};
+
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Driver(#[from] DriverError),
+    #[error("{0}")]
+    Vpnd(#[from] VpndError),
+    #[error("state file: {0}")]
+    State(#[from] std::io::Error),
+    #[error("network {network}: {message}")]
+    Invalid { network: u32, message: String },
+}
+
+pub struct Reconciler {
+    pub driver: Arc<dyn VmDriver>,
+    pub bridges: Arc<dyn HostBridges>,
+    pub vpnd: VpndClient,
+    pub state: Mutex<StateStore>,
+}
+
+fn observed(found: &[FoundNode], network: u32, names: &BTreeMap<u32, String>) -> Vec<ObservedNode> {
+    let mut out: Vec<ObservedNode> = found
+        .iter()
+        .filter(|f| f.slot.network.0 == network)
+        .map(|f| ObservedNode {
+            network,
+            index: f.slot.index,
+            name: f
+                .name
+                .clone()
+                .or_else(|| names.get(&f.slot.index).cloned())
+                .unwrap_or_default(),
+            running: f.running,
+        })
+        .collect();
+    out.sort_by_key(|n| n.index);
+    out
+}
+
+impl Reconciler {
+    pub fn new(
+        driver: Arc<dyn VmDriver>,
+        bridges: Arc<dyn HostBridges>,
+        vpnd: VpndClient,
+        state: StateStore,
+    ) -> Reconciler {
+        Reconciler {
+            driver,
+            bridges,
+            vpnd,
+            state: Mutex::new(state),
+        }
+    }
+
+    pub async fn apply(&self, share: &ClusterOnHost) -> Result<AppliedCluster, ReconcileError> {
+        let mut state = self.state.lock().await;
+        self.apply_locked(&mut state, share).await
+    }
+
+    async fn apply_locked(
+        &self,
+        state: &mut StateStore,
+        share: &ClusterOnHost,
+    ) -> Result<AppliedCluster, ReconcileError> {
+        let id = share.network.id;
+        let net = NetworkId(id);
+        let record = state.state.networks.get(&id).cloned().unwrap_or_default();
+        if share.revision < record.applied_revision
+            || share.revision < state.state.snapshot_revision
+        {
+            tracing::debug!(
+                network = id,
+                revision = share.revision,
+                "ignoring a stale push"
+            );
+            let found = self.driver.list().await?;
+            return Ok(AppliedCluster {
+                network: id,
+                applied: false,
+                nodes: observed(&found, id, &record.nodes),
+            });
+        }
+        for n in &share.nodes {
+            if n.index == 0 || n.index > crate::model::MAX_NODE_INDEX {
+                return Err(ReconcileError::Invalid {
+                    network: id,
+                    message: format!("node index {} out of range", n.index),
+                });
+            }
+        }
+
+        // Intent first: whatever happens next, the file knows these may exist.
+        let mut names = record.nodes.clone();
+        for n in &share.nodes {
+            names.insert(n.index, n.name.clone());
+        }
+        state.state.networks.insert(
+            id,
+            NetworkRecord {
+                applied_revision: record.applied_revision,
+                present: true,
+                nodes: names.clone(),
+            },
+        );
+        state.save()?;
+
+        let bridge = net.bridge_name();
+        self.bridges.ensure(&bridge).await?;
+        self.sync_vpnd(share).await?;
+
+        let wanted: BTreeSet<u32> = share.nodes.iter().map(|n| n.index).collect();
+        let found = self.driver.list().await?;
+        for f in found
+            .iter()
+            .filter(|f| f.slot.network == net && !wanted.contains(&f.slot.index))
+        {
+            let name = f.name.clone().or_else(|| names.get(&f.slot.index).cloned());
+            self.driver.remove(f.slot, name.as_deref()).await?;
+        }
+        // Recorded nodes no longer wanted whose veth is gone may still have a namespace.
+        for (index, name) in names.iter().filter(|(i, _)| !wanted.contains(i)) {
+            self.driver
+                .remove(
+                    NodeSlot {
+                        network: net,
+                        index: *index,
+                    },
+                    Some(name),
+                )
+                .await?;
+        }
+        for n in &share.nodes {
+            self.driver
+                .ensure(
+                    NodeSlot {
+                        network: net,
+                        index: n.index,
+                    },
+                    &bridge,
+                    n,
+                )
+                .await?;
+        }
+
+        let nodes: BTreeMap<u32, String> = share
+            .nodes
+            .iter()
+            .map(|n| (n.index, n.name.clone()))
+            .collect();
+        state.state.networks.insert(
+            id,
+            NetworkRecord {
+                applied_revision: share.revision,
+                present: true,
+                nodes: nodes.clone(),
+            },
+        );
+        state.save()?;
+        let found = self.driver.list().await?;
+        tracing::info!(
+            network = id,
+            nodes = share.nodes.len(),
+            running = share.network.running,
+            "cluster applied"
+        );
+        Ok(AppliedCluster {
+            network: id,
+            applied: true,
+            nodes: observed(&found, id, &nodes),
+        })
+    }
+
+    /// Brings vpnd's network `id` to the spec: same TAP and bridge, exactly these peers,
+    /// running or stopped.
+    async fn sync_vpnd(&self, share: &ClusterOnHost) -> Result<(), ReconcileError> {
+        let spec = &share.network;
+        let net = NetworkId(spec.id);
+        let want_peers: Vec<PeerConfig> = spec
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                public_key: p.public_key.clone(),
+                endpoint: Some(p.endpoint.clone()),
+                name: Some(p.name.clone()),
+            })
+            .collect();
+        let config = NetworkConfig {
+            id: spec.id,
+            name: Some(spec.name.clone()),
+            tap: net.tap_name(),
+            bridge: Some(net.bridge_name()),
+            psk: Some(spec.psk.clone()),
+            arp_suppression: Some(true),
+            site_local: vec![],
+            peers: want_peers.clone(),
+            running: Some(spec.running),
+        };
+        let current = self.vpnd.network(spec.id).await?;
+        let current = match current {
+            Some(c) if c.tap == config.tap && c.bridge == config.bridge => c,
+            Some(_) => {
+                // Made by someone else or with other devices: replace it.
+                self.vpnd.delete_network(spec.id).await?;
+                self.vpnd.add_network(&config).await?;
+                return Ok(());
+            }
+            None => {
+                self.vpnd.add_network(&config).await?;
+                return Ok(());
+            }
+        };
+        for have in &current.peers {
+            // Peers are matched by key only: vpnd updates a roaming peer's endpoint itself.
+            let keep = want_peers.iter().any(|w| w.public_key == have.public_key);
+            if !keep {
+                self.vpnd.remove_peer(spec.id, &have.public_key).await?;
+            }
+        }
+        for want in &want_peers {
+            let present = current
+                .peers
+                .iter()
+                .any(|h| h.public_key == want.public_key);
+            if !present {
+                self.vpnd.add_peer(spec.id, want).await?;
+            }
+        }
+        if current.running != spec.running {
+            if spec.running {
+                self.vpnd.start(spec.id).await?;
+            } else {
+                self.vpnd.stop(spec.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes network `id` and its nodes from the host, unless something newer than
+    /// `revision` was applied to it. Returns whether it acted.
+    pub async fn remove(&self, id: u32, revision: i64) -> Result<bool, ReconcileError> {
+        let mut state = self.state.lock().await;
+        self.remove_locked(&mut state, id, revision).await
+    }
+
+    async fn remove_locked(
+        &self,
+        state: &mut StateStore,
+        id: u32,
+        revision: i64,
+    ) -> Result<bool, ReconcileError> {
+        let record = state.state.networks.get(&id).cloned().unwrap_or_default();
+        if revision < record.applied_revision || revision < state.state.snapshot_revision {
+            tracing::debug!(network = id, revision, "ignoring a stale removal");
+            return Ok(false);
+        }
+        let net = NetworkId(id);
+        let found = self.driver.list().await?;
+        for f in found.iter().filter(|f| f.slot.network == net) {
+            let name = f
+                .name
+                .clone()
+                .or_else(|| record.nodes.get(&f.slot.index).cloned());
+            self.driver.remove(f.slot, name.as_deref()).await?;
+        }
+        for (index, name) in &record.nodes {
+            self.driver
+                .remove(
+                    NodeSlot {
+                        network: net,
+                        index: *index,
+                    },
+                    Some(name),
+                )
+                .await?;
+        }
+        self.vpnd.delete_network(id).await?;
+        self.bridges.remove(&net.bridge_name()).await?;
+        state.state.networks.insert(
+            id,
+            NetworkRecord {
+                applied_revision: revision,
+                present: false,
+                nodes: BTreeMap::new(),
+            },
+        );
+        state.save()?;
+        tracing::info!(network = id, "cluster removed from this host");
+        Ok(true)
+    }
+
+    /// Networks of ours that exist on the host in any form.
+    async fn networks_on_host(&self, state: &StateStore) -> Result<BTreeSet<u32>, ReconcileError> {
+        let mut ids: BTreeSet<u32> = state
+            .state
+            .networks
+            .iter()
+            .filter(|(_, r)| r.present)
+            .map(|(id, _)| *id)
+            .collect();
+        for b in self.bridges.list().await? {
+            if let Some(n) = NetworkId::from_bridge_name(&b) {
+                ids.insert(n.0);
+            }
+        }
+        for f in self.driver.list().await? {
+            ids.insert(f.slot.network.0);
+        }
+        for n in self.vpnd.status().await?.networks {
+            // Only networks we made: the operator's own vpnd networks are not ours.
+            if NetworkId::from_tap_name(&n.tap) == Some(NetworkId(n.id)) {
+                ids.insert(n.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Converges the whole host to `desired`. Errors of single clusters are collected so
+    /// one broken cluster does not stop the others from converging.
+    pub async fn reconcile(&self, desired: &HostDesired) -> Result<Vec<String>, ReconcileError> {
+        let mut state = self.state.lock().await;
+        if desired.revision < state.state.snapshot_revision {
+            return Ok(vec![]);
+        }
+        let mut errors = Vec::new();
+        let wanted: BTreeSet<u32> = desired.clusters.iter().map(|c| c.network.id).collect();
+        for share in &desired.clusters {
+            if let Err(e) = self.apply_locked(&mut state, share).await {
+                errors.push(format!("network {}: {e}", share.network.id));
+            }
+        }
+        for id in self.networks_on_host(&state).await? {
+            if !wanted.contains(&id)
+                && let Err(e) = self.remove_locked(&mut state, id, desired.revision).await
+            {
+                errors.push(format!("network {id}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            state.state.snapshot_revision = desired.revision;
+            // Tombstones older than the snapshot are covered by it.
+            state
+                .state
+                .networks
+                .retain(|_, r| r.present || r.applied_revision > desired.revision);
+            state.save()?;
+        }
+        Ok(errors)
+    }
+
+    /// What the agent has on the host now.
+    pub async fn observe(&self) -> Result<(Vec<u32>, Vec<ObservedNode>), ReconcileError> {
+        let state = self.state.lock().await;
+        let networks: Vec<u32> = self.networks_on_host(&state).await?.into_iter().collect();
+        let found = self.driver.list().await?;
+        let mut nodes = Vec::new();
+        for id in &networks {
+            let names = state
+                .state
+                .networks
+                .get(id)
+                .map(|r| r.nodes.clone())
+                .unwrap_or_default();
+            nodes.extend(observed(&found, *id, &names));
+        }
+        Ok((networks, nodes))
+    }
+}

@@ -1,0 +1,790 @@
+//! Clusters and their nodes: create (placed across sites, optionally inside a reservation),
+//! add and remove nodes, start and stop the overlay, delete. Each change is one
+//! transaction that records the goal and a task, and answers `202` with the task at once;
+//! `tasks` carries it out on the hosts. Users see and act on their own clusters, admins on
+//! all; someone else's cluster is a 404.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use axum::extract::State;
+use axum::response::Response;
+use base64::Engine;
+use ipnet::Ipv4Net;
+use rand::RngCore;
+
+use super::{accepted, check_name};
+use crate::controller::App;
+use crate::controller::auth::Principal;
+use crate::controller::error::{ApiError, ApiJson, ApiPath};
+use crate::controller::placement::{self, Request};
+use crate::controller::store::{
+    self, ClusterRow, NewCluster, NewEvent, NewNode, ReservationRow, WriteTx, now_ms,
+};
+use crate::controller::tasks::{self, TaskKind};
+use crate::controller::view::CapacityView;
+use crate::model::{
+    Accepted, AddNodes, ApiErrorBody, Cluster, CreateCluster, MAX_NODE_INDEX, NetworkId, NodeSlot,
+    NodeState, Resources, Strategy, node_name,
+};
+
+pub(crate) async fn cluster_model(
+    conn: &mut sqlx::AnyConnection,
+    row: &ClusterRow,
+) -> Result<Cluster, ApiError> {
+    let nodes = store::nodes_of_cluster(conn, row.id).await?;
+    Ok(row.to_model(
+        nodes
+            .iter()
+            .filter(|n| n.state() != NodeState::Deleted)
+            .map(|n| n.to_model())
+            .collect(),
+    ))
+}
+
+/// The cluster if `who` may see it; 404 otherwise.
+async fn visible_cluster(
+    conn: &mut sqlx::AnyConnection,
+    who: &Principal,
+    key: &str,
+) -> Result<ClusterRow, ApiError> {
+    match store::cluster_by_key(conn, key).await? {
+        Some(c) if who.may_see(c.owner_id) => Ok(c),
+        _ => Err(ApiError::not_found(format!("no cluster {key:?}"))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/clusters", tag = "clusters",
+    responses((status = 200, body = Vec<Cluster>)))]
+pub async fn list_clusters(
+    State(app): State<App>,
+    who: Principal,
+) -> Result<ApiJson<Vec<Cluster>>, ApiError> {
+    who.require_person()?;
+    let mut rx = app.store.read().await?;
+    let rows = store::list_clusters(rx.conn(), who.owner_filter()).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(cluster_model(rx.conn(), r).await?);
+    }
+    rx.finish().await?;
+    Ok(ApiJson(out))
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    responses((status = 200, body = Cluster), (status = 404, body = ApiErrorBody)))]
+pub async fn get_cluster(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+) -> Result<ApiJson<Cluster>, ApiError> {
+    who.require_person()?;
+    let mut rx = app.store.read().await?;
+    let row = visible_cluster(rx.conn(), &who, &cluster).await?;
+    let model = cluster_model(rx.conn(), &row).await?;
+    rx.finish().await?;
+    Ok(ApiJson(model))
+}
+
+/// What new nodes may take, per site: the reservation's remainder inside a lease, the
+/// unreserved room outside one.
+struct Budget {
+    per_site: BTreeMap<i64, Resources>,
+    /// Nodes the reservation still allows, when it counts nodes.
+    node_limit: Option<i64>,
+}
+
+fn budget(
+    view: &CapacityView,
+    reservation: Option<&ReservationRow>,
+    now: i64,
+) -> Result<Budget, ApiError> {
+    match reservation {
+        Some(r) => {
+            if now < r.starts_at || now >= r.ends_at || r.state != "accepted" {
+                return Err(ApiError::conflict(format!(
+                    "reservation {} is {} for {} .. {}; now ({}) is outside its lease",
+                    r.id,
+                    r.state,
+                    store::ms_to_time(r.starts_at),
+                    store::ms_to_time(r.ends_at),
+                    store::ms_to_time(now)
+                ))
+                .with_field("reservation"));
+            }
+            let (used, used_nodes) = view.reservation_use.get(&r.id).copied().unwrap_or_default();
+            Ok(Budget {
+                per_site: BTreeMap::from([(r.site_id, r.resources().minus(used))]),
+                node_limit: r.nodes.map(|n| n - used_nodes),
+            })
+        }
+        None => Ok(Budget {
+            per_site: view
+                .ledgers
+                .iter()
+                .map(|(site, l)| (*site, l.unreserved_room(now)))
+                .collect(),
+            node_limit: None,
+        }),
+    }
+}
+
+fn random_psk() -> String {
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// The highest node index a subnet has addresses for: the network and broadcast
+/// addresses are not hosts, and the last host address is kept for site-local services
+/// (a site's package cache), as in `docs/config.md`.
+fn max_index(subnet: Ipv4Net) -> u32 {
+    let hosts = (1u64 << (32 - subnet.prefix_len())).saturating_sub(3);
+    hosts.min(MAX_NODE_INDEX as u64) as u32
+}
+
+fn node_address(subnet: Ipv4Net, index: u32) -> String {
+    let ip = Ipv4Addr::from(u32::from(subnet.network()) + index);
+    format!("{ip}/{}", subnet.prefix_len())
+}
+
+/// The cluster's subnet: the one asked for, or the first free one in the pool that has
+/// addresses for `nodes` (a /24 unless the cluster is larger).
+async fn choose_subnet(
+    tx: &mut WriteTx,
+    pool: Ipv4Net,
+    wanted: Option<&str>,
+    nodes: u32,
+) -> Result<Ipv4Net, ApiError> {
+    let taken: Vec<Ipv4Net> = store::list_clusters(tx.conn(), None)
+        .await?
+        .iter()
+        .filter_map(|c| c.subnet.parse().ok())
+        .collect();
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    if let Some(s) = wanted {
+        let net: Ipv4Net = s.parse().map_err(|_| {
+            ApiError::invalid(
+                "subnet",
+                format!("subnet {s:?} is not an IPv4 network like 10.77.3.0/24"),
+            )
+        })?;
+        if net != net.trunc() {
+            return Err(ApiError::invalid(
+                "subnet",
+                format!(
+                    "subnet {s:?} has host bits set; did you mean {}?",
+                    net.trunc()
+                ),
+            ));
+        }
+        if !(8..=29).contains(&net.prefix_len()) {
+            return Err(ApiError::invalid(
+                "subnet",
+                "subnet prefix must be between /8 and /29",
+            ));
+        }
+        if let Some(t) = taken.iter().find(|t| overlaps(t, &net)) {
+            return Err(ApiError::conflict(format!(
+                "subnet {net} overlaps {t}, used by another cluster"
+            ))
+            .with_field("subnet"));
+        }
+        return Ok(net);
+    }
+    let needed = nodes as u64 + 3;
+    let bits = 64 - (needed - 1).leading_zeros() as u8;
+    let size = pool.prefix_len().max((32 - bits.max(8)).min(24));
+    pool.subnets(size)
+        .map_err(|e| ApiError::internal(format!("subnet pool {pool}: {e}")))?
+        .find(|n| !taken.iter().any(|t| overlaps(t, n)))
+        .ok_or_else(|| ApiError::conflict(format!("the subnet pool {pool} is used up")))
+}
+
+/// Places `count` + pinned nodes and inserts their rows (state `requested`). Returns the
+/// new node ids.
+#[allow(clippy::too_many_arguments)]
+async fn place_nodes(
+    tx: &mut WriteTx,
+    app: &App,
+    cluster: &ClusterRow,
+    reservation: Option<&ReservationRow>,
+    anywhere: u32,
+    pinned: Vec<(i64, u32)>,
+    strategy: Strategy,
+    now: i64,
+) -> Result<Vec<i64>, ApiError> {
+    let view =
+        CapacityView::load(tx.conn(), now, app.config.overcommit, app.host_timeout_ms()).await?;
+    let b = budget(&view, reservation, now)?;
+    let total = anywhere + pinned.iter().map(|p| p.1).sum::<u32>();
+    if let Some(limit) = b.node_limit
+        && total as i64 > limit
+    {
+        return Err(ApiError::conflict(format!(
+            "reservation {} allows {} more nodes; asked for {total}",
+            reservation.map(|r| r.id).unwrap_or_default(),
+            limit.max(0)
+        ))
+        .with_field("nodes"));
+    }
+    if let Some(r) = reservation
+        && let Some((site, _)) = pinned.iter().find(|(s, _)| *s != r.site_id)
+    {
+        let name = view
+            .sites
+            .iter()
+            .find(|s| s.id == *site)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        return Err(ApiError::conflict(format!(
+            "reservation {} is at site {}; nodes cannot be pinned to {name}",
+            r.id, r.site_name
+        ))
+        .with_field("sites"));
+    }
+    let existing_nodes = store::nodes_of_cluster(tx.conn(), cluster.id).await?;
+    let live: Vec<_> = existing_nodes
+        .iter()
+        .filter(|n| !matches!(n.state(), NodeState::Deleted | NodeState::Failed))
+        .collect();
+    let mut existing: BTreeMap<i64, u32> = BTreeMap::new();
+    let host_site: BTreeMap<i64, i64> = view.hosts.iter().map(|h| (h.id, h.site_id)).collect();
+    for n in &live {
+        *existing
+            .entry(host_site.get(&n.host_id).copied().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let request = Request {
+        anywhere,
+        pinned,
+        per_node: Resources::new(cluster.node_cpus, cluster.node_memory_mib),
+        strategy,
+        existing,
+        site_budget: b.per_site,
+    };
+    let hosts = placement::place(&request, &view.host_rooms())
+        .map_err(|e| ApiError::conflict(e.reason).with_field("nodes"))?;
+
+    let subnet: Ipv4Net = cluster
+        .subnet
+        .parse()
+        .map_err(|_| ApiError::internal(format!("cluster {} has a bad subnet", cluster.name)))?;
+    let used: BTreeSet<u32> = live.iter().map(|n| n.idx as u32).collect();
+    let free_indices: Vec<u32> = (1..=max_index(subnet))
+        .filter(|i| !used.contains(i))
+        .take(hosts.len())
+        .collect();
+    if free_indices.len() < hosts.len() {
+        return Err(ApiError::conflict(format!(
+            "subnet {subnet} has addresses for {} nodes",
+            max_index(subnet)
+        ))
+        .with_field("nodes"));
+    }
+    let network = NetworkId(cluster.network_id as u32);
+    for (&host_id, &index) in hosts.iter().zip(&free_indices) {
+        let slot = NodeSlot { network, index };
+        let name = node_name(&cluster.name, index);
+        let mac = slot.mac().to_string();
+        let address = node_address(subnet, index);
+        store::upsert_requested_node(
+            tx.conn(),
+            NewNode {
+                cluster_id: cluster.id,
+                idx: index as i64,
+                name: &name,
+                host_id,
+                mac: &mac,
+                address: &address,
+                cpus: cluster.node_cpus,
+                memory_mib: cluster.node_memory_mib,
+            },
+            now,
+        )
+        .await?;
+    }
+    let ids = store::nodes_of_cluster(tx.conn(), cluster.id)
+        .await?
+        .into_iter()
+        .filter(|n| free_indices.contains(&(n.idx as u32)))
+        .map(|n| n.id)
+        .collect();
+    Ok(ids)
+}
+
+async fn reservation_for(
+    tx: &mut WriteTx,
+    who: &Principal,
+    id: Option<i64>,
+) -> Result<Option<ReservationRow>, ApiError> {
+    let Some(id) = id else { return Ok(None) };
+    match store::reservation_by_id(tx.conn(), id).await? {
+        Some(r) if who.may_see(r.owner_id) => Ok(Some(r)),
+        _ => Err(ApiError::invalid(
+            "reservation",
+            format!("no reservation {id}"),
+        )),
+    }
+}
+
+/// Records a task and an event in `tx`.
+async fn start_task(
+    tx: &mut WriteTx,
+    app: &App,
+    kind: &TaskKind,
+    owner_id: i64,
+    cluster: &str,
+    what: &str,
+    now: i64,
+) -> Result<store::TaskRow, ApiError> {
+    let task = store::insert_task(
+        tx.conn(),
+        kind.name(),
+        owner_id,
+        Some(cluster),
+        now,
+        app.task_deadline(now),
+    )
+    .await?;
+    store::insert_event(
+        tx.conn(),
+        NewEvent {
+            kind: kind.name(),
+            cluster: Some(cluster),
+            owner_id: Some(owner_id),
+            task_id: Some(task.id),
+            message: what,
+        },
+        now,
+    )
+    .await?;
+    Ok(task)
+}
+
+/// Creates a cluster of N nodes; answers 202 with the task and the cluster as placed.
+#[utoipa::path(post, path = "/v1/clusters", tag = "clusters", request_body = CreateCluster,
+    responses((status = 202, body = Accepted), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn create_cluster(
+    State(app): State<App>,
+    who: Principal,
+    ApiJson(req): ApiJson<CreateCluster>,
+) -> Result<Response, ApiError> {
+    who.require_person()?;
+    check_name("name", &req.name)?;
+    let node_cpus = req.node_cpus.unwrap_or(1);
+    let node_memory_mib = req.node_memory_mib.unwrap_or(512);
+    if !(1..=1024).contains(&node_cpus) {
+        return Err(ApiError::invalid(
+            "node_cpus",
+            "node_cpus must be between 1 and 1024",
+        ));
+    }
+    if !(16..=16 * 1024 * 1024).contains(&node_memory_mib) {
+        return Err(ApiError::invalid(
+            "node_memory_mib",
+            "node_memory_mib must be at least 16",
+        ));
+    }
+    let pinned_total: u32 = req.sites.iter().map(|s| s.nodes).sum();
+    let anywhere = match req.nodes {
+        Some(n) if !req.sites.is_empty() => {
+            if n < pinned_total {
+                return Err(ApiError::invalid(
+                    "nodes",
+                    format!("nodes ({n}) is less than the {pinned_total} nodes pinned in sites"),
+                ));
+            }
+            n - pinned_total
+        }
+        Some(n) => n,
+        None if !req.sites.is_empty() => 0,
+        None => {
+            return Err(ApiError::invalid(
+                "nodes",
+                "give nodes (a count) or sites (nodes per site)",
+            ));
+        }
+    };
+    if anywhere + pinned_total == 0 {
+        return Err(ApiError::invalid(
+            "nodes",
+            "a cluster needs at least one node",
+        ));
+    }
+    if anywhere + pinned_total > MAX_NODE_INDEX {
+        return Err(ApiError::invalid(
+            "nodes",
+            format!("at most {MAX_NODE_INDEX} nodes per cluster"),
+        ));
+    }
+    let strategy = req.strategy.unwrap_or(Strategy::Spread);
+    let now = now_ms();
+
+    let mut tx = app.store.write().await?;
+    let mut pinned = Vec::new();
+    for s in &req.sites {
+        let site = store::site_by_key(tx.conn(), &s.site)
+            .await?
+            .ok_or_else(|| ApiError::invalid("sites", format!("unknown site {:?}", s.site)))?;
+        if s.nodes > 0 {
+            pinned.push((site.id, s.nodes));
+        }
+    }
+    let reservation = reservation_for(&mut tx, &who, req.reservation).await?;
+    let subnet = choose_subnet(
+        &mut tx,
+        app.config.subnet_pool,
+        req.subnet.as_deref(),
+        anywhere + pinned_total,
+    )
+    .await?;
+    if ((anywhere + pinned_total) as u64) > max_index(subnet) as u64 {
+        return Err(ApiError::invalid(
+            "subnet",
+            format!(
+                "subnet {subnet} has addresses for only {} nodes",
+                max_index(subnet)
+            ),
+        ));
+    }
+    let network_id = store::next_network_id(tx.conn(), app.config.first_network_id as i64).await?;
+    if network_id > u32::MAX as i64 {
+        return Err(ApiError::conflict("overlay network ids are used up"));
+    }
+    let psk = random_psk();
+    let subnet_text = subnet.to_string();
+    let id = match store::insert_cluster(
+        tx.conn(),
+        NewCluster {
+            name: &req.name,
+            owner_id: who.user_id,
+            network_id,
+            psk: &psk,
+            subnet: &subnet_text,
+            reservation_id: reservation.as_ref().map(|r| r.id),
+            node_cpus,
+            node_memory_mib,
+        },
+        now,
+    )
+    .await
+    {
+        Ok(id) => id,
+        Err(store::StoreError::Db(e)) if store::is_unique_violation(&e) => {
+            return Err(
+                ApiError::conflict(format!("a cluster named {:?} exists", req.name))
+                    .with_field("name"),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let row = store::cluster_by_id(tx.conn(), id)
+        .await?
+        .ok_or_else(|| ApiError::internal("cluster vanished"))?;
+    place_nodes(
+        &mut tx,
+        &app,
+        &row,
+        reservation.as_ref(),
+        anywhere,
+        pinned,
+        strategy,
+        now,
+    )
+    .await?;
+    let kind = TaskKind::CreateCluster;
+    let task = start_task(
+        &mut tx,
+        &app,
+        &kind,
+        who.user_id,
+        &row.name,
+        &format!(
+            "{} asked for cluster {} of {} nodes",
+            who.name,
+            row.name,
+            anywhere + pinned_total
+        ),
+        now,
+    )
+    .await?;
+    let cluster = cluster_model(tx.conn(), &row).await?;
+    tx.commit().await?;
+    tracing::info!(cluster = %row.name, network = row.network_id, task = task.id, "cluster created");
+    tasks::spawn(app.clone(), task.clone(), row.id, kind);
+    Ok(accepted(Accepted {
+        task: task.to_model(),
+        cluster: Some(cluster),
+    }))
+}
+
+fn require_state(row: &ClusterRow, allowed: &[&str], doing: &str) -> Result<(), ApiError> {
+    if allowed.contains(&row.state.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(format!(
+            "cluster {} is {}: cannot {doing}",
+            row.name, row.state
+        )))
+    }
+}
+
+/// Adds nodes to a cluster.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/nodes", tag = "clusters", request_body = AddNodes,
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    responses((status = 202, body = Accepted), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn add_nodes(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+    ApiJson(req): ApiJson<AddNodes>,
+) -> Result<Response, ApiError> {
+    who.require_person()?;
+    if req.count == 0 || req.count > MAX_NODE_INDEX {
+        return Err(ApiError::invalid(
+            "count",
+            format!("count must be between 1 and {MAX_NODE_INDEX}"),
+        ));
+    }
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let row = visible_cluster(tx.conn(), &who, &cluster).await?;
+    require_state(&row, &["active"], "add nodes")?;
+    let pinned = match &req.site {
+        Some(s) => {
+            let site = store::site_by_key(tx.conn(), s)
+                .await?
+                .ok_or_else(|| ApiError::invalid("site", format!("unknown site {s:?}")))?;
+            vec![(site.id, req.count)]
+        }
+        None => vec![],
+    };
+    let anywhere = if pinned.is_empty() { req.count } else { 0 };
+    let reservation = match row.reservation_id {
+        Some(r) => store::reservation_by_id(tx.conn(), r).await?,
+        None => None,
+    };
+    let strategy = req.strategy.unwrap_or(Strategy::Spread);
+    let node_ids = place_nodes(
+        &mut tx,
+        &app,
+        &row,
+        reservation.as_ref(),
+        anywhere,
+        pinned,
+        strategy,
+        now,
+    )
+    .await?;
+    let kind = TaskKind::AddNodes { node_ids };
+    let task = start_task(
+        &mut tx,
+        &app,
+        &kind,
+        row.owner_id,
+        &row.name,
+        &format!("{} asked for {} more nodes", who.name, req.count),
+        now,
+    )
+    .await?;
+    let cluster = cluster_model(tx.conn(), &row).await?;
+    tx.commit().await?;
+    tasks::spawn(app.clone(), task.clone(), row.id, kind);
+    Ok(accepted(Accepted {
+        task: task.to_model(),
+        cluster: Some(cluster),
+    }))
+}
+
+/// Removes one node (by name or index); the rest of the cluster keeps running.
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}/nodes/{node}", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id"),
+           ("node" = String, Path, description = "node name or index")),
+    responses((status = 202, body = Accepted), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn remove_node(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath((cluster, node)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    who.require_person()?;
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let row = visible_cluster(tx.conn(), &who, &cluster).await?;
+    require_state(&row, &["active", "expired"], "remove nodes")?;
+    let nodes = store::nodes_of_cluster(tx.conn(), row.id).await?;
+    let target = nodes
+        .iter()
+        .find(|n| (n.name == node || n.idx.to_string() == node) && n.state() != NodeState::Deleted)
+        .ok_or_else(|| ApiError::not_found(format!("cluster {} has no node {node:?}", row.name)))?;
+    if matches!(
+        target.state(),
+        NodeState::Requested | NodeState::Creating | NodeState::Stopping
+    ) {
+        return Err(ApiError::conflict(format!(
+            "node {} is {}; wait for its task to finish",
+            target.name, target.state
+        )));
+    }
+    store::set_node_state(
+        tx.conn(),
+        target.id,
+        NodeState::Stopping,
+        "deleted",
+        None,
+        now,
+    )
+    .await?;
+    let kind = TaskKind::RemoveNode { node_id: target.id };
+    let task = start_task(
+        &mut tx,
+        &app,
+        &kind,
+        row.owner_id,
+        &row.name,
+        &format!("{} asked to remove node {}", who.name, target.name),
+        now,
+    )
+    .await?;
+    let cluster = cluster_model(tx.conn(), &row).await?;
+    tx.commit().await?;
+    tasks::spawn(app.clone(), task.clone(), row.id, kind);
+    Ok(accepted(Accepted {
+        task: task.to_model(),
+        cluster: Some(cluster),
+    }))
+}
+
+async fn set_overlay(
+    app: App,
+    who: Principal,
+    cluster: String,
+    run: bool,
+) -> Result<Response, ApiError> {
+    who.require_person()?;
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let row = visible_cluster(tx.conn(), &who, &cluster).await?;
+    if run {
+        require_state(&row, &["active"], "start its overlay")?;
+    } else {
+        require_state(&row, &["active", "expired"], "stop its overlay")?;
+    }
+    let previous = row.overlay.clone();
+    let (state, kind) = if run {
+        ("running", TaskKind::StartOverlay { previous })
+    } else {
+        ("stopped", TaskKind::StopOverlay { previous })
+    };
+    store::set_cluster_overlay(tx.conn(), row.id, state, now).await?;
+    let task = start_task(
+        &mut tx,
+        &app,
+        &kind,
+        row.owner_id,
+        &row.name,
+        &format!("{} asked for the overlay to be {state}", who.name),
+        now,
+    )
+    .await?;
+    let row = store::cluster_by_id(tx.conn(), row.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("cluster vanished"))?;
+    let cluster = cluster_model(tx.conn(), &row).await?;
+    tx.commit().await?;
+    tasks::spawn(app.clone(), task.clone(), row.id, kind);
+    Ok(accepted(Accepted {
+        task: task.to_model(),
+        cluster: Some(cluster),
+    }))
+}
+
+/// Starts the cluster's overlay network on every host it has nodes on.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/overlay/start", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    responses((status = 202, body = Accepted), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn start_overlay(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    set_overlay(app, who, cluster, true).await
+}
+
+/// Stops the cluster's overlay network on every host: nodes at different hosts can no
+/// longer reach each other; nodes keep running.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/overlay/stop", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    responses((status = 202, body = Accepted), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn stop_overlay(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    set_overlay(app, who, cluster, false).await
+}
+
+/// Deletes the cluster: every node, the overlay network and the bridges on every host.
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    responses((status = 202, body = Accepted), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn delete_cluster(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    who.require_person()?;
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let row = visible_cluster(tx.conn(), &who, &cluster).await?;
+    require_state(&row, &["active", "expired", "failed"], "delete it again")?;
+    store::set_cluster_state(tx.conn(), row.id, "deleting", None, now).await?;
+    for n in store::nodes_of_cluster(tx.conn(), row.id).await? {
+        if n.state() != NodeState::Deleted {
+            let state = if n.state() == NodeState::Failed {
+                NodeState::Failed
+            } else {
+                NodeState::Stopping
+            };
+            store::set_node_state(tx.conn(), n.id, state, "deleted", n.reason.as_deref(), now)
+                .await?;
+        }
+    }
+    let kind = TaskKind::DeleteCluster;
+    let task = start_task(
+        &mut tx,
+        &app,
+        &kind,
+        row.owner_id,
+        &row.name,
+        &format!("{} asked to delete cluster {}", who.name, row.name),
+        now,
+    )
+    .await?;
+    let row = store::cluster_by_id(tx.conn(), row.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("cluster vanished"))?;
+    let cluster = cluster_model(tx.conn(), &row).await?;
+    tx.commit().await?;
+    tasks::spawn(app.clone(), task.clone(), row.id, kind);
+    Ok(accepted(Accepted {
+        task: task.to_model(),
+        cluster: Some(cluster),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_leave_the_last_host_address_for_site_services() {
+        let net: Ipv4Net = "10.77.3.0/24".parse().unwrap();
+        assert_eq!(max_index(net), 253);
+        assert_eq!(node_address(net, 1), "10.77.3.1/24");
+        assert_eq!(node_address(net, 253), "10.77.3.253/24");
+        let small: Ipv4Net = "10.0.0.0/29".parse().unwrap();
+        assert_eq!(max_index(small), 5);
+    }
+}

@@ -1,0 +1,280 @@
+//! Hosts: hypervisor hosts, each run by a host agent. Agents register their host (its
+//! site, capacity, agent URL, overlay endpoint and vpnd public key), heartbeat, and read
+//! the host's desired state; admins list, disable and remove hosts.
+
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use super::check_name;
+use crate::controller::App;
+use crate::controller::auth::Principal;
+use crate::controller::desired;
+use crate::controller::error::{ApiError, ApiJson, ApiPath};
+use crate::controller::store::{self, HostRegistration, HostRow, now_ms};
+use crate::controller::view::{CapacityView, host_model};
+use crate::model::{
+    ApiErrorBody, Heartbeat, Host, HostDesired, RegisterHost, Registered, UpdateHost,
+};
+
+async fn host_or_404(conn: &mut sqlx::AnyConnection, key: &str) -> Result<HostRow, ApiError> {
+    store::host_by_key(conn, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no host {key:?}")))
+}
+
+/// The host's own agent, or an admin.
+fn require_owner(who: &Principal, host: &HostRow) -> Result<(), ApiError> {
+    if who.is_admin() || who.user_id == host.agent_user_id {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "host {} belongs to another agent; {} may not act for it",
+            host.name, who.name
+        )))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/hosts", tag = "hosts",
+    responses((status = 200, body = Vec<Host>), (status = 403, body = ApiErrorBody)))]
+pub async fn list_hosts(
+    State(app): State<App>,
+    who: Principal,
+) -> Result<ApiJson<Vec<Host>>, ApiError> {
+    who.require_admin()?;
+    let mut rx = app.store.read().await?;
+    let v = CapacityView::load(
+        rx.conn(),
+        now_ms(),
+        app.config.overcommit,
+        app.host_timeout_ms(),
+    )
+    .await?;
+    rx.finish().await?;
+    Ok(ApiJson(v.hosts.iter().map(|h| v.host_model(h)).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/hosts/{host}", tag = "hosts",
+    params(("host" = String, Path, description = "host name or id")),
+    responses((status = 200, body = Host), (status = 404, body = ApiErrorBody)))]
+pub async fn get_host(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+) -> Result<ApiJson<Host>, ApiError> {
+    who.require_agent_or_admin()?;
+    let mut rx = app.store.read().await?;
+    let row = host_or_404(rx.conn(), &host).await?;
+    require_owner(&who, &row)?;
+    let v = CapacityView::load(
+        rx.conn(),
+        now_ms(),
+        app.config.overcommit,
+        app.host_timeout_ms(),
+    )
+    .await?;
+    rx.finish().await?;
+    Ok(ApiJson(v.host_model(&row)))
+}
+
+/// Enables or disables a host (admin). Disabled hosts get no new nodes and count for no
+/// capacity; their nodes keep running.
+#[utoipa::path(patch, path = "/v1/hosts/{host}", tag = "hosts", request_body = UpdateHost,
+    params(("host" = String, Path, description = "host name or id")),
+    responses((status = 200, body = Host), (status = 404, body = ApiErrorBody)))]
+pub async fn update_host(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateHost>,
+) -> Result<ApiJson<Host>, ApiError> {
+    who.require_admin()?;
+    let mut tx = app.store.write().await?;
+    let row = host_or_404(tx.conn(), &host).await?;
+    if let Some(enabled) = req.enabled {
+        store::set_host_enabled(tx.conn(), row.id, enabled).await?;
+    }
+    let row = host_or_404(tx.conn(), &host).await?;
+    let v = CapacityView::load(
+        tx.conn(),
+        now_ms(),
+        app.config.overcommit,
+        app.host_timeout_ms(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ApiJson(v.host_model(&row)))
+}
+
+/// Forgets a host that has no nodes left (admin).
+#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts",
+    params(("host" = String, Path, description = "host name or id")),
+    responses((status = 204), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn delete_host(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    who.require_admin()?;
+    let mut tx = app.store.write().await?;
+    let row = host_or_404(tx.conn(), &host).await?;
+    let nodes = store::nodes_on_host(tx.conn(), row.id).await?;
+    let live: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.state != "deleted")
+        .map(|n| n.name.as_str())
+        .collect();
+    if !live.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "host {} still has nodes: {}; remove them or delete their clusters first",
+            row.name,
+            live.join(", ")
+        )));
+    }
+    store::forget_deleted_nodes_on_host(tx.conn(), row.id).await?;
+    store::delete_host(tx.conn(), row.id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn validate_registration(r: &RegisterHost) -> Result<(), ApiError> {
+    check_name("name", &r.name)?;
+    if r.site.is_empty() {
+        return Err(ApiError::invalid("site", "site is required"));
+    }
+    if r.cpus <= 0 || r.cpus > 100_000 {
+        return Err(ApiError::invalid(
+            "cpus",
+            "cpus must be between 1 and 100000",
+        ));
+    }
+    if r.memory_mib <= 0 || r.memory_mib > 1 << 40 {
+        return Err(ApiError::invalid(
+            "memory_mib",
+            "memory_mib must be positive",
+        ));
+    }
+    match r.agent_url.parse::<reqwest::Url>() {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => {
+            return Err(ApiError::invalid(
+                "agent_url",
+                format!("agent_url {:?} is not an http(s) URL", r.agent_url),
+            ));
+        }
+    }
+    if r.agent_secret.len() < 16 {
+        return Err(ApiError::invalid(
+            "agent_secret",
+            "agent_secret must be at least 16 characters",
+        ));
+    }
+    if r.overlay_endpoint.parse::<SocketAddr>().is_err() {
+        return Err(ApiError::invalid(
+            "overlay_endpoint",
+            format!("overlay_endpoint {:?} is not ip:port", r.overlay_endpoint),
+        ));
+    }
+    let key = base64::engine::general_purpose::STANDARD.decode(&r.public_key);
+    if !matches!(key, Ok(k) if k.len() == 32) {
+        return Err(ApiError::invalid(
+            "public_key",
+            "public_key must be 32 bytes in standard base64 (vpnd's public key)",
+        ));
+    }
+    Ok(())
+}
+
+/// A host agent registers its host (again, after a restart: the same name updates it).
+#[utoipa::path(post, path = "/v1/hosts/register", tag = "hosts", request_body = RegisterHost,
+    responses((status = 200, body = Registered), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn register_host(
+    State(app): State<App>,
+    who: Principal,
+    ApiJson(req): ApiJson<RegisterHost>,
+) -> Result<ApiJson<Registered>, ApiError> {
+    who.require_agent_or_admin()?;
+    validate_registration(&req)?;
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let site = store::site_by_key(tx.conn(), &req.site)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "site",
+                format!(
+                    "unknown site {:?}; an admin creates it first (POST /v1/sites)",
+                    req.site
+                ),
+            )
+        })?;
+    if let Some(existing) = store::host_by_key(tx.conn(), &req.name).await?
+        && existing.agent_user_id != who.user_id
+        && !who.is_admin()
+    {
+        return Err(ApiError::conflict(format!(
+            "host {} is registered by another agent",
+            req.name
+        ))
+        .with_field("name"));
+    }
+    let id = store::upsert_host(
+        tx.conn(),
+        HostRegistration {
+            reg: &req,
+            site_id: site.id,
+            agent_user_id: who.user_id,
+        },
+        now,
+    )
+    .await?;
+    let row = store::host_by_id(tx.conn(), id)
+        .await?
+        .ok_or_else(|| ApiError::internal("host vanished"))?;
+    tx.commit().await?;
+    tracing::info!(host = %row.name, site = %row.site_name, "host registered");
+    Ok(ApiJson(Registered {
+        host: host_model(&row, now, app.host_timeout_ms(), Default::default(), 0),
+        heartbeat_secs: app.config.heartbeat.as_secs().max(1),
+    }))
+}
+
+/// The host's agent says it is alive and what it found on the host.
+#[utoipa::path(post, path = "/v1/hosts/{host}/heartbeat", tag = "hosts", request_body = Heartbeat,
+    params(("host" = String, Path, description = "host name or id")),
+    responses((status = 204), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+pub async fn heartbeat(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(beat): ApiJson<Heartbeat>,
+) -> Result<Response, ApiError> {
+    who.require_agent_or_admin()?;
+    let mut conn = app.store.conn().await?;
+    let row = host_or_404(&mut conn, &host).await?;
+    require_owner(&who, &row)?;
+    store::touch_host(&mut conn, row.id, now_ms()).await?;
+    tracing::debug!(host = %row.name, nodes = beat.nodes.len(), networks = beat.networks.len(), "heartbeat");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Everything the host must have, with the store revision it was read at.
+#[utoipa::path(get, path = "/v1/hosts/{host}/desired", tag = "hosts",
+    params(("host" = String, Path, description = "host name or id")),
+    responses((status = 200, body = HostDesired), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+pub async fn desired_state(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+) -> Result<ApiJson<HostDesired>, ApiError> {
+    who.require_agent_or_admin()?;
+    let mut rx = app.store.read().await?;
+    let row = host_or_404(rx.conn(), &host).await?;
+    require_owner(&who, &row)?;
+    let d = desired::host_desired(rx.conn(), row.id).await?;
+    rx.finish().await?;
+    Ok(ApiJson(d))
+}

@@ -1,0 +1,252 @@
+//! The controller's clockwork: what happens because time passed rather than because
+//! someone asked. Ended leases stop their clusters (and say so in the event log), tasks
+//! past their deadline fail, each site's capacity / in use / reserved is sampled for the
+//! portal's timeline, and after a restart the tasks the previous run left unfinished are
+//! failed and their nodes put in a state the host agents can converge to.
+//!
+//! It never talks to hosts itself: it writes the goal and starts tasks.
+
+use tokio::sync::watch;
+
+use super::App;
+use super::store::{self, NewEvent, SampleRow, now_ms};
+use super::tasks::{self, TaskKind};
+use super::view::CapacityView;
+use crate::model::NodeState;
+
+/// Keep a month of usage samples.
+const SAMPLE_RETENTION_MS: i64 = 31 * 24 * 3_600_000;
+/// A task whose runner is gone fails this long after its deadline.
+const OVERDUE_GRACE_MS: i64 = 30_000;
+
+pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.config.housekeeping);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sample = 0i64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = expire_leases(&app).await {
+            tracing::warn!(error = %e, "expiring leases failed");
+        }
+        if let Err(e) = fail_overdue_tasks(&app).await {
+            tracing::warn!(error = %e, "failing overdue tasks failed");
+        }
+        let now = now_ms();
+        if now - last_sample >= app.config.sample_every.as_millis() as i64 {
+            last_sample = now;
+            if let Err(e) = sample_usage(&app).await {
+                tracing::warn!(error = %e, "sampling usage failed");
+            }
+        }
+    }
+}
+
+/// Ends the leases whose time is up: their clusters' nodes and overlays are stopped.
+pub async fn expire_leases(app: &App) -> Result<(), store::StoreError> {
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let ended = store::ended_reservations(tx.conn(), now).await?;
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let mut to_run = Vec::new();
+    for r in &ended {
+        store::set_reservation_state(tx.conn(), r.id, "expired").await?;
+        let clusters = store::clusters_of_reservation(tx.conn(), r.id).await?;
+        let mut stopped = Vec::new();
+        for c in clusters.iter().filter(|c| c.state == "active") {
+            let reason = format!(
+                "the lease of reservation {} ended at {}",
+                r.id,
+                store::ms_to_time(r.ends_at)
+            );
+            store::set_cluster_state(tx.conn(), c.id, "expired", Some(&reason), now).await?;
+            store::set_cluster_overlay(tx.conn(), c.id, "stopped", now).await?;
+            for n in store::nodes_of_cluster(tx.conn(), c.id).await? {
+                if n.target == "running" && n.state().holds_resources() {
+                    store::set_node_state(
+                        tx.conn(),
+                        n.id,
+                        NodeState::Stopping,
+                        "stopped",
+                        None,
+                        now,
+                    )
+                    .await?;
+                }
+            }
+            let task = store::insert_task(
+                tx.conn(),
+                "expire-lease",
+                c.owner_id,
+                Some(&c.name),
+                now,
+                app.task_deadline(now),
+            )
+            .await?;
+            store::insert_event(
+                tx.conn(),
+                NewEvent {
+                    kind: "lease-expired",
+                    cluster: Some(&c.name),
+                    owner_id: Some(c.owner_id),
+                    task_id: Some(task.id),
+                    message: &format!("cluster {} stopped: {reason}", c.name),
+                },
+                now,
+            )
+            .await?;
+            stopped.push(c.name.clone());
+            to_run.push((task, c.id, r.id));
+        }
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: "reservation-expired",
+                cluster: None,
+                owner_id: Some(r.owner_id),
+                task_id: None,
+                message: &format!(
+                    "reservation {} at {} ended; clusters stopped: {}",
+                    r.id,
+                    r.site_name,
+                    if stopped.is_empty() {
+                        "none".to_string()
+                    } else {
+                        stopped.join(", ")
+                    }
+                ),
+            },
+            now,
+        )
+        .await?;
+        tracing::info!(reservation = r.id, site = %r.site_name, clusters = ?stopped, "lease ended");
+    }
+    tx.commit().await?;
+    for (task, cluster_id, reservation) in to_run {
+        tasks::spawn(
+            app.clone(),
+            task,
+            cluster_id,
+            TaskKind::ExpireLease { reservation },
+        );
+    }
+    Ok(())
+}
+
+async fn fail_overdue_tasks(app: &App) -> Result<(), store::StoreError> {
+    let now = now_ms();
+    let mut conn = app.store.conn().await?;
+    for t in store::running_tasks(&mut conn).await? {
+        if t.deadline + OVERDUE_GRACE_MS < now {
+            let finished = store::finish_task(
+                &mut conn,
+                t.id,
+                false,
+                "deadline passed with no runner left to finish the task",
+                now,
+            )
+            .await?;
+            if finished {
+                tracing::warn!(task = t.id, "failed an orphaned task past its deadline");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn sample_usage(app: &App) -> Result<(), store::StoreError> {
+    let now = now_ms();
+    let mut rx = app.store.read().await?;
+    let view =
+        CapacityView::load(rx.conn(), now, app.config.overcommit, app.host_timeout_ms()).await?;
+    rx.finish().await?;
+    let mut conn = app.store.conn().await?;
+    for s in &view.sites {
+        let m = view.site_model(s);
+        store::insert_sample(
+            &mut conn,
+            &SampleRow {
+                site_id: s.id,
+                at: now,
+                capacity_cpus: m.capacity.cpus,
+                capacity_memory_mib: m.capacity.memory_mib,
+                used_cpus: m.in_use.cpus,
+                used_memory_mib: m.in_use.memory_mib,
+                reserved_cpus: m.reserved.cpus,
+                reserved_memory_mib: m.reserved.memory_mib,
+            },
+        )
+        .await?;
+    }
+    store::prune_samples(&mut conn, now - SAMPLE_RETENTION_MS).await?;
+    Ok(())
+}
+
+/// Fails the tasks a previous run left running and settles their nodes: nodes that were
+/// being created fail (and so are removed from their hosts), nodes that were being stopped
+/// or removed are taken as stopped or removed, clusters being deleted become `failed` so
+/// that deleting them again finishes the job. Host agents converge to this on their next
+/// reconcile.
+pub async fn recover_after_restart(app: &App) -> Result<(), store::StoreError> {
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let running = store::running_tasks(tx.conn()).await?;
+    if running.is_empty() {
+        return Ok(());
+    }
+    let reason = "interrupted: the controller restarted before the task finished";
+    for t in &running {
+        store::finish_task(tx.conn(), t.id, false, reason, now).await?;
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: "task-failed",
+                cluster: t.cluster_name.as_deref(),
+                owner_id: Some(t.owner_id),
+                task_id: Some(t.id),
+                message: &format!("{}: {reason}", t.kind),
+            },
+            now,
+        )
+        .await?;
+        let Some(name) = &t.cluster_name else {
+            continue;
+        };
+        let Some(cluster) = store::cluster_by_key(tx.conn(), name).await? else {
+            continue;
+        };
+        for n in store::nodes_of_cluster(tx.conn(), cluster.id).await? {
+            let settled = match (n.state(), n.target.as_str()) {
+                (NodeState::Requested | NodeState::Creating, _) => Some(NodeState::Failed),
+                (NodeState::Stopping, "deleted") => Some(NodeState::Deleted),
+                (NodeState::Stopping, _) => Some(NodeState::Stopped),
+                _ => None,
+            };
+            if let Some(state) = settled {
+                let target = if state == NodeState::Failed {
+                    "deleted"
+                } else {
+                    n.target.as_str()
+                };
+                let why = (state == NodeState::Failed).then_some(reason);
+                store::set_node_state(tx.conn(), n.id, state, target, why, now).await?;
+            }
+        }
+        if cluster.state == "deleting" {
+            store::set_cluster_state(tx.conn(), cluster.id, "failed", Some(reason), now).await?;
+        }
+        if t.kind == "create-cluster" && cluster.state == "active" {
+            store::set_cluster_state(tx.conn(), cluster.id, "failed", Some(reason), now).await?;
+        }
+    }
+    tx.commit().await?;
+    tracing::warn!(
+        tasks = running.len(),
+        "failed the tasks a previous run left running"
+    );
+    Ok(())
+}

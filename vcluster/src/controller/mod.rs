@@ -1,0 +1,271 @@
+//! The controller (`vcluster serve`): the REST API over the store, the tasks that carry
+//! long operations out on the host agents, the housekeeping loop (leases, liveness, usage
+//! samples), the reservation portal and the Prometheus metrics.
+//!
+//! Requests change the store in one transaction and, for anything that touches hosts,
+//! answer at once with a task; the task pushes each affected host its desired share of
+//! the cluster and records the outcome. The controller never runs commands on hosts and
+//! never talks to `vpnd`: host agents do that.
+
+pub mod agent_client;
+pub mod api;
+pub mod auth;
+pub mod capacity;
+pub mod desired;
+pub mod error;
+pub mod housekeeping;
+pub mod metrics;
+pub mod placement;
+pub mod portal;
+pub mod store;
+pub mod tasks;
+pub mod view;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::model::Role;
+use agent_client::AgentClient;
+use store::Store;
+use view::Overcommit;
+
+/// Everything `vcluster serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` or `postgres://...`.
+    pub store_url: String,
+    pub overcommit: Overcommit,
+    /// A task that has not finished by then fails (and is rolled back).
+    pub task_timeout: Duration,
+    /// How often agents heartbeat; a host is offline after three missed beats.
+    pub heartbeat: Duration,
+    /// How often leases, stuck tasks and usage samples are looked at.
+    pub housekeeping: Duration,
+    /// How often each site's capacity / in use / reserved is sampled for the timeline.
+    pub sample_every: Duration,
+    /// Clusters' subnets are carved from this pool, one /24 each, unless given.
+    pub subnet_pool: Ipv4Net,
+    /// The first overlay network id handed out (ids below it are left to the operator's
+    /// own vpnd networks).
+    pub first_network_id: u32,
+    /// Creates an `admin` user with this token when the store has no admin.
+    pub bootstrap_admin_token: Option<String>,
+    /// When the store has no admin and no token was given, a new one is written here.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl ControllerConfig {
+    pub fn new(listen: SocketAddr, store_url: impl Into<String>) -> ControllerConfig {
+        ControllerConfig {
+            listen,
+            store_url: store_url.into(),
+            overcommit: Overcommit {
+                cpu: 4.0,
+                memory: 1.0,
+            },
+            task_timeout: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(5),
+            housekeeping: Duration::from_secs(2),
+            sample_every: Duration::from_secs(60),
+            subnet_pool: "10.128.0.0/9".parse().expect("valid pool"),
+            first_network_id: 1,
+            bootstrap_admin_token: None,
+            admin_token_file: None,
+        }
+    }
+
+    pub fn host_timeout(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
+pub struct AppInner {
+    pub config: ControllerConfig,
+    pub store: Store,
+    pub agents: AgentClient,
+    pub metrics: metrics::Metrics,
+    /// One lock per cluster: its tasks run one at a time, so each push reads the
+    /// cluster's newest desired state.
+    cluster_locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
+}
+
+/// The controller's shared state, handed to every handler and task.
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+impl Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    pub async fn cluster_lock(&self, cluster_id: i64) -> Arc<Mutex<()>> {
+        let mut locks = self.cluster_locks.lock().await;
+        locks.entry(cluster_id).or_default().clone()
+    }
+
+    /// Drops a deleted cluster's lock (whoever still holds it keeps their handle).
+    pub async fn forget_cluster_lock(&self, cluster_id: i64) {
+        self.cluster_locks.lock().await.remove(&cluster_id);
+    }
+
+    pub fn host_timeout_ms(&self) -> i64 {
+        self.config.host_timeout().as_millis() as i64
+    }
+
+    pub fn task_deadline(&self, now: i64) -> i64 {
+        now + self.config.task_timeout.as_millis() as i64
+    }
+}
+
+/// A controller serving on a socket; stops when [`RunningController::shutdown`] is called
+/// or the value is dropped.
+pub struct RunningController {
+    pub addr: SocketAddr,
+    pub app: App,
+    stop: watch::Sender<bool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl RunningController {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        self.app.store.close().await;
+    }
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// Opens the store, recovers from an earlier run, and serves until shut down.
+pub async fn start(config: ControllerConfig) -> anyhow::Result<RunningController> {
+    let store = Store::open(&config.store_url)
+        .await
+        .with_context(|| format!("opening store {}", redact(&config.store_url)))?;
+    bootstrap_admin(&store, &config).await?;
+    let app = App(Arc::new(AppInner {
+        agents: AgentClient::new(config.task_timeout.min(Duration::from_secs(60))),
+        metrics: metrics::Metrics::new(),
+        cluster_locks: Mutex::new(HashMap::new()),
+        store,
+        config,
+    }));
+    housekeeping::recover_after_restart(&app)
+        .await
+        .context("recovering tasks left by the previous run")?;
+
+    let listener = tokio::net::TcpListener::bind(app.config.listen)
+        .await
+        .with_context(|| format!("binding {}", app.config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, mut stopped) = watch::channel(false);
+    let router = api::router(app.clone());
+    let keeper = tokio::spawn(housekeeping::run(app.clone(), stop.subscribe()));
+    let handle = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "controller server failed");
+        }
+        keeper.abort();
+    });
+    tracing::info!(%addr, "controller listening");
+    Ok(RunningController {
+        addr,
+        app,
+        stop,
+        handle: Some(handle),
+    })
+}
+
+/// `vcluster serve`: runs until Ctrl-C or SIGTERM.
+pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn bootstrap_admin(store: &Store, config: &ControllerConfig) -> anyhow::Result<()> {
+    let mut conn = store.conn().await?;
+    if store::count_admins(&mut conn).await? > 0 {
+        return Ok(());
+    }
+    drop(conn);
+    let given = config.bootstrap_admin_token.as_deref();
+    let (_, token) = auth::create_user_with_token(store, "admin", Role::Admin, given)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the first admin: {}", e.message))?;
+    match (&config.admin_token_file, given) {
+        (_, Some(_)) => tracing::info!("created user admin with the given bootstrap token"),
+        (Some(path), None) => {
+            write_secret(path, &token)
+                .with_context(|| format!("writing the admin token to {}", path.display()))?;
+            tracing::info!(file = %path.display(), "created user admin; its token is in the file");
+        }
+        (None, None) => {
+            // Nowhere else to put it: the operator needs it once.
+            eprintln!("vcluster: created user admin, token: {token}");
+        }
+    }
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")
+}
+
+/// A store URL fit for logs: the password removed.
+pub fn redact(url: &str) -> String {
+    match url.parse::<reqwest::Url>() {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

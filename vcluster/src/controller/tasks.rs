@@ -1,0 +1,461 @@
+//! Tasks: how a long operation is carried out after its request has been answered.
+//!
+//! The request's transaction already wrote the goal (nodes with their target state, the
+//! overlay's running flag) and a `running` task row. [`spawn`] then, holding the cluster's
+//! lock, pushes each host the cluster touches its desired share (`desired::cluster_plan`)
+//! and records the outcome: `succeeded`, or `failed` with the message. A task that has not
+//! finished by its deadline fails. A failed task is rolled back before it is marked
+//! failed: new nodes become `failed` and are removed from their hosts, a start/stop of the
+//! overlay is undone, so nothing is left half-done. Hosts that are offline are skipped
+//! only when something is being removed from them: their agent removes it at its next
+//! reconcile, because the store no longer lists it.
+//!
+//! This module never answers HTTP requests and never decides placement.
+
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::App;
+use super::desired::{self, ClusterPlan};
+use super::store::{self, NewEvent, TaskRow, now_ms};
+use crate::model::NodeState;
+
+/// What a task does, and what it needs to undo itself.
+#[derive(Debug, Clone)]
+pub enum TaskKind {
+    CreateCluster,
+    AddNodes {
+        node_ids: Vec<i64>,
+    },
+    RemoveNode {
+        node_id: i64,
+    },
+    /// `previous` is the overlay state to go back to on failure.
+    StartOverlay {
+        previous: String,
+    },
+    StopOverlay {
+        previous: String,
+    },
+    DeleteCluster,
+    ExpireLease {
+        reservation: i64,
+    },
+}
+
+impl TaskKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::CreateCluster => "create-cluster",
+            TaskKind::AddNodes { .. } => "add-nodes",
+            TaskKind::RemoveNode { .. } => "remove-node",
+            TaskKind::StartOverlay { .. } => "start-overlay",
+            TaskKind::StopOverlay { .. } => "stop-overlay",
+            TaskKind::DeleteCluster => "delete-cluster",
+            TaskKind::ExpireLease { .. } => "expire-lease",
+        }
+    }
+
+    /// Only removals may skip offline hosts.
+    fn removes(&self) -> bool {
+        matches!(
+            self,
+            TaskKind::RemoveNode { .. }
+                | TaskKind::DeleteCluster
+                | TaskKind::StopOverlay { .. }
+                | TaskKind::ExpireLease { .. }
+        )
+    }
+}
+
+/// Runs the task in the background. Returns at once.
+pub fn spawn(app: App, task: TaskRow, cluster_id: i64, kind: TaskKind) {
+    let span =
+        tracing::info_span!("task", id = task.id, kind = kind.name(), cluster = ?task.cluster_name);
+    let run = async move {
+        let budget = Duration::from_millis((task.deadline - now_ms()).max(0) as u64);
+        let outcome =
+            match tokio::time::timeout(budget, execute(&app, &task, cluster_id, &kind)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "timed out after {}s; rolled back",
+                    (task.deadline - task.created_at) / 1000
+                )),
+            };
+        let lock = app.cluster_lock(cluster_id).await;
+        let _held = lock.lock().await;
+        let deleted = outcome.is_ok() && matches!(kind, TaskKind::DeleteCluster);
+        let result = match outcome {
+            Ok(message) => finish_success(&app, &task, cluster_id, &kind, &message).await,
+            Err(message) => rollback(&app, &task, cluster_id, &kind, &message).await,
+        };
+        if deleted && result.is_ok() {
+            app.forget_cluster_lock(cluster_id).await;
+        }
+        if let Err(e) = result {
+            tracing::error!(task = task.id, error = %e, "recording the task's outcome failed");
+            if let Ok(mut c) = app.store.conn().await {
+                let _ =
+                    store::finish_task(&mut c, task.id, false, &format!("store: {e}"), now_ms())
+                        .await;
+            }
+        }
+    };
+    tokio::spawn(run.instrument(span));
+}
+
+async fn execute(
+    app: &App,
+    task: &TaskRow,
+    cluster_id: i64,
+    kind: &TaskKind,
+) -> Result<String, String> {
+    let lock = app.cluster_lock(cluster_id).await;
+    let _held = lock.lock().await;
+    if let TaskKind::CreateCluster | TaskKind::AddNodes { .. } = kind {
+        mark_creating(app, cluster_id, kind)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tracing::info!(
+        task = task.id,
+        kind = kind.name(),
+        "pushing desired state to hosts"
+    );
+    let summary = converge(app, cluster_id, kind.removes()).await?;
+    Ok(summary)
+}
+
+async fn mark_creating(
+    app: &App,
+    cluster_id: i64,
+    kind: &TaskKind,
+) -> Result<(), store::StoreError> {
+    let mut tx = app.store.write().await?;
+    let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
+    let now = now_ms();
+    for n in nodes
+        .iter()
+        .filter(|n| in_scope(kind, n.id) && n.state() == NodeState::Requested)
+    {
+        store::set_node_state(tx.conn(), n.id, NodeState::Creating, &n.target, None, now).await?;
+    }
+    tx.commit().await
+}
+
+fn in_scope(kind: &TaskKind, node_id: i64) -> bool {
+    match kind {
+        TaskKind::AddNodes { node_ids } => node_ids.contains(&node_id),
+        TaskKind::RemoveNode { node_id: id } => *id == node_id,
+        _ => true,
+    }
+}
+
+/// Pushes the cluster's current desired state to every host it touches.
+/// Returns a one-line summary, or every host's error.
+pub async fn converge(
+    app: &App,
+    cluster_id: i64,
+    may_skip_offline: bool,
+) -> Result<String, String> {
+    let plan = {
+        let mut rx = app.store.read().await.map_err(|e| e.to_string())?;
+        let plan = desired::cluster_plan(rx.conn(), cluster_id, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        rx.finish().await.map_err(|e| e.to_string())?;
+        plan
+    };
+    push_plan(app, plan, may_skip_offline).await
+}
+
+async fn push_plan(app: &App, plan: ClusterPlan, may_skip_offline: bool) -> Result<String, String> {
+    let now = now_ms();
+    let timeout = app.host_timeout_ms();
+    let network = plan.cluster.as_ref().map(|c| c.network_id as u32);
+    let mut jobs = JoinSet::new();
+    let mut skipped = Vec::new();
+    for (host, share) in plan.hosts {
+        let agents = app.agents.clone();
+        let online = host.is_online(now, timeout);
+        match share {
+            Some(share) => {
+                jobs.spawn(async move {
+                    let applied = agents.apply(&host, &share).await?;
+                    // The agent answers what it found after applying: check it.
+                    for want in &share.nodes {
+                        let got = applied.nodes.iter().find(|n| n.index == want.index);
+                        match got {
+                            Some(n) if n.running == want.running => {}
+                            Some(_) => {
+                                return Err(format!(
+                                    "host {}: node {} is not {}",
+                                    host.name,
+                                    want.name,
+                                    if want.running { "up" } else { "stopped" }
+                                ));
+                            }
+                            None if !applied.applied => {}
+                            None => {
+                                return Err(format!(
+                                    "host {}: node {} is missing",
+                                    host.name, want.name
+                                ));
+                            }
+                        }
+                    }
+                    Ok(host.name.clone())
+                });
+            }
+            None => {
+                let Some(network) = network else {
+                    continue;
+                };
+                if !online && may_skip_offline {
+                    skipped.push(host.name.clone());
+                    continue;
+                }
+                let revision = plan.revision;
+                jobs.spawn(async move {
+                    agents.remove(&host, network, revision).await?;
+                    Ok(host.name.clone())
+                });
+            }
+        }
+    }
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(r) = jobs.join_next().await {
+        match r {
+            Ok(Ok(host)) => done.push(host),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(format!("agent call panicked: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort();
+        return Err(errors.join("; "));
+    }
+    done.sort();
+    let mut summary = format!(
+        "hosts updated: {}",
+        if done.is_empty() {
+            "none".into()
+        } else {
+            done.join(", ")
+        }
+    );
+    if !skipped.is_empty() {
+        summary.push_str(&format!(
+            "; offline, will be cleaned up by their agents: {}",
+            skipped.join(", ")
+        ));
+    }
+    Ok(summary)
+}
+
+async fn finish_success(
+    app: &App,
+    task: &TaskRow,
+    cluster_id: i64,
+    kind: &TaskKind,
+    summary: &str,
+) -> Result<(), store::StoreError> {
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
+    let cluster_name = task.cluster_name.as_deref();
+    let mut message = summary.to_string();
+    match kind {
+        TaskKind::CreateCluster | TaskKind::AddNodes { .. } => {
+            let mut names = Vec::new();
+            for n in nodes.iter().filter(|n| in_scope(kind, n.id)) {
+                if matches!(n.state(), NodeState::Creating | NodeState::Requested) {
+                    store::set_node_state(
+                        tx.conn(),
+                        n.id,
+                        NodeState::Running,
+                        "running",
+                        None,
+                        now,
+                    )
+                    .await?;
+                    names.push(n.name.clone());
+                }
+            }
+            message = format!("nodes running: {}; {summary}", names.join(", "));
+        }
+        TaskKind::RemoveNode { node_id } => {
+            if let Some(n) = nodes.iter().find(|n| n.id == *node_id) {
+                store::set_node_state(tx.conn(), n.id, NodeState::Stopped, "deleted", None, now)
+                    .await?;
+                store::set_node_state(tx.conn(), n.id, NodeState::Deleted, "deleted", None, now)
+                    .await?;
+                message = format!("node {} removed; {summary}", n.name);
+            }
+        }
+        TaskKind::StartOverlay { .. } => message = format!("overlay running; {summary}"),
+        TaskKind::StopOverlay { .. } => message = format!("overlay stopped; {summary}"),
+        TaskKind::DeleteCluster => {
+            store::delete_cluster(tx.conn(), cluster_id).await?;
+            message = format!("cluster deleted; {summary}");
+        }
+        TaskKind::ExpireLease { reservation } => {
+            for n in nodes.iter().filter(|n| n.state() == NodeState::Stopping) {
+                store::set_node_state(tx.conn(), n.id, NodeState::Stopped, &n.target, None, now)
+                    .await?;
+            }
+            message = format!(
+                "lease of reservation {reservation} ended: nodes and overlay stopped; {summary}"
+            );
+        }
+    }
+    let finished = store::finish_task(tx.conn(), task.id, true, &message, now).await?;
+    if finished {
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: "task-succeeded",
+                cluster: cluster_name,
+                owner_id: Some(task.owner_id),
+                task_id: Some(task.id),
+                message: &format!("{}: {message}", kind.name()),
+            },
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    app.metrics.task_finished(kind.name(), true);
+    tracing::info!(task = task.id, kind = kind.name(), %message, "task succeeded");
+    Ok(())
+}
+
+async fn rollback(
+    app: &App,
+    task: &TaskRow,
+    cluster_id: i64,
+    kind: &TaskKind,
+    error: &str,
+) -> Result<(), store::StoreError> {
+    tracing::warn!(task = task.id, kind = kind.name(), %error, "task failed; rolling back");
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
+    let cluster_name = task.cluster_name.as_deref();
+    let reason = format!("{}: {error}", kind.name());
+    let mut undo_push = true;
+    match kind {
+        TaskKind::CreateCluster => {
+            for n in &nodes {
+                store::set_node_state(
+                    tx.conn(),
+                    n.id,
+                    NodeState::Failed,
+                    "deleted",
+                    Some(&reason),
+                    now,
+                )
+                .await?;
+            }
+            store::set_cluster_state(tx.conn(), cluster_id, "failed", Some(&reason), now).await?;
+        }
+        TaskKind::AddNodes { node_ids } => {
+            for n in nodes.iter().filter(|n| node_ids.contains(&n.id)) {
+                store::set_node_state(
+                    tx.conn(),
+                    n.id,
+                    NodeState::Failed,
+                    "deleted",
+                    Some(&reason),
+                    now,
+                )
+                .await?;
+            }
+        }
+        TaskKind::RemoveNode { node_id } => {
+            // The node stays out of the desired state: its agent removes it on reconcile.
+            store::set_node_state(
+                tx.conn(),
+                *node_id,
+                NodeState::Failed,
+                "deleted",
+                Some(&reason),
+                now,
+            )
+            .await?;
+            undo_push = false;
+        }
+        TaskKind::StartOverlay { previous } | TaskKind::StopOverlay { previous } => {
+            store::set_cluster_overlay(tx.conn(), cluster_id, previous, now).await?;
+        }
+        TaskKind::DeleteCluster => {
+            for n in nodes.iter().filter(|n| n.state() != NodeState::Deleted) {
+                store::set_node_state(
+                    tx.conn(),
+                    n.id,
+                    NodeState::Failed,
+                    "deleted",
+                    Some(&reason),
+                    now,
+                )
+                .await?;
+            }
+            store::set_cluster_state(tx.conn(), cluster_id, "failed", Some(&reason), now).await?;
+            undo_push = false;
+        }
+        TaskKind::ExpireLease { .. } => {
+            for n in nodes.iter().filter(|n| n.state() == NodeState::Stopping) {
+                store::set_node_state(
+                    tx.conn(),
+                    n.id,
+                    NodeState::Failed,
+                    "stopped",
+                    Some(&reason),
+                    now,
+                )
+                .await?;
+            }
+            undo_push = false;
+        }
+    }
+    tx.commit().await?;
+
+    // Take back what the failed push left on hosts, within a bounded time.
+    let mut message = error.to_string();
+    if undo_push {
+        let undo =
+            tokio::time::timeout(Duration::from_secs(30), converge(app, cluster_id, true)).await;
+        match undo {
+            Ok(Ok(_)) => message.push_str("; rolled back"),
+            Ok(Err(e)) => message.push_str(&format!(
+                "; rollback incomplete ({e}); host agents finish it when they reconcile"
+            )),
+            Err(_) => {
+                message.push_str("; rollback timed out; host agents finish it when they reconcile")
+            }
+        }
+    }
+
+    let mut tx = app.store.write().await?;
+    let finished = store::finish_task(tx.conn(), task.id, false, &message, now_ms()).await?;
+    if finished {
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: "task-failed",
+                cluster: cluster_name,
+                owner_id: Some(task.owner_id),
+                task_id: Some(task.id),
+                message: &format!("{}: {message}", kind.name()),
+            },
+            now_ms(),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    app.metrics.task_finished(kind.name(), false);
+    Ok(())
+}

@@ -1,0 +1,766 @@
+//! The types that cross a process boundary: the controller's REST API, the host agent's
+//! API and the desired state the controller hands to each host. The controller, the host
+//! agent and the CLI all speak these, so a field means the same thing everywhere.
+//!
+//! This module also holds the naming conventions that make a host's state reconcilable:
+//! the bridge, TAP and veth names and the MAC address of a node are pure functions of the
+//! cluster's overlay network id and the node's index, so an agent that lost its memory can
+//! still tell which devices are its own. It never does I/O and never talks to a store.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The id of a cluster's overlay network: the same at every host, unique per controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NetworkId(pub u32);
+
+impl fmt::Display for NetworkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl NetworkId {
+    /// The Linux bridge a cluster's nodes and its overlay TAP sit on at each host.
+    /// `vcbr` + the id in hex: at most 12 characters (the kernel allows 15).
+    pub fn bridge_name(self) -> String {
+        format!("vcbr{:x}", self.0)
+    }
+
+    /// The TAP device `vpnd` creates for this network: at most 13 characters.
+    pub fn tap_name(self) -> String {
+        format!("vctap{:x}", self.0)
+    }
+
+    /// Parses a name made by [`NetworkId::bridge_name`].
+    pub fn from_bridge_name(name: &str) -> Option<NetworkId> {
+        parse_hex_id(name.strip_prefix("vcbr")?)
+    }
+
+    /// Parses a name made by [`NetworkId::tap_name`].
+    pub fn from_tap_name(name: &str) -> Option<NetworkId> {
+        parse_hex_id(name.strip_prefix("vctap")?)
+    }
+}
+
+fn parse_hex_id(hex: &str) -> Option<NetworkId> {
+    if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok().map(NetworkId)
+}
+
+/// The largest node index: keeps the host-side veth name within 15 characters.
+pub const MAX_NODE_INDEX: u32 = 9999;
+
+/// Where one node sits on its host: its cluster's network and its index in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeSlot {
+    pub network: NetworkId,
+    pub index: u32,
+}
+
+impl NodeSlot {
+    /// The host end of the node's veth: `vc<network hex>n<index>`, at most 15 characters.
+    pub fn host_veth_name(self) -> String {
+        format!("vc{:x}n{}", self.network.0, self.index)
+    }
+
+    /// Parses a name made by [`NodeSlot::host_veth_name`].
+    pub fn from_host_veth_name(name: &str) -> Option<NodeSlot> {
+        let rest = name.strip_prefix("vc")?;
+        let (hex, index) = rest.split_once('n')?;
+        let network = parse_hex_id(hex)?;
+        if index.is_empty() || index.len() > 4 || !index.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(NodeSlot {
+            network,
+            index: index.parse().ok()?,
+        })
+    }
+
+    /// The node's MAC address: locally administered unicast, `02` then the low 24 bits
+    /// of the network id then the index. Unique inside a cluster's broadcast domain and
+    /// the same every time the node is created, so DHCP leases and ARP caches survive a
+    /// reinstall.
+    pub fn mac(self) -> MacAddr {
+        let n = self.network.0.to_be_bytes();
+        let i = (self.index as u16).to_be_bytes();
+        MacAddr([0x02, n[1], n[2], n[3], i[0], i[1]])
+    }
+}
+
+/// An Ethernet address, written `02:00:00:00:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts
+                .next()
+                .ok_or_else(|| format!("bad MAC address {s:?}"))?;
+            if part.len() != 2 {
+                return Err(format!("bad MAC address {s:?}"));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address {s:?}"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("bad MAC address {s:?}"));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A node's name in its cluster: `<cluster>-node-<index>`. Stable for the node's life.
+pub fn node_name(cluster: &str, index: u32) -> String {
+    format!("{cluster}-node-{index}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// The body of every 4xx/5xx answer of the controller and the host agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The request field at fault, when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Users and tokens
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sites, hosts, users and every cluster and reservation.
+    Admin,
+    /// Their own reservations and clusters; reads sites.
+    User,
+    /// A host agent: registers its host, heartbeats, reads its host's desired state.
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "user" => Ok(Role::User),
+            "agent" => Ok(Role::Agent),
+            other => Err(format!("unknown role {other:?} (admin, user or agent)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateUser {
+    pub name: String,
+    pub role: Role,
+}
+
+/// A new bearer token. The controller keeps only its hash: this is the one time it is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssuedToken {
+    pub user: User,
+    pub token: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Sites and hosts
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateSite {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Capacity and use, in CPUs and MiB. `capacity` already includes the overcommit ratio.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Resources {
+    pub cpus: i64,
+    pub memory_mib: i64,
+}
+
+impl Resources {
+    pub fn new(cpus: i64, memory_mib: i64) -> Resources {
+        Resources { cpus, memory_mib }
+    }
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources::new(self.cpus + o.cpus, self.memory_mib + o.memory_mib)
+    }
+    pub fn minus(self, o: Resources) -> Resources {
+        Resources::new(self.cpus - o.cpus, self.memory_mib - o.memory_mib)
+    }
+    pub fn times(self, n: i64) -> Resources {
+        Resources::new(self.cpus * n, self.memory_mib * n)
+    }
+    /// True when every dimension of `self` fits in `room`.
+    pub fn fits_in(self, room: Resources) -> bool {
+        self.cpus <= room.cpus && self.memory_mib <= room.memory_mib
+    }
+    pub fn max(self, o: Resources) -> Resources {
+        Resources::new(self.cpus.max(o.cpus), self.memory_mib.max(o.memory_mib))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Site {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    /// Enabled hosts and how many of them heartbeat.
+    pub hosts: i64,
+    pub hosts_online: i64,
+    /// Sum of the enabled hosts' capacity times the overcommit ratios.
+    pub capacity: Resources,
+    /// Held by nodes that are not stopped, failed or deleted.
+    pub in_use: Resources,
+    /// Held now by accepted reservations.
+    pub reserved: Resources,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One point of a site's timeline. Past points are samples; future points come from
+/// accepted reservations (their `in_use` is the current value, carried forward).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TimelinePoint {
+    pub at: DateTime<Utc>,
+    pub capacity: Resources,
+    pub in_use: Resources,
+    pub reserved: Resources,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SiteTimeline {
+    pub site: String,
+    pub now: DateTime<Utc>,
+    pub points: Vec<TimelinePoint>,
+}
+
+/// What a host agent says about its host when it starts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterHost {
+    pub name: String,
+    pub site: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    /// Where the controller reaches the agent, e.g. `http://10.0.0.5:7300`.
+    pub agent_url: String,
+    /// The secret the controller must present to the agent (bearer token).
+    pub agent_secret: String,
+    /// The host's `vpnd` UDP endpoint as other sites reach it, `ip:port`.
+    pub overlay_endpoint: String,
+    /// The host's `vpnd` public key (base64), from vpnd's `GET /v1/status`.
+    pub public_key: String,
+    /// The VM driver the agent runs (`netns`, `qemu`).
+    #[serde(default)]
+    pub driver: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    pub id: i64,
+    pub name: String,
+    pub site: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub agent_url: String,
+    pub overlay_endpoint: String,
+    pub public_key: String,
+    pub driver: String,
+    /// Disabled hosts get no new nodes and count for no capacity.
+    pub enabled: bool,
+    /// Heartbeat seen within the controller's host timeout.
+    pub online: bool,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Held by this host's live nodes.
+    pub in_use: Resources,
+    pub nodes: i64,
+    pub registered_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateHost {
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    /// Nodes the agent found on the host.
+    #[serde(default)]
+    pub nodes: Vec<ObservedNode>,
+    /// Overlay networks present in the host's vpnd.
+    #[serde(default)]
+    pub networks: Vec<u32>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Clusters and nodes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Each node goes to the site with the fewest of the cluster's nodes, then the host
+    /// with the most free room.
+    Spread,
+    /// Nodes stay together: the site already holding most of the cluster, then the
+    /// fullest host that still fits.
+    Pack,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SiteCount {
+    pub site: String,
+    pub nodes: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateCluster {
+    /// Lower-case letters, digits and `-`, starting with a letter, at most 32 characters.
+    pub name: String,
+    /// How many nodes, placed by `strategy`. Leave out when `sites` pins every node.
+    #[serde(default)]
+    pub nodes: Option<u32>,
+    /// Nodes pinned per site.
+    #[serde(default)]
+    pub sites: Vec<SiteCount>,
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    /// Place the cluster inside this accepted reservation.
+    #[serde(default)]
+    pub reservation: Option<i64>,
+    /// CPUs per node (default 1).
+    #[serde(default)]
+    pub node_cpus: Option<i64>,
+    /// Memory per node in MiB (default 512).
+    #[serde(default)]
+    pub node_memory_mib: Option<i64>,
+    /// The nodes' IPv4 subnet, e.g. `10.77.3.0/24`; chosen from the controller's pool when left out.
+    #[serde(default)]
+    pub subnet: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AddNodes {
+    pub count: u32,
+    /// Pin the new nodes to a site.
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Its nodes are being created or it is serving.
+    Active,
+    /// Its reservation's lease ended: nodes and overlay were stopped.
+    Expired,
+    /// Being deleted.
+    Deleting,
+    /// Creation or deletion failed: see `reason`. Nothing of it runs; delete it to clean up.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Requested,
+    Creating,
+    Running,
+    Stopping,
+    Stopped,
+    Deleted,
+    Failed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Requested => "requested",
+            NodeState::Creating => "creating",
+            NodeState::Running => "running",
+            NodeState::Stopping => "stopping",
+            NodeState::Stopped => "stopped",
+            NodeState::Deleted => "deleted",
+            NodeState::Failed => "failed",
+        }
+    }
+
+    /// A node in this state holds its host's CPU and memory.
+    pub fn holds_resources(self) -> bool {
+        matches!(
+            self,
+            NodeState::Requested | NodeState::Creating | NodeState::Running | NodeState::Stopping
+        )
+    }
+}
+
+impl FromStr for NodeState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "requested" => NodeState::Requested,
+            "creating" => NodeState::Creating,
+            "running" => NodeState::Running,
+            "stopping" => NodeState::Stopping,
+            "stopped" => NodeState::Stopped,
+            "deleted" => NodeState::Deleted,
+            "failed" => NodeState::Failed,
+            other => return Err(format!("unknown node state {other:?}")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub id: i64,
+    pub cluster: String,
+    pub index: u32,
+    pub name: String,
+    pub host: String,
+    pub site: String,
+    pub mac: String,
+    /// The node's address with prefix, e.g. `10.77.3.2/24`.
+    pub address: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub state: NodeState,
+    /// Why the node failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Cluster {
+    pub id: i64,
+    pub name: String,
+    pub owner: String,
+    pub network_id: u32,
+    /// The overlay's pre-shared key (base64, 32 bytes). Shown to the owner and admins.
+    pub psk: String,
+    pub subnet: String,
+    pub state: ClusterState,
+    pub overlay: OverlayState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub reservation: Option<i64>,
+    pub node_cpus: i64,
+    pub node_memory_mib: i64,
+    pub nodes: Vec<Node>,
+    pub created_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Reservations
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateReservation {
+    /// A site name; leave out for "anywhere" (the controller picks a site that fits).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Nodes of `node_cpus` x `node_memory_mib` each. Give either `nodes` or `cpus`/`memory_mib`.
+    #[serde(default)]
+    pub nodes: Option<i64>,
+    #[serde(default)]
+    pub node_cpus: Option<i64>,
+    #[serde(default)]
+    pub node_memory_mib: Option<i64>,
+    #[serde(default)]
+    pub cpus: Option<i64>,
+    #[serde(default)]
+    pub memory_mib: Option<i64>,
+    /// RFC 3339. The lease is `[start, end)`.
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReservationState {
+    Accepted,
+    Cancelled,
+    Expired,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reservation {
+    pub id: i64,
+    pub owner: String,
+    pub site: String,
+    pub nodes: Option<i64>,
+    pub resources: Resources,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub state: ReservationState,
+    pub note: String,
+    /// Clusters placed inside this reservation.
+    pub clusters: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The answer to "when can I get N nodes for D hours".
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EarliestSlot {
+    pub site: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub resources: Resources,
+}
+
+// ---------------------------------------------------------------------------------------
+// Tasks and events
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl TaskState {
+    pub fn is_finished(self) -> bool {
+        self != TaskState::Running
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: i64,
+    /// `create-cluster`, `add-nodes`, `remove-node`, `start-overlay`, `stop-overlay`,
+    /// `delete-cluster`, `expire-lease`.
+    pub kind: String,
+    pub owner: String,
+    pub cluster: Option<String>,
+    pub state: TaskState,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The task fails if it has not finished by then.
+    pub deadline: DateTime<Utc>,
+}
+
+/// What an operation answers at once: the task that carries it out.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    pub task: Task,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub cluster: Option<String>,
+    pub task: Option<i64>,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Desired state: controller -> host agent
+
+/// One peer of a cluster's overlay network: another host of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PeerSpec {
+    pub name: String,
+    pub public_key: String,
+    pub endpoint: String,
+}
+
+/// A cluster's overlay network as one host must have it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkSpec {
+    pub id: u32,
+    pub name: String,
+    pub psk: String,
+    pub subnet: String,
+    /// The overlay carries traffic (vpnd network started) or not (stopped).
+    pub running: bool,
+    pub peers: Vec<PeerSpec>,
+}
+
+/// One node as its host must have it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeSpec {
+    pub index: u32,
+    pub name: String,
+    pub mac: String,
+    /// With prefix, e.g. `10.77.3.2/24`.
+    pub address: String,
+    /// Up (true) or present but stopped (false).
+    pub running: bool,
+}
+
+/// Everything of one cluster on one host, as of store revision `revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterOnHost {
+    pub revision: i64,
+    pub network: NetworkSpec,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Everything a host must have, as of store revision `revision`: clusters not listed
+/// must not exist on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostDesired {
+    pub host_id: i64,
+    pub revision: i64,
+    pub clusters: Vec<ClusterOnHost>,
+}
+
+/// A node an agent found on its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedNode {
+    pub network: u32,
+    pub index: u32,
+    pub name: String,
+    pub running: bool,
+}
+
+/// What an agent answers after applying a [`ClusterOnHost`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppliedCluster {
+    pub network: u32,
+    /// False when the agent ignored the request because it already applied a newer revision.
+    pub applied: bool,
+    pub nodes: Vec<ObservedNode>,
+}
+
+/// What an agent has on its host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentState {
+    pub host_id: Option<i64>,
+    pub networks: Vec<u32>,
+    pub nodes: Vec<ObservedNode>,
+    pub last_revision: i64,
+}
+
+/// The host's registration as the controller answers it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    pub host: Host,
+    /// How often the controller expects a heartbeat.
+    pub heartbeat_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_fit_the_kernel_limit_and_parse_back() {
+        for id in [1u32, 7, 0xabcdef, u32::MAX] {
+            let net = NetworkId(id);
+            assert!(net.bridge_name().len() <= 15, "{}", net.bridge_name());
+            assert!(net.tap_name().len() <= 15, "{}", net.tap_name());
+            assert_eq!(NetworkId::from_bridge_name(&net.bridge_name()), Some(net));
+            assert_eq!(NetworkId::from_tap_name(&net.tap_name()), Some(net));
+            let slot = NodeSlot {
+                network: net,
+                index: MAX_NODE_INDEX,
+            };
+            assert!(
+                slot.host_veth_name().len() <= 15,
+                "{}",
+                slot.host_veth_name()
+            );
+            assert_eq!(
+                NodeSlot::from_host_veth_name(&slot.host_veth_name()),
+                Some(slot)
+            );
+        }
+        assert_eq!(NetworkId::from_bridge_name("br0"), None);
+        assert_eq!(NetworkId::from_bridge_name("vcbrzz"), None);
+        assert_eq!(NodeSlot::from_host_veth_name("vcan"), None);
+        assert_eq!(NodeSlot::from_host_veth_name("veth0"), None);
+    }
+
+    #[test]
+    fn node_mac_is_stable_local_unicast_and_distinct_per_index() {
+        let a = NodeSlot {
+            network: NetworkId(0x123456),
+            index: 1,
+        };
+        let b = NodeSlot {
+            network: NetworkId(0x123456),
+            index: 2,
+        };
+        assert_eq!(a.mac().to_string(), "02:12:34:56:00:01");
+        assert_eq!(a.mac(), a.mac());
+        assert_ne!(a.mac(), b.mac());
+        assert_eq!(a.mac().0[0] & 0x03, 0x02, "locally administered, unicast");
+        assert_eq!("02:12:34:56:00:01".parse::<MacAddr>().unwrap(), a.mac());
+        assert!("02:12:34:56:00".parse::<MacAddr>().is_err());
+        assert!("02:12:34:56:00:01:02".parse::<MacAddr>().is_err());
+    }
+}
