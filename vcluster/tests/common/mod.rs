@@ -467,3 +467,17 @@ impl Drop for CacheProcess {
         self.kill9();
     }
 }
+
+/// Waits (up to 10 s) until the store holds `n` objects: a download's last byte reaches
+/// its clients just before the object is committed, so a test that looks at the disk
+/// right after a response must give the commit a moment.
+pub async fn wait_for_objects(store: &Path, n: usize) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let files = stored_objects(store);
+        if files.len() == n || Instant::now() > deadline {
+            return files;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
