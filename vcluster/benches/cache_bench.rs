@@ -67,7 +67,10 @@ fn parse_opts() -> Opts {
             "--total-mb" => o.total_mb = val().parse().expect("--total-mb"),
             "--files" => o.files = val().parse().expect("--files"),
             "--clients" => {
-                o.clients = val().split(',').map(|s| s.parse().expect("--clients")).collect()
+                o.clients = val()
+                    .split(',')
+                    .map(|s| s.parse().expect("--clients"))
+                    .collect()
             }
             "--rtt-ms" => o.rtt_ms = val().parse().expect("--rtt-ms"),
             "--link-mbit" => o.link_mbit = val().parse().expect("--link-mbit"),
@@ -165,9 +168,16 @@ fn start_proxy(kind: &str, upstream_port: u16) -> Result<Proxy, String> {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = dir.path();
-    let mut child = match kind {
+    let child = match kind {
         "vcluster" => Command::new(env!("CARGO_BIN_EXE_vcluster"))
-            .args(["cache", "serve", "--listen", &addr.to_string(), "--max-size", "50GiB"])
+            .args([
+                "cache",
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--max-size",
+                "50GiB",
+            ])
             .arg("--store")
             .arg(d.join("store"))
             .env("RUST_LOG", "warn")
@@ -213,7 +223,10 @@ fn start_proxy(kind: &str, upstream_port: u16) -> Result<Proxy, String> {
             }
             std::fs::create_dir_all(d.join("spool")).unwrap();
             std::fs::write(d.join("squid.conf"), conf).unwrap();
-            let _ = Command::new("chown").args(["-R", "proxy:proxy"]).arg(d).status();
+            let _ = Command::new("chown")
+                .args(["-R", "proxy:proxy"])
+                .arg(d)
+                .status();
             let conf = d.join("squid.conf");
             let z = Command::new("squid")
                 .args(["-N", "-z", "-f"])
@@ -223,7 +236,10 @@ fn start_proxy(kind: &str, upstream_port: u16) -> Result<Proxy, String> {
                 .status()
                 .map_err(|e| e.to_string())?;
             if !z.success() {
-                return Err(format!("squid -z failed; see {}", d.join("cache.log").display()));
+                return Err(format!(
+                    "squid -z failed; see {}",
+                    d.join("cache.log").display()
+                ));
             }
             Command::new("squid")
                 .args(["-N", "-f"])
@@ -235,7 +251,9 @@ fn start_proxy(kind: &str, upstream_port: u16) -> Result<Proxy, String> {
         }
         "apt-cacher-ng" => {
             if !have("apt-cacher-ng") {
-                return Err("apt-cacher-ng is not installed (apt-get install apt-cacher-ng)".into());
+                return Err(
+                    "apt-cacher-ng is not installed (apt-get install apt-cacher-ng)".into(),
+                );
             }
             std::fs::create_dir_all(d.join("conf")).unwrap();
             std::fs::create_dir_all(d.join("cache")).unwrap();
@@ -436,7 +454,10 @@ async fn main() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|_| "undated".into());
-    let cmdline: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let cmdline: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut md = format!(
         "# Package cache benchmark, {date}\n\n\
          Command: `bench/cache/run {}`\n\n\
@@ -451,7 +472,9 @@ async fn main() {
         set_bytes as f64 / 1e6,
         o.rtt_ms,
         o.link_mbit,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
     );
     for r in &rows {
         md.push_str(r);
@@ -466,7 +489,10 @@ async fn main() {
         .unwrap_or_else(|| PathBuf::from(format!("bench/results/cache-{date}.md")));
     let out = if out.is_relative() {
         // `cargo bench` runs in the crate directory; results live at the workspace root.
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(out)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("crate inside the workspace")
+            .join(out)
     } else {
         out
     };

@@ -68,15 +68,23 @@ fn build_repo(root: &Path) -> Vec<String> {
     }
     let bin = deb.join("dists/stable/main/binary-all");
     std::fs::create_dir_all(&bin).unwrap();
-    let packages = run(Command::new("apt-ftparchive").arg("packages").arg("pool").current_dir(&deb));
+    let packages = run(Command::new("apt-ftparchive")
+        .arg("packages")
+        .arg("pool")
+        .current_dir(&deb));
     std::fs::write(bin.join("Packages"), packages).unwrap();
     let release = run(Command::new("apt-ftparchive")
         .args([
-            "-o", "APT::FTPArchive::Release::Suite=stable",
-            "-o", "APT::FTPArchive::Release::Codename=stable",
-            "-o", "APT::FTPArchive::Release::Components=main",
-            "-o", "APT::FTPArchive::Release::Architectures=all amd64 arm64 i386",
-            "release", "dists/stable",
+            "-o",
+            "APT::FTPArchive::Release::Suite=stable",
+            "-o",
+            "APT::FTPArchive::Release::Codename=stable",
+            "-o",
+            "APT::FTPArchive::Release::Components=main",
+            "-o",
+            "APT::FTPArchive::Release::Architectures=all amd64 arm64 i386",
+            "release",
+            "dists/stable",
         ])
         .current_dir(&deb));
     std::fs::write(deb.join("dists/stable/Release"), release).unwrap();
@@ -149,7 +157,9 @@ impl AptClient {
 async fn apt_get_through_the_cache_second_client_makes_zero_upstream_package_requests() {
     for tool in ["dpkg-deb", "apt-ftparchive", "apt-get"] {
         if !have(tool) {
-            println!("SKIP apt_get_through_the_cache: needs {tool} (apt-get install dpkg-dev apt-utils)");
+            println!(
+                "SKIP apt_get_through_the_cache: needs {tool} (apt-get install dpkg-dev apt-utils)"
+            );
             return;
         }
     }
@@ -170,9 +180,13 @@ async fn apt_get_through_the_cache_second_client_makes_zero_upstream_package_req
         });
         for deb in &debs {
             let file = deb.rsplit('/').next().unwrap();
-            let got = std::fs::read(c.archive(file)).unwrap_or_else(|e| panic!("client {i}: {file}: {e}"));
+            let got = std::fs::read(c.archive(file))
+                .unwrap_or_else(|e| panic!("client {i}: {file}: {e}"));
             let want = std::fs::read(repo.join(deb.trim_start_matches('/'))).unwrap();
-            assert!(got == want, "client {i}: {file} differs from the repository's");
+            assert!(
+                got == want,
+                "client {i}: {file} differs from the repository's"
+            );
         }
         clients.push(c);
         if i == 0 {
@@ -180,11 +194,15 @@ async fn apt_get_through_the_cache_second_client_makes_zero_upstream_package_req
                 assert_eq!(up.requests_for(deb), 1, "first client: {deb} fetched once");
             }
         }
-        common::wait_for_objects(&cache.store, debs.len() + 2).await;
+        cache.settled(debs.len() + 2).await;
     }
     let log = up.request_log();
     for deb in &debs {
-        assert_eq!(log[deb.as_str()], 1, "second client made no upstream request for {deb}");
+        assert_eq!(
+            log[deb.as_str()],
+            1,
+            "second client made no upstream request for {deb}"
+        );
     }
     let package_requests: u64 = log
         .iter()

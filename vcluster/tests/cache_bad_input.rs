@@ -18,7 +18,10 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 }
 
 fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,24 +34,75 @@ async fn bad_requests_get_clear_4xx_and_touch_nothing() {
     let before: Vec<_> = files_under(&parent);
 
     let cases: &[(&str, u16, &str)] = &[
-        ("GET /debian/../etc/passwd HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "traversal"),
-        ("GET /debian/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "traversal"),
-        ("GET /debian/pool/%2E%2e/x.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "traversal"),
-        ("GET http://example.invalid/a/../../b HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "traversal"),
-        ("GET /debian/a%2fb.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "encoded"),
-        ("GET /debian/a%00.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "encoded"),
-        ("GET /debian/a%zz.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "percent"),
-        ("GET /nosuchmirror/x.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 404, "nosuchmirror"),
-        ("GET https://example.invalid/x HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 400, "https"),
-        ("POST /debian/x.deb HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 405, "method"),
-        ("GET /_cache/nothing HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n", 404, "endpoint"),
+        (
+            "GET /debian/../etc/passwd HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "traversal",
+        ),
+        (
+            "GET /debian/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "traversal",
+        ),
+        (
+            "GET /debian/pool/%2E%2e/x.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "traversal",
+        ),
+        (
+            "GET http://example.invalid/a/../../b HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "traversal",
+        ),
+        (
+            "GET /debian/a%2fb.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "encoded",
+        ),
+        (
+            "GET /debian/a%00.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "encoded",
+        ),
+        (
+            "GET /debian/a%zz.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "percent",
+        ),
+        (
+            "GET /nosuchmirror/x.deb HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            404,
+            "nosuchmirror",
+        ),
+        (
+            "GET https://example.invalid/x HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            400,
+            "https",
+        ),
+        (
+            "POST /debian/x.deb HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            405,
+            "method",
+        ),
+        (
+            "GET /_cache/nothing HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+            404,
+            "endpoint",
+        ),
         ("HELLO THERE\r\n\r\n", 400, ""),
-        ("GET /debian/x HTTP/1.1\r\nthis is not a header\r\n\r\n", 400, ""),
+        (
+            "GET /debian/x HTTP/1.1\r\nthis is not a header\r\n\r\n",
+            400,
+            "",
+        ),
     ];
     for (req, want, words) in cases {
         let resp = raw(cache.addr, req.as_bytes()).await;
         assert_eq!(status_of(&resp), *want, "{req:?} -> {resp}");
-        assert!(resp.contains(words), "{req:?}: body should say {words:?}: {resp}");
+        assert!(
+            resp.contains(words),
+            "{req:?}: body should say {words:?}: {resp}"
+        );
     }
     // Oversized headers: 431.
     let big = format!(
@@ -60,7 +114,10 @@ async fn bad_requests_get_clear_4xx_and_touch_nothing() {
 
     assert_eq!(up.requests(), 0, "nothing reached the upstream");
     assert_eq!(files_under(&parent), before, "no file appeared or vanished");
-    assert_eq!(std::fs::read(parent.join("sentinel")).unwrap(), b"untouched");
+    assert_eq!(
+        std::fs::read(parent.join("sentinel")).unwrap(),
+        b"untouched"
+    );
     assert!(common::stored_objects(&cache.store).is_empty());
     assert!(cache.stats().client_errors >= 11);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Obj, Pacing, TestCache, Upstream, client, proxied_client, synth, wait_for_objects};
+use common::{Obj, Pacing, TestCache, Upstream, client, proxied_client, synth};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -27,31 +27,76 @@ async fn range_requests_on_stored_and_in_flight_objects() {
     // (already on disk) and one near the end (not yet downloaded: the client waits).
     let leader = tokio::spawn({
         let url = url.clone();
-        async move { client().get(&url).send().await.unwrap().bytes().await.unwrap() }
+        async move {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = client().get(&url).header("range", "bytes=1000-1999").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["x-cache"], "COALESCED");
-    assert_eq!(r.headers()["content-range"], format!("bytes 1000-1999/{SIZE}").as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-1999/{SIZE}").as_str()
+    );
     assert_eq!(r.bytes().await.unwrap(), body.slice(1000..2000));
-    let r = client().get(&url).header("range", "bytes=-4096").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=-4096")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), body.slice(SIZE - 4096..));
     assert_eq!(leader.await.unwrap(), body);
-    wait_for_objects(&cache.store, 1).await;
+    cache.settled(1).await;
 
     // Stored: open-ended, suffix, clipped, unsatisfiable, multiple (served whole).
-    let r = client().get(&url).header("range", "bytes=5000000-").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=5000000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(r.bytes().await.unwrap(), body.slice(5_000_000..));
-    let r = client().get(&url).header("range", "bytes=10-99999999").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=10-99999999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap(), body.slice(10..));
-    let r = client().get(&url).header("range", format!("bytes={SIZE}-")).send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("range", format!("bytes={SIZE}-"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
-    assert_eq!(r.headers()["content-range"], format!("bytes */{SIZE}").as_str());
-    let r = client().get(&url).header("range", "bytes=0-1,5-6").send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{SIZE}").as_str()
+    );
+    let r = client()
+        .get(&url)
+        .header("range", "bytes=0-1,5-6")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), SIZE);
     // If-Range with a validator that no longer matches: the whole object.
@@ -87,9 +132,19 @@ async fn head_and_client_conditionals() {
     assert_eq!(r.headers()["accept-ranges"], "bytes");
     assert!(r.bytes().await.unwrap().is_empty());
 
-    let r = client().get(&url).header("if-none-match", "\"v1\"").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
-    let r = client().get(&url).header("if-none-match", "\"v0\"").send().await.unwrap();
+    let r = client()
+        .get(&url)
+        .header("if-none-match", "\"v0\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), body);
     let r = client()
@@ -169,8 +224,12 @@ async fn forward_proxy_and_mirror_forms_share_one_object() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), body);
-    wait_for_objects(&cache.store, 1).await;
-    let r = client().get(cache.url("/debian/pool/f/fwd_1+b1_all.deb")).send().await.unwrap();
+    cache.settled(1).await;
+    let r = client()
+        .get(cache.url("/debian/pool/f/fwd_1+b1_all.deb"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT");
     assert_eq!(r.bytes().await.unwrap(), body);
     assert_eq!(up.requests(), 1);
@@ -232,7 +291,12 @@ async fn connect_is_refused_by_default_and_tunnelled_uncached_when_enabled() {
     assert!(common::stored_objects(&tunnel.store).is_empty());
 
     // A port not in connect_ports is refused even when tunnelling is on.
-    let out = raw_exchange(tunnel.addr, "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n", "}").await;
+    let out = raw_exchange(
+        tunnel.addr,
+        "CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "}",
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
 }
 
@@ -243,9 +307,13 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
     up.put("/debian/pool/s_1_all.deb", Obj::new(body));
     let cache = TestCache::start(&up, |_| {}).await;
     for _ in 0..3 {
-        let r = client().get(cache.url("/debian/pool/s_1_all.deb")).send().await.unwrap();
+        let r = client()
+            .get(cache.url("/debian/pool/s_1_all.deb"))
+            .send()
+            .await
+            .unwrap();
         r.bytes().await.unwrap();
-        wait_for_objects(&cache.store, 1).await;
+        cache.settled(1).await;
     }
     let v: serde_json::Value = client()
         .get(cache.url("/_cache/stats"))
@@ -270,7 +338,10 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
         .await
         .unwrap();
     assert!(text.contains("vcluster_cache_hits_total 2\n"), "{text}");
-    assert!(text.contains("vcluster_cache_upstream_bytes_total 1000\n"), "{text}");
+    assert!(
+        text.contains("vcluster_cache_upstream_bytes_total 1000\n"),
+        "{text}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vcluster"))
         .args(["cache", "stats", "--addr", &cache.addr.to_string()])
@@ -278,5 +349,10 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(table.lines().any(|l| l.starts_with("hits") && l.ends_with(" 2")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hits") && l.ends_with(" 2")),
+        "{table}"
+    );
 }

@@ -38,7 +38,10 @@ async fn sixty_four_clients_one_fifty_megabyte_object_one_upstream_request() {
             let mut s = resp.bytes_stream();
             while let Some(chunk) = s.next().await {
                 let chunk = chunk.unwrap();
-                assert!(chunk[..] == expected[n..n + chunk.len()], "bytes differ at {n}");
+                assert!(
+                    chunk[..] == expected[n..n + chunk.len()],
+                    "bytes differ at {n}"
+                );
                 n += chunk.len();
                 if i == 0 {
                     copy.extend_from_slice(&chunk);
@@ -55,6 +58,7 @@ async fn sixty_four_clients_one_fifty_megabyte_object_one_upstream_request() {
         }
     }
     assert_eq!(up.requests(), 1, "exactly one upstream request");
+    cache.settled(1).await;
     let st = cache.stats();
     assert_eq!(st.misses, 1);
     assert_eq!(st.misses + st.coalesced + st.hits, 64);
@@ -116,12 +120,22 @@ async fn download_continues_for_others_when_its_first_client_leaves() {
     let first = client().get(&url).send().await.unwrap();
     let second = tokio::spawn({
         let url = url.clone();
-        async move { client().get(&url).send().await.unwrap().bytes().await.unwrap() }
+        async move {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(first); // the leader's client hangs up
     assert_eq!(second.await.unwrap(), body);
     // And the object was stored: the next request is a hit.
+    cache.settled(1).await;
     let third = client().get(&url).send().await.unwrap();
     assert_eq!(third.headers()["x-cache"], "HIT");
     assert_eq!(third.bytes().await.unwrap(), body);

@@ -373,12 +373,9 @@ async fn stream_body(
             ),
         );
     }
-    // Checked: waiters may now send their last byte.
-    if let Some(tx) = &guard.progress {
-        tx.send_replace(Progress::Complete(written));
-    }
-
     let sha256 = store::hex(&digest);
+    // A changed anchor moves its group on *before* any client can finish reading it, so
+    // no client that has the new Release can then be served a stale dependent index.
     let group_gen = match policy::anchor_group(key) {
         Some(group) => {
             let changed = stored.as_ref().is_none_or(|p| p.meta.sha256 != sha256);
@@ -386,6 +383,11 @@ async fn stream_body(
         }
         None => gen_at_start,
     };
+    // Checked: waiters may now send their last byte.
+    if let Some(tx) = &guard.progress {
+        tx.send_replace(Progress::Complete(written));
+    }
+
     let meta = ObjectMeta {
         key: key.to_owned(),
         length: written,

@@ -215,7 +215,10 @@ fn status(code: StatusCode, text: &str) -> Response<FixtureBody> {
     r
 }
 
-async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<FixtureBody>, Infallible> {
+async fn serve(
+    s: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<FixtureBody>, Infallible> {
     let path: String = percent_encoding::percent_decode_str(req.uri().path())
         .decode_utf8_lossy()
         .into_owned();
@@ -237,8 +240,14 @@ async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Fixtur
             _ => return Ok(status(StatusCode::NOT_FOUND, "not found\n")),
         },
     };
-    let inm = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    let ims = req.headers().get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok());
+    let inm = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let ims = req
+        .headers()
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok());
     if inm.is_some() || ims.is_some() {
         s.counters.conditional.fetch_add(1, Ordering::SeqCst);
         let unchanged = match (inm, &obj.etag, ims, &obj.last_modified) {
@@ -279,7 +288,9 @@ async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Fixtur
             let mut n = chunk.min(len - sent);
             if let Some(cut) = obj.cut_after {
                 if sent as u64 >= cut {
-                    let _ = tx.send(Err(io::Error::other("fixture cuts the body"))).await;
+                    let _ = tx
+                        .send(Err(io::Error::other("fixture cuts the body")))
+                        .await;
                     return;
                 }
                 n = n.min(cut as usize - sent);
@@ -304,7 +315,9 @@ async fn serve(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Fixtur
             {
                 return;
             }
-            s2.counters.body_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            s2.counters
+                .body_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
             sent += n;
         }
         s2.counters.completed.fetch_add(1, Ordering::SeqCst);
@@ -325,7 +338,10 @@ pub struct TestCache {
 
 impl TestCache {
     /// Starts a cache with `debian` mapped to the upstream's `/debian`, tuned by `f`.
-    pub async fn start(upstream: &Upstream, f: impl FnOnce(&mut vcluster::cache::CacheConfig)) -> TestCache {
+    pub async fn start(
+        upstream: &Upstream,
+        f: impl FnOnce(&mut vcluster::cache::CacheConfig),
+    ) -> TestCache {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let mut cfg = vcluster::cache::CacheConfig {
@@ -333,8 +349,7 @@ impl TestCache {
             store: store.clone(),
             ..Default::default()
         };
-        cfg.mirrors
-            .insert("debian".into(), upstream.url("/debian"));
+        cfg.mirrors.insert("debian".into(), upstream.url("/debian"));
         f(&mut cfg);
         let mut tc = Self::start_config(cfg).await;
         tc._dir = Some(dir);
@@ -371,6 +386,20 @@ impl TestCache {
         }
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+    }
+
+    /// Waits (up to 10 s) until the store holds `n` objects and no download is in flight:
+    /// a body's last byte reaches clients just before its commit, and a request arriving
+    /// in between joins the finishing download (COALESCED) rather than hitting the store.
+    pub async fn settled(&self, n: usize) -> Vec<PathBuf> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.cache.snapshot();
+            if (st.objects as usize == n && st.in_flight == 0) || Instant::now() > deadline {
+                return stored_objects(&self.store);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
