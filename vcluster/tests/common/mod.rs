@@ -464,7 +464,10 @@ impl CacheProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vcluster"))
             .args(["cache", "serve", "--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CACHE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
