@@ -2,9 +2,12 @@
 //! clusters, nodes, reservations and tasks in a store and serves the REST API and the
 //! reservation portal; the host agent (`vcluster host-agent`) carries out node and overlay
 //! operations on each hypervisor host through a VM driver and the local `vpnd`; the CLI
-//! talks to the API. `model` holds the types all three share.
+//! talks to the API; the package cache (`vcluster cache`) serves each site's nodes their
+//! packages from local disk. `model` holds the types the controller, agent and CLI share.
+//! Each subsystem is one module; `main.rs` only dispatches.
 
 pub mod agent;
+pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod model;

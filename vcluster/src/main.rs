@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The per-site package cache: `vcluster cache serve`, `vcluster cache stats`.
+    Cache(vcluster::cache::cli::CacheArgs),
     /// Run the controller: REST API, portal, metrics.
     Serve(ServeArgs),
     /// Run the host agent on a hypervisor host.
@@ -121,17 +123,34 @@ fn host_memory_mib() -> i64 {
         .unwrap_or(1024)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        // The cache runs its own runtime, sized for serving many clients.
+        Command::Cache(args) => vcluster::cache::cli::run(args),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(dispatch(command))),
+    };
+    if let Err(e) = result {
+        eprintln!("vcluster: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Cache(_) => unreachable!("dispatched before the runtime starts"),
         Command::Serve(a) => serve(a).await,
         Command::HostAgent(a) => host_agent(a).await,
         Command::Sites(c) => cli::sites(c).await,
@@ -142,10 +161,6 @@ async fn main() {
         Command::Node(c) => cli::node(c).await,
         Command::Vpn(c) => cli::vpn(c).await,
         Command::Task(c) => cli::task(c).await,
-    };
-    if let Err(e) = result {
-        eprintln!("vcluster: {e:#}");
-        std::process::exit(1);
     }
 }
 

@@ -1,0 +1,285 @@
+//! Counters of what the cache does, and their two renderings: JSON (for
+//! `vcluster cache stats` and scripts) and the Prometheus text format.
+//!
+//! Counters are plain atomics bumped where things happen; this module never decides
+//! anything and never blocks. Gauges that belong to other parts (objects stored, bytes
+//! stored, downloads in flight) are read from them when a snapshot is taken.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Monotonic counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    /// Served from the store without asking the upstream.
+    pub hits: AtomicU64,
+    /// Started a download (nothing stored, or a revalidation found it changed).
+    pub misses: AtomicU64,
+    /// Joined a download another request had started.
+    pub coalesced: AtomicU64,
+    /// Conditional requests sent upstream for stored objects.
+    pub revalidations: AtomicU64,
+    /// ... of which the upstream answered 304.
+    pub revalidated_unchanged: AtomicU64,
+    /// Requests relayed without storing (policy `pass`, upstream errors, CONNECT).
+    pub passed: AtomicU64,
+    pub upstream_requests: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub bytes_from_upstream: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub evictions: AtomicU64,
+    pub corrupt_dropped: AtomicU64,
+    /// Complete downloads that were not stored (too large for the limit, hash mismatch).
+    pub not_stored: AtomicU64,
+}
+
+/// Point-in-time gauges supplied by the store and the single-flight table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub objects: u64,
+    pub stored_bytes: u64,
+    pub max_bytes: u64,
+    pub in_flight: u64,
+}
+
+/// What `/_cache/stats` returns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub revalidations: u64,
+    pub revalidated_unchanged: u64,
+    pub passed: u64,
+    pub upstream_requests: u64,
+    pub upstream_errors: u64,
+    pub bytes_from_upstream: u64,
+    pub bytes_served: u64,
+    pub client_errors: u64,
+    pub evictions: u64,
+    pub corrupt_dropped: u64,
+    pub not_stored: u64,
+    pub objects: u64,
+    pub stored_bytes: u64,
+    pub max_bytes: u64,
+    pub in_flight: u64,
+}
+
+macro_rules! fields {
+    ($m:ident) => {
+        $m!(
+            requests,
+            hits,
+            misses,
+            coalesced,
+            revalidations,
+            revalidated_unchanged,
+            passed,
+            upstream_requests,
+            upstream_errors,
+            bytes_from_upstream,
+            bytes_served,
+            client_errors,
+            evictions,
+            corrupt_dropped,
+            not_stored
+        )
+    };
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, g: Gauges) -> StatsSnapshot {
+        macro_rules! snap {
+            ($($f:ident),*) => {
+                StatsSnapshot {
+                    $($f: self.$f.load(Ordering::Relaxed),)*
+                    objects: g.objects,
+                    stored_bytes: g.stored_bytes,
+                    max_bytes: g.max_bytes,
+                    in_flight: g.in_flight,
+                }
+            };
+        }
+        fields!(snap)
+    }
+}
+
+impl StatsSnapshot {
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP vcluster_cache_{name} {help}");
+            let _ = writeln!(out, "# TYPE vcluster_cache_{name} {kind}");
+            let _ = writeln!(out, "vcluster_cache_{name} {v}");
+        };
+        metric(
+            "requests_total",
+            "counter",
+            "Client requests.",
+            self.requests,
+        );
+        metric(
+            "hits_total",
+            "counter",
+            "Requests served from the store without asking the upstream.",
+            self.hits,
+        );
+        metric(
+            "misses_total",
+            "counter",
+            "Requests that started an upstream download.",
+            self.misses,
+        );
+        metric(
+            "coalesced_total",
+            "counter",
+            "Requests that joined a download already in flight.",
+            self.coalesced,
+        );
+        metric(
+            "revalidations_total",
+            "counter",
+            "Conditional requests sent upstream.",
+            self.revalidations,
+        );
+        metric(
+            "revalidated_unchanged_total",
+            "counter",
+            "Revalidations answered 304 Not Modified.",
+            self.revalidated_unchanged,
+        );
+        metric(
+            "passed_total",
+            "counter",
+            "Requests relayed without storing.",
+            self.passed,
+        );
+        metric(
+            "upstream_requests_total",
+            "counter",
+            "Requests sent to upstreams.",
+            self.upstream_requests,
+        );
+        metric(
+            "upstream_errors_total",
+            "counter",
+            "Upstream requests that failed (connect, timeout, cut).",
+            self.upstream_errors,
+        );
+        metric(
+            "upstream_bytes_total",
+            "counter",
+            "Body bytes received from upstreams.",
+            self.bytes_from_upstream,
+        );
+        metric(
+            "served_bytes_total",
+            "counter",
+            "Body bytes sent to clients.",
+            self.bytes_served,
+        );
+        metric(
+            "client_errors_total",
+            "counter",
+            "Requests refused with a 4xx status.",
+            self.client_errors,
+        );
+        metric(
+            "evictions_total",
+            "counter",
+            "Objects evicted to stay under the size limit.",
+            self.evictions,
+        );
+        metric(
+            "corrupt_dropped_total",
+            "counter",
+            "Stored objects found broken and deleted.",
+            self.corrupt_dropped,
+        );
+        metric(
+            "not_stored_total",
+            "counter",
+            "Complete downloads not stored (too large).",
+            self.not_stored,
+        );
+        metric("objects", "gauge", "Objects in the store.", self.objects);
+        metric(
+            "stored_bytes",
+            "gauge",
+            "Bytes of the store's objects on disk.",
+            self.stored_bytes,
+        );
+        metric(
+            "max_bytes",
+            "gauge",
+            "The store's size limit.",
+            self.max_bytes,
+        );
+        metric(
+            "in_flight",
+            "gauge",
+            "Upstream downloads in progress.",
+            self.in_flight,
+        );
+        out
+    }
+
+    /// A two-column table for humans.
+    pub fn to_table(&self) -> String {
+        let v = serde_json::to_value(self).expect("plain struct");
+        let mut out = String::new();
+        if let Some(map) = v.as_object() {
+            for (k, v) in map {
+                let _ = writeln!(out, "{k:<24} {v}");
+            }
+        }
+        let served = self.hits + self.coalesced + self.misses;
+        if served > 0 {
+            let _ = writeln!(
+                out,
+                "{:<24} {:.1}%",
+                "hit_ratio",
+                100.0 * (self.hits + self.coalesced) as f64 / served as f64
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_help_type_and_value_lines() {
+        let s = Stats::default();
+        Stats::add(&s.hits, 3);
+        let text = s
+            .snapshot(Gauges {
+                objects: 2,
+                ..Default::default()
+            })
+            .to_prometheus();
+        assert!(
+            text.contains(
+                "# TYPE vcluster_cache_hits_total counter\nvcluster_cache_hits_total 3\n"
+            )
+        );
+        assert!(text.contains("vcluster_cache_objects 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.split(' ');
+            assert!(parts.next().unwrap().starts_with("vcluster_cache_"));
+            parts.next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+}
