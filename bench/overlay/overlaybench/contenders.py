@@ -15,6 +15,7 @@ import subprocess
 
 from .topology import OVERLAY_ADDR, TAP, WAN_ADDR, SetupError, run
 
+
 class Contender:
     key = ""           # name on the command line (--only)
     label = ""         # row label in the table

@@ -40,12 +40,18 @@ def parse_args(argv):
     p.add_argument("--udp-rate", default="0",
                    help="offered UDP rate, iperf3 -b syntax; 0 = as fast as the sender can "
                         "(default 0)")
+    p.add_argument("--settle", type=float, default=30,
+                   help="before each turn, wait up to this many seconds for other processes "
+                        "to use under 20%% of the machine (default 30; 0 = never wait)")
     p.add_argument("--only", help="comma-separated contenders to run (raw always runs): "
                                   "vpnd,openvpn,tinc,vpncloud,n2n")
     p.add_argument("--no-build", action="store_true",
                    help="do not run cargo build; use the existing target/release/vpnd")
     p.add_argument("--vpnd", help="path to a vpnd binary to use instead of building one")
     p.add_argument("--out", help="results file (default bench/results/overlay-<date>.md)")
+    p.add_argument("--install", action="store_true",
+                   help="first install what is missing: iperf3, openvpn, tinc, n2n (apt-get) "
+                        "and vpncloud (cargo install)")
     p.add_argument("--keep-logs", action="store_true",
                    help="keep the work directory (configs, daemon logs) and print its path")
     a = p.parse_args(argv)
@@ -92,6 +98,27 @@ def build_vpnd(args, workdir):
     return binary or default, None
 
 
+DEBIAN_PACKAGES = {"iperf3": "iperf3", "openvpn": "openvpn", "openssl": "openssl",
+                   "tincd": "tinc", "edge": "n2n", "ip": "iproute2", "ping": "iputils-ping",
+                   "ss": "iproute2"}
+
+
+def install_missing():
+    """Installs the peers and tools that are not there yet; a failure is reported, not fatal
+    (the contender then shows as not available)."""
+    missing = sorted({pkg for exe, pkg in DEBIAN_PACKAGES.items() if not shutil.which(exe)})
+    if missing:
+        log(f"installing {' '.join(missing)} (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends"] + missing,
+                       env=env)
+    if not (shutil.which("vpncloud") or os.path.exists(os.path.expanduser("~/.cargo/bin/vpncloud"))):
+        log("installing vpncloud (cargo install vpncloud)")
+        if subprocess.run(["cargo", "install", "vpncloud"]).returncode != 0:
+            log("cargo install vpncloud failed: vpncloud will show as not available")
+
+
 def source_rev():
     r = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                        capture_output=True, text=True)
@@ -127,23 +154,44 @@ def run_turn(c, sites, args, rundir):
     ]
     for name, test in tests:
         time.sleep(1)  # let queues drain and the previous test's sockets close
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            s["errors"].append(f"before {name}: a daemon exited ({shlex.join(dead[0].args[3:])})")
+            return s
         try:
             cpu = measure.CpuSample(pids)
             s[name] = test()
             if pids:
                 s[f"cpu_{name}"] = cpu.percent()
-        except measure.MeasureError as e:
-            s["errors"].append(str(e))
-            server.restart()
-        except FileNotFoundError:
+        except FileNotFoundError:  # /proc/<pid> vanished
             s["errors"].append(f"{name}: a daemon exited during the test")
             return s
-    dead = [p.args for p in procs if p.poll() is not None]
-    if dead:
-        s["errors"].append(f"a daemon exited: {shlex.join(dead[0][3:])}")
+        except measure.MeasureError as e:
+            s["errors"].append(str(e))
+            try:
+                server.restart()
+            except measure.MeasureError as e:
+                s["errors"].append(str(e))
+                return s
+    if any(p.poll() is not None for p in procs):
+        s["errors"].append("a daemon exited during the tests")
     elif pids:
         s["rss_after"] = measure.rss_mib(pids)
     return s
+
+
+QUIET_FOREIGN_PERCENT = 20
+
+
+def settle(max_wait):
+    """Waits (up to max_wait s) until the rest of the machine is quiet; returns the wait."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_wait:
+        sample = measure.ForeignLoad()
+        time.sleep(1)
+        if sample.percent() < QUIET_FOREIGN_PERCENT:
+            break
+    return time.monotonic() - t0
 
 
 def progress_line(c, s):
@@ -154,8 +202,8 @@ def progress_line(c, s):
             parts.append(f"{s[k] * scale:.{dec}f} {unit}")
     if s.get("cpu_tcp1") is not None:
         parts.append(f"CPU ×1 {s['cpu_tcp1']:.0f}%")
-    if s.get("steal") is not None:
-        parts.append(f"steal {s['steal']:.0f}%")
+    if s.get("foreign") is not None:
+        parts.append(f"others {s['foreign']:.0f}%")
     line = f"  {c.label:<12} " + ", ".join(parts)
     if s["errors"]:
         line += "  [" + "; ".join(s["errors"])[:300] + "]"
@@ -182,7 +230,8 @@ def machine_facts(contenders, unavailable, args):
                                   text=True).stdout.splitlines()[0]),
         ("tests", f"{args.duration:g} s per iperf3 test, {args.rounds} round(s), "
                   f"{args.ping_count} pings at {PING_INTERVAL * 1000:.0f} ms, UDP payload "
-                  f"{UDP_PAYLOAD} B offered at -b {args.udp_rate}"),
+                  f"{UDP_PAYLOAD} B offered at -b {args.udp_rate}; each turn waited up to "
+                  f"{args.settle:g} s for other processes to use < {QUIET_FOREIGN_PERCENT}% CPU"),
     ]
     for c in contenders:
         facts.append((c.label, c.version if c.key not in unavailable
@@ -222,6 +271,8 @@ def main(argv):
     if os.geteuid() != 0:
         log("bench/overlay/run needs root (network namespaces, TAP devices)")
         return 2
+    if args.install:
+        install_missing()
     if not shutil.which("iperf3"):
         log("iperf3 not found: apt-get install iperf3")
         return 2
@@ -238,7 +289,7 @@ def main(argv):
     for name in sweep_stale():
         log(f"deleted namespace {name} left by an earlier run that was killed")
     args.load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    args.steal = measure.StealSample()
+    args.foreign = measure.ForeignLoad()
     workdir = tempfile.mkdtemp(prefix="overlay-bench-")
     try:
         return run_benchmark(args, workdir)
@@ -277,7 +328,7 @@ def run_benchmark(args, workdir):
     runnable = [c for c in contenders if c.key not in unavailable]
     per_turn = args.ping_count * PING_INTERVAL + 3 * (args.duration + 2) + 5
     log(f"{len(runnable)} contenders × {args.rounds} round(s), about "
-        f"{len(runnable) * args.rounds * per_turn / 60:.0f} min")
+        f"{len(runnable) * args.rounds * per_turn / 60:.0f} min plus waits for a quiet machine")
 
     rounds_by_key = {c.key: [] for c in contenders if c.key not in unavailable}
     for r in range(args.rounds):
@@ -286,10 +337,13 @@ def run_benchmark(args, workdir):
         for c in order:
             rundir = os.path.join(workdir, f"r{r + 1}-{c.key}")
             os.makedirs(rundir)
-            steal = measure.StealSample()
+            waited = settle(args.settle) if args.settle > 0 else 0
+            if waited >= args.settle > 0:
+                log(f"  (the machine is busy with other work: starting {c.key} anyway)")
+            foreign = measure.ForeignLoad()
             with Sites(rundir) as sites:
                 s = run_turn(c, sites, args, rundir)
-            s["steal"] = steal.percent()
+            s["foreign"] = foreign.percent()
             s["round"] = r + 1
             rounds_by_key[c.key].append(s)
             log(progress_line(c, s))
@@ -308,7 +362,8 @@ def run_benchmark(args, workdir):
     ratios = report.ratio_table(contenders, rounds_by_key, unavailable)
     facts = machine_facts(contenders, unavailable, args)
     load_end = (" ".join(f"{x:.2f}" for x in os.getloadavg()) +
-                f"; CPU stolen by other guests during the run: {args.steal.percent():.1f}%")
+                f"; CPU used by other processes during the run: {args.foreign.percent():.0f}% "
+                f"of the machine")
     print()
     print(table)
     print()

@@ -112,10 +112,13 @@ class CpuSample:
         return 100.0 * used / CLK_TCK / wall
 
 
-class StealSample:
-    """CPU time the hypervisor gave to other guests over an interval, in % of all CPUs.
+class ForeignLoad:
+    """CPU the rest of the machine used over an interval, in % of all its CPUs.
 
-    On a shared machine this is the noise: a turn with high steal ran on less CPU.
+    Busy time from /proc/stat (user, nice, system) minus the CPU of this harness and every
+    child it has reaped (daemons, iperf3, ping: all are its children). On a machine shared
+    with other users this is the noise: a turn with high foreign load ran on less CPU.
+    Approximate: kernel threads working for our traffic (ksoftirqd) count as foreign.
     """
 
     def __init__(self):
@@ -125,13 +128,14 @@ class StealSample:
     def _read():
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal (guest time is inside user)
-        return fields[7], sum(fields[:8])
+        t = os.times()
+        ours = (t.user + t.system + t.children_user + t.children_system) * CLK_TCK
+        # user nice system idle iowait irq softirq steal; guest time is inside user.
+        return sum(fields[:3]), ours, sum(fields[:8])
 
     def percent(self):
-        steal0, total0 = self.t0
-        steal1, total1 = self._read()
-        return 100.0 * (steal1 - steal0) / max(1, total1 - total0)
+        (busy0, ours0, total0), (busy1, ours1, total1) = self.t0, self._read()
+        return max(0.0, 100.0 * ((busy1 - busy0) - (ours1 - ours0)) / max(1, total1 - total0))
 
 
 def rss_mib(pids):

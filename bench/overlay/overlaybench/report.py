@@ -102,8 +102,8 @@ def ratio_table(contenders, rounds_by_key, unavailable):
 
 def samples_section(contenders, rounds_by_key):
     keys = ["tcp1", "tcp4", "udp_kpps", "rtt", "cpu_tcp1", "cpu_tcp4", "cpu_udp",
-            "rss_before", "rss_after", "steal"]
-    header = ["contender", "round"] + keys[:-1] + ["steal %", "errors"]
+            "rss_before", "rss_after", "foreign"]
+    header = ["contender", "round"] + keys[:-1] + ["others' CPU %", "errors"]
     rows = []
     for c in contenders:
         for i, s in enumerate(rounds_by_key.get(c.key, [])):
