@@ -347,9 +347,6 @@ def run_benchmark(args, workdir):
             s["round"] = r + 1
             rounds_by_key[c.key].append(s)
             log(progress_line(c, s))
-    # Rounds were appended in rotated order; put them back in round order for "+RTT".
-    for rounds in rounds_by_key.values():
-        rounds.sort(key=lambda s: s["round"])
 
     # A contender whose every turn failed to come up is "not available" with the reason.
     for c in runnable:
@@ -359,7 +356,10 @@ def run_benchmark(args, workdir):
     report.derive(rounds_by_key)
 
     table = report.results_table(contenders, rounds_by_key, unavailable)
-    ratios = report.ratio_table(contenders, rounds_by_key, unavailable)
+    if "vpnd" in rounds_by_key and "vpnd" not in unavailable:
+        ratios = report.ratio_table(contenders, rounds_by_key, unavailable)
+    else:
+        ratios = "(none: vpnd not available in this run)"
     facts = machine_facts(contenders, unavailable, args)
     load_end = (" ".join(f"{x:.2f}" for x in os.getloadavg()) +
                 f"; CPU used by other processes during the run: {args.foreign.percent():.0f}% "
