@@ -221,7 +221,7 @@ def machine_facts(contenders, unavailable, args):
         mem = f.readline().split()[1]
     facts = [
         ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
-        ("command", "bench/overlay/run " + shlex.join(sys.argv[1:])),
+        ("command", shlex.join(["bench/overlay/run"] + sys.argv[1:])),
         ("CPUs (nproc)", f"{os.cpu_count()} × {cpu}"),
         ("memory", f"{int(mem) / 1024 / 1024:.1f} GiB"),
         ("kernel", platform.release()),
