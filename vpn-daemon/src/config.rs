@@ -606,6 +606,27 @@ endpoint = "198.51.100.2:51820"
     }
 
     #[test]
+    fn the_documented_example_is_a_valid_config() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").expect("a toml block") + 8;
+        let end = start + doc[start..].find("```").expect("its end");
+        let example = doc[start..end]
+            .replace(
+                "private_key_file = \"/etc/vpnd/private.key\"",
+                &format!("private_key = \"{KEY}\""),
+            )
+            .replace(
+                "psk_file = \"/etc/vpnd/cluster-a.psk\"",
+                &format!("psk = \"{KEY}\""),
+            );
+        let c = parse(&example).unwrap_or_else(|e| panic!("docs/config.md example: {e}"));
+        let n = &c.networks[0];
+        assert_eq!((n.id, n.peers.len(), n.site_local.len()), (1, 2, 1));
+        assert!(n.psk.is_some());
+        assert_eq!(c.metrics, Some("127.0.0.1:9720".parse().unwrap()));
+    }
+
+    #[test]
     fn a_missing_key_is_reported() {
         let e = error_of("listen = [\"0.0.0.0:1\"]\n");
         assert!(e.contains("private_key: missing"), "{e}");
