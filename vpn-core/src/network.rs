@@ -1185,6 +1185,11 @@ impl Network {
         Some(len)
     }
 
+    /// Whether events wait to be polled (the switch's included).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty() || self.switch.has_events()
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.drain_switch_events();
         self.events.pop_front()

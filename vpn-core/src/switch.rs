@@ -336,6 +336,10 @@ impl Switch {
     }
 
     /// The oldest event not yet polled.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<SwitchEvent> {
         self.events.pop_front()
     }

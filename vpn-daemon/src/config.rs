@@ -81,6 +81,8 @@ struct FileConfig {
     listen: Option<Vec<SocketAddr>>,
     control_socket: Option<PathBuf>,
     metrics: Option<SocketAddr>,
+    workers: Option<usize>,
+    offload: Option<bool>,
     #[serde(default, rename = "network")]
     networks: Vec<toml::Spanned<NetworkSpec>>,
 }
@@ -200,6 +202,7 @@ pub struct DaemonConfig {
     pub listen: Vec<SocketAddr>,
     pub control_socket: PathBuf,
     pub metrics: Option<SocketAddr>,
+    pub data_path: crate::daemon::DataPathOptions,
     pub networks: Vec<NetworkSpec>,
 }
 
@@ -253,6 +256,18 @@ impl DaemonConfig {
         if listen.is_empty() {
             return Err(ConfigError::field("listen", "needs at least one address").at(path, None));
         }
+        let mut data_path = crate::daemon::DataPathOptions::default();
+        if let Some(w) = file.workers {
+            if !(1..=64).contains(&w) {
+                return Err(
+                    ConfigError::field("workers", format!("{w} is outside 1..=64")).at(path, None),
+                );
+            }
+            data_path.workers = w;
+        }
+        if let Some(o) = file.offload {
+            data_path.offload = o;
+        }
         let own_key = private_key.public_key();
         let mut seen_ids = HashSet::new();
         let mut seen_taps = HashSet::new();
@@ -292,6 +307,7 @@ impl DaemonConfig {
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             metrics: file.metrics,
+            data_path,
             networks,
         })
     }

@@ -1,46 +1,34 @@
-//! The engine: the daemon's networks, its UDP sockets, and the tasks that move bytes
-//! between them and the `vpn-core` state machines.
+//! The engine: the daemon's networks and UDP sockets, and the control-plane operations
+//! on them.
 //!
-//! Data path. Each running network owns a [`vpn_core::Network`] behind a mutex, a TAP
-//! device, a TAP-reader task and a timer task. One receive task per UDP socket serves every
-//! network: it routes each datagram by the network id of an initiation or the network tag
-//! in the top bits of a session index. Tasks take the mutex once per batch, never across an
-//! `.await` or a system call: they hand input to the network, collect what it wants sent
-//! into their own reusable [`Outbox`], release the lock, then do the I/O. The steady state
-//! allocates nothing per packet, and the split (readers, timers, batched outboxes) is what
-//! later multi-queue, multi-core work builds on.
-//!
-//! Control plane. Adding, removing, starting and stopping networks and peers go through
-//! one async mutex, so every change is applied whole or not at all.
+//! The data path itself lives in [`crate::datapath`] (operating-system threads moving
+//! frames between TAP queues and sockets); this module creates, starts, stops and
+//! removes networks, runs each network's timer task (tokio: handshake retries,
+//! keepalives, rekeys, expiry), and reports status. Every change goes through one async
+//! mutex, so it is applied whole or not at all.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::net::UdpSocket;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, info_span, warn};
-use vpn_core::wire::{self, MAX_FRAME_LEN, Route};
+use tracing::{Instrument, debug, info, info_span};
+use vpn_core::wire::Route;
 use vpn_core::{Event, Network, PeerConfig, PeerId, Port, PrivateKey, PublicKey};
 
 use crate::config::{ConfigError, NetworkSpec, PeerSpec, read_key_file, resolve_endpoint};
-use crate::netdev::Tap;
+use crate::datapath::{self, NetPath, PathCounters, Router, Sockets, Threads};
 use crate::status::{Counters, DaemonStatus, MacEntryStatus, NetworkStatus, PeerStatus};
+use crate::tap::Tap;
+use crate::udp::Udp;
 
-/// Datagrams collected per lock acquisition before they are sent.
-const OUT_BATCH: usize = 64;
-/// Space for one datagram in an outbox (path MTUs above this are refused).
+/// Space for one datagram (path MTUs above this are refused).
 pub const MAX_DATAGRAM: usize = 9216;
-/// Frames read from a TAP per lock acquisition.
-const TAP_BATCH: usize = 32;
-const TAP_SLOT: usize = 2048;
 
 /// Why a control-plane request failed; the control API maps these to status codes.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +53,11 @@ pub struct Daemon {
     private_key: PrivateKey,
     public_key: PublicKey,
     listen: Vec<SocketAddr>,
-    sockets: Vec<Arc<UdpSocket>>,
-    by_id: DashMap<u32, Arc<Running>>,
-    by_tag: DashMap<u16, Arc<Running>>,
+    sockets: Arc<Sockets>,
+    workers: usize,
+    offload: bool,
+    by_id: DashMap<u32, Arc<NetPath>>,
+    by_tag: DashMap<u16, Arc<NetPath>>,
     networks: tokio::sync::Mutex<BTreeMap<u32, Entry>>,
     unroutable: AtomicU64,
     random: SystemRandom,
@@ -80,47 +70,88 @@ struct Entry {
     running: Option<RunningHandle>,
 }
 
+/// A running network: its data path, its TAP reader threads and its timer task. Dropping
+/// it stops them and closes the TAP.
 struct RunningHandle {
-    net: Arc<Running>,
-    tasks: Vec<JoinHandle<()>>,
+    net: Arc<NetPath>,
+    timer: JoinHandle<()>,
+    _threads: Threads,
 }
 
 impl Drop for RunningHandle {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        self.timer.abort();
+    }
+}
+
+/// How the daemon's data path is laid out.
+#[derive(Clone, Copy, Debug)]
+pub struct DataPathOptions {
+    /// Threads (and TAP queues, and sockets per listen address) per direction.
+    pub workers: usize,
+    /// TAP segmentation and checksum offloads (TSO super-frames, coalesced writes).
+    pub offload: bool,
+}
+
+impl Default for DataPathOptions {
+    fn default() -> Self {
+        DataPathOptions {
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8),
+            offload: true,
         }
     }
 }
 
-/// The data-path state of a running network.
-struct Running {
-    id: u32,
-    state: Mutex<Network>,
-    tap: Tap,
-    /// Wakes the timer task when input may have moved the next deadline.
-    wake: Notify,
-    frames_to_tap: AtomicU64,
-    tap_write_errors: AtomicU64,
-    send_errors: AtomicU64,
+impl Router for Daemon {
+    fn route(&self, route: Route) -> Option<Arc<NetPath>> {
+        match route {
+            Route::Network(id) => self.by_id.get(&id.0).map(|r| Arc::clone(&r)),
+            Route::Index(index) => {
+                let tag = (index >> (32 - vpn_core::config::INDEX_TAG_BITS)) as u16;
+                self.by_tag.get(&tag).map(|r| Arc::clone(&r))
+            }
+        }
+    }
+
+    fn unroutable(&self) {
+        self.unroutable.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Daemon {
-    /// Binds the UDP sockets. Networks are added afterwards.
-    pub fn bind(private_key: PrivateKey, listen: &[SocketAddr]) -> io::Result<Arc<Daemon>> {
-        let mut sockets = Vec::with_capacity(listen.len());
+    /// Binds the UDP sockets: `workers` sockets per listen address sharing its port.
+    /// Networks are added afterwards.
+    pub fn bind(
+        private_key: PrivateKey,
+        listen: &[SocketAddr],
+        options: DataPathOptions,
+    ) -> io::Result<Arc<Daemon>> {
+        let workers = options.workers.max(1);
+        let mut all = Vec::with_capacity(listen.len() * workers);
         let mut bound = Vec::with_capacity(listen.len());
         for addr in listen {
-            let socket = bind_udp(*addr)
+            let first = Udp::bind(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?;
-            bound.push(socket.local_addr()?);
-            sockets.push(Arc::new(socket));
+            // Port 0 picks a port: the other workers' sockets join that one.
+            let actual = first.local_addr();
+            bound.push(actual);
+            all.push(Arc::new(first));
+            for _ in 1..workers {
+                let udp = Udp::bind(actual)
+                    .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {actual}: {e}")))?;
+                all.push(Arc::new(udp));
+            }
         }
         Ok(Arc::new(Daemon {
             public_key: private_key.public_key(),
             private_key,
             listen: bound,
-            sockets,
+            sockets: Arc::new(Sockets { all }),
+            workers,
+            offload: options.offload,
             by_id: DashMap::new(),
             by_tag: DashMap::new(),
             networks: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -137,16 +168,18 @@ impl Daemon {
         &self.listen
     }
 
-    /// Starts one receive task per socket.
-    pub fn spawn_receivers(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        self.sockets
-            .iter()
-            .map(|s| {
-                let daemon = Arc::clone(self);
-                let socket = Arc::clone(s);
-                tokio::spawn(async move { daemon.receive_loop(socket).await })
-            })
-            .collect()
+    /// Starts one reader thread per socket; they run as long as the process.
+    pub fn spawn_receivers(self: &Arc<Self>) -> io::Result<()> {
+        for (i, udp) in self.sockets.all.iter().enumerate() {
+            let router: Arc<dyn Router> = Arc::clone(self) as Arc<dyn Router>;
+            datapath::spawn_udp_reader(
+                Arc::clone(udp),
+                i % self.workers,
+                Arc::clone(&self.sockets),
+                router,
+            )?;
+        }
+        Ok(())
     }
 
     // ----- control plane ---------------------------------------------------------------
@@ -264,7 +297,7 @@ impl Daemon {
                 .expect("network lock")
                 .add_peer(now, config)
                 .map_err(|e| ControlError::Conflict(e.to_string()))?;
-            run.net.wake.notify_one();
+            run.net.timer.notify_one();
         }
         entry.spec.peers.push(peer.clone());
         let status = self
@@ -390,7 +423,8 @@ impl Daemon {
             rx_datagrams: s.rx_datagrams,
             tx_datagrams: s.tx_datagrams,
             frames_from_tap: s.local_frames,
-            frames_to_tap: run.net.frames_to_tap.load(Ordering::Relaxed),
+            frames_to_tap: run.net.counters.frames_to_tap.load(Ordering::Relaxed),
+            coalesced_segments: run.net.counters.coalesced.load(Ordering::Relaxed),
             handshakes_initiated: s.handshakes_initiated,
             initiations_processed: s.initiations_processed,
             sessions_established: s.sessions_established,
@@ -419,11 +453,11 @@ impl Daemon {
                 ("split_horizon".into(), sw.split_horizon_drops),
                 (
                     "tap_write".into(),
-                    run.net.tap_write_errors.load(Ordering::Relaxed),
+                    run.net.counters.tap_write_errors.load(Ordering::Relaxed),
                 ),
                 (
                     "udp_send".into(),
-                    run.net.send_errors.load(Ordering::Relaxed),
+                    run.net.counters.send_errors.load(Ordering::Relaxed),
                 ),
             ]),
         };
@@ -460,8 +494,14 @@ impl Daemon {
             .map(peer_config)
             .collect::<Result<_, _>>()
             .map_err(|e| ControlError::Invalid(format!("network {}: {e}", spec.id)))?;
-        let tap = Tap::create(&spec.tap, spec.mtu, spec.bridge.as_deref())
-            .map_err(|e| ControlError::System(format!("network {}: {e}", spec.id)))?;
+        let tap = Tap::create(
+            &spec.tap,
+            spec.mtu,
+            spec.bridge.as_deref(),
+            self.workers,
+            self.offload,
+        )
+        .map_err(|e| ControlError::System(format!("network {}: {e}", spec.id)))?;
         let mut seed = [0u8; 32];
         self.random
             .fill(&mut seed)
@@ -481,35 +521,27 @@ impl Daemon {
             net.add_peer(now, peer)
                 .map_err(|e| ControlError::Invalid(format!("network {}: {e}", spec.id)))?;
         }
-        let running = Arc::new(Running {
+        let path = Arc::new(NetPath {
             id: spec.id,
             state: Mutex::new(net),
             tap,
-            wake: Notify::new(),
-            frames_to_tap: AtomicU64::new(0),
-            tap_write_errors: AtomicU64::new(0),
-            send_errors: AtomicU64::new(0),
+            timer: tokio::sync::Notify::new(),
+            timer_deadline: AtomicU64::new(0),
+            epoch: now,
+            counters: PathCounters::default(),
         });
+        let threads = datapath::spawn_tap_readers(&path, &self.sockets).map_err(|e| {
+            ControlError::System(format!("network {}: starting threads: {e}", spec.id))
+        })?;
         let span = info_span!("network", id = spec.id);
-        let tasks = vec![
-            tokio::spawn(
-                Arc::clone(self)
-                    .tap_loop(Arc::clone(&running))
-                    .instrument(span.clone()),
-            ),
-            tokio::spawn(
-                Arc::clone(self)
-                    .timer_loop(Arc::clone(&running))
-                    .instrument(span),
-            ),
-        ];
-        self.by_id.insert(spec.id, Arc::clone(&running));
-        self.by_tag.insert(tag, Arc::clone(&running));
-        // Handshakes queued by add_peer go out through the timer task.
-        running.wake.notify_one();
+        let timer =
+            tokio::spawn(timer_loop(Arc::clone(&path), Arc::clone(&self.sockets)).instrument(span));
+        self.by_id.insert(spec.id, Arc::clone(&path));
+        self.by_tag.insert(tag, Arc::clone(&path));
         Ok(RunningHandle {
-            net: running,
-            tasks,
+            net: path,
+            timer,
+            _threads: threads,
         })
     }
 
@@ -517,231 +549,47 @@ impl Daemon {
         self.by_id.remove(&id);
         self.by_tag.remove(&tag);
     }
-
-    // ----- data path -------------------------------------------------------------------
-
-    async fn receive_loop(self: Arc<Self>, socket: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; 65536];
-        let mut out = Outbox::new();
-        loop {
-            let (n, from) = match socket.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here; they are not fatal.
-                    debug!("receive: {e}");
-                    continue;
-                }
-            };
-            let from = canonical(from);
-            let net = match wire::route(&buf[..n]) {
-                Ok(Route::Network(id)) => self.by_id.get(&id.0).map(|r| Arc::clone(&r)),
-                Ok(Route::Index(index)) => {
-                    let tag = (index >> (32 - vpn_core::config::INDEX_TAG_BITS)) as u16;
-                    self.by_tag.get(&tag).map(|r| Arc::clone(&r))
-                }
-                Err(_) => None,
-            };
-            let Some(net) = net else {
-                self.unroutable.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let now = Instant::now();
-            let base = buf.as_ptr() as usize;
-            let delivered: Option<Range<usize>> = {
-                let mut state = net.state.lock().expect("network lock");
-                let frame = match state.handle_datagram(now, from, &mut buf[..n]) {
-                    Ok(Some(frame)) => {
-                        let start = frame.as_ptr() as usize - base;
-                        Some(start..start + frame.len())
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        debug!(network = net.id, %from, "dropped datagram: {e}");
-                        None
-                    }
-                };
-                out.collect(&mut state, now);
-                frame
-            };
-            if let Some(range) = delivered {
-                net.write_tap(&buf[range]).await;
-            }
-            self.flush(&net, &mut out).await;
-            net.wake.notify_one();
-        }
-    }
-
-    async fn tap_loop(self: Arc<Self>, net: Arc<Running>) {
-        let mut frames = vec![0u8; TAP_BATCH * TAP_SLOT];
-        let mut lens = [0usize; TAP_BATCH];
-        let mut out = Outbox::new();
-        loop {
-            let first = match net.tap.recv(&mut frames[..TAP_SLOT]).await {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!(tap = net.tap.name(), "reading the TAP failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            lens[0] = first;
-            let mut count = 1;
-            while count < TAP_BATCH {
-                let slot = &mut frames[count * TAP_SLOT..(count + 1) * TAP_SLOT];
-                match net.tap.try_recv(slot) {
-                    Ok(n) => {
-                        lens[count] = n;
-                        count += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let now = Instant::now();
-            {
-                let mut state = net.state.lock().expect("network lock");
-                for (i, len) in lens.iter().take(count).enumerate() {
-                    state.handle_local_frame(now, &frames[i * TAP_SLOT..i * TAP_SLOT + len]);
-                }
-                out.collect(&mut state, now);
-            }
-            self.flush(&net, &mut out).await;
-            net.wake.notify_one();
-        }
-    }
-
-    async fn timer_loop(self: Arc<Self>, net: Arc<Running>) {
-        let mut out = Outbox::new();
-        loop {
-            let deadline = net.state.lock().expect("network lock").poll_timeout();
-            let sleep = match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()),
-                None => tokio::time::sleep(std::time::Duration::from_secs(3600)),
-            };
-            tokio::select! {
-                _ = sleep => {}
-                _ = net.wake.notified() => {
-                    // Input may have queued output (handshakes) or moved the deadline.
-                }
-            }
-            let now = Instant::now();
-            {
-                let mut state = net.state.lock().expect("network lock");
-                if state.poll_timeout().is_some_and(|t| t <= now) {
-                    state.handle_timeout(now);
-                }
-                out.collect(&mut state, now);
-            }
-            self.flush(&net, &mut out).await;
-        }
-    }
-
-    /// Sends what an outbox collected, writes its frames to the TAP, logs its events; and
-    /// repeats while the network has more.
-    async fn flush(&self, net: &Running, out: &mut Outbox) {
-        loop {
-            for i in 0..out.datagrams.len() {
-                let (dest, len) = out.datagrams[i];
-                let bytes = &out.buf[i * MAX_DATAGRAM..i * MAX_DATAGRAM + len];
-                let Some(socket) = self.socket_for(dest) else {
-                    net.send_errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                if let Err(e) = socket.send_to(bytes, dest).await {
-                    net.send_errors.fetch_add(1, Ordering::Relaxed);
-                    debug!(network = net.id, %dest, "send failed: {e}");
-                }
-            }
-            for i in 0..out.frame_lens.len() {
-                let len = out.frame_lens[i];
-                net.write_tap(&out.frames[i * MAX_FRAME_LEN..i * MAX_FRAME_LEN + len])
-                    .await;
-            }
-            for line in out.events.drain(..) {
-                info!(network = net.id, "{line}");
-            }
-            let more = out.more;
-            out.clear();
-            if !more {
-                return;
-            }
-            let now = Instant::now();
-            let mut state = net.state.lock().expect("network lock");
-            out.collect(&mut state, now);
-        }
-    }
-
-    fn socket_for(&self, dest: SocketAddr) -> Option<&UdpSocket> {
-        self.sockets
-            .iter()
-            .zip(&self.listen)
-            .find(|(_, local)| local.is_ipv4() == dest.is_ipv4())
-            .map(|(s, _)| s.as_ref())
-    }
 }
 
-impl Running {
-    async fn write_tap(&self, frame: &[u8]) {
-        match self.tap.send(frame).await {
-            Ok(_) => {
-                self.frames_to_tap.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.tap_write_errors.fetch_add(1, Ordering::Relaxed);
-                debug!(tap = self.tap.name(), "write failed: {e}");
-            }
+/// A network's timers: sleeps until its next deadline (or until the data path says the
+/// deadline moved earlier), runs them, and sends what they produced (handshakes,
+/// keepalives) without blocking.
+async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut events = Vec::new();
+    loop {
+        let deadline = net.state.lock().expect("network lock").poll_timeout();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let at = deadline.unwrap_or(far).min(far);
+        net.timer_deadline.store(
+            at.saturating_duration_since(net.epoch).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = net.timer.notified() => {}
         }
-    }
-}
-
-/// Output collected under a network's lock, sent after it is released. Its buffers are
-/// allocated once and reused.
-struct Outbox {
-    buf: Vec<u8>,
-    datagrams: Vec<(SocketAddr, usize)>,
-    frames: Vec<u8>,
-    frame_lens: Vec<usize>,
-    events: Vec<String>,
-    /// The network had more output than one batch holds.
-    more: bool,
-}
-
-impl Outbox {
-    fn new() -> Outbox {
-        Outbox {
-            buf: vec![0u8; OUT_BATCH * MAX_DATAGRAM],
-            datagrams: Vec::with_capacity(OUT_BATCH),
-            frames: vec![0u8; OUT_BATCH * MAX_FRAME_LEN],
-            frame_lens: Vec::with_capacity(OUT_BATCH),
-            events: Vec::new(),
-            more: false,
+        let now = Instant::now();
+        let mut state = net.state.lock().expect("network lock");
+        if state.poll_timeout().is_some_and(|t| t <= now) {
+            state.handle_timeout(now);
         }
-    }
-
-    fn collect(&mut self, net: &mut Network, now: Instant) {
-        while self.datagrams.len() < OUT_BATCH {
-            let at = self.datagrams.len() * MAX_DATAGRAM;
-            match net.poll_transmit(now, &mut self.buf[at..at + MAX_DATAGRAM]) {
-                Some(t) => self.datagrams.push((t.destination, t.len)),
-                None => break,
+        while let Some(t) = state.poll_transmit(now, &mut buf) {
+            let sent = sockets
+                .for_dest(t.destination, 0)
+                .map(|udp| udp.try_send(&buf[..t.len], t.destination));
+            if !matches!(sent, Some(Ok(_))) {
+                net.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(network = net.id, dest = %t.destination, "timer send failed: {sent:?}");
             }
         }
-        while self.frame_lens.len() < OUT_BATCH {
-            let at = self.frame_lens.len() * MAX_FRAME_LEN;
-            match net.poll_deliver(&mut self.frames[at..at + MAX_FRAME_LEN]) {
-                Some(n) => self.frame_lens.push(n),
-                None => break,
-            }
+        while let Some(e) = state.poll_event() {
+            events.push(describe(&state, now, e));
         }
-        while let Some(e) = net.poll_event() {
-            self.events.push(describe(net, now, e));
+        drop(state);
+        for line in events.drain(..) {
+            info!(network = net.id, "{line}");
         }
-        self.more = self.datagrams.len() == OUT_BATCH || self.frame_lens.len() == OUT_BATCH;
-    }
-
-    fn clear(&mut self) {
-        self.datagrams.clear();
-        self.frame_lens.clear();
-        self.more = false;
     }
 }
 
@@ -786,30 +634,4 @@ fn peer_config(spec: &PeerSpec) -> Result<PeerConfig, String> {
 
 fn not_found(id: u32) -> ControlError {
     ControlError::NotFound(format!("no network with id {id}"))
-}
-
-/// IPv4-mapped IPv6 sources are IPv4 peers.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
-
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // Separate IPv4 and IPv6 sockets may share a port.
-        socket.set_only_v6(true)?;
-    }
-    // Bursts of full-size datagrams must not overflow the default 208 KiB buffers.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
 }

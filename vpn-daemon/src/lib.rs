@@ -4,13 +4,19 @@
 //! site's bridge and a `vpn_core::Network`, one set of UDP sockets for all networks, a
 //! control API on a Unix socket and optional Prometheus metrics. Modules:
 //! - [`config`]: the TOML file and the network specs the control API accepts;
-//! - [`netdev`]: TAP devices and their MTU, link state and bridge;
-//! - [`daemon`]: the networks, sockets and data-path tasks;
+//! - [`tap`]: multi-queue TAP devices with virtio headers, their MTU, link and bridge;
+//! - [`offload`]: TSO segmentation and TCP coalescing for the TAP (pure functions);
+//! - [`udp`]: batched UDP (recvmmsg, sendmmsg, GSO, GRO);
+//! - [`datapath`]: the threads that move frames between TAPs and sockets;
+//! - [`daemon`]: the networks, their timer tasks and the control-plane operations;
 //! - [`control`]: the control API server and client;
 //! - [`status`]: status snapshots, the `vpnd status` table, the metrics text.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod netdev;
+pub mod datapath;
+pub mod offload;
 pub mod status;
+pub mod tap;
+pub mod udp;

@@ -124,10 +124,10 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
     let config = DaemonConfig::load(&path)?;
     let control_path = control_override.unwrap_or(config.control_socket.clone());
     runtime()?.block_on(async move {
-        let daemon = Daemon::bind(config.private_key.clone(), &config.listen)?;
+        let daemon = Daemon::bind(config.private_key.clone(), &config.listen, config.data_path)?;
         info!(public_key = %daemon.public_key(), listen = ?daemon.listen_addrs(), "vpnd starting");
         let listener = control::bind(&control_path).await?;
-        let receivers = daemon.spawn_receivers();
+        daemon.spawn_receivers()?;
         for spec in config.networks {
             let id = spec.id;
             daemon
@@ -151,9 +151,6 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
         api.abort();
         if let Some(m) = metrics {
             m.abort();
-        }
-        for r in receivers {
-            r.abort();
         }
         daemon.shutdown().await;
         let _ = std::fs::remove_file(&control_path);

@@ -40,6 +40,9 @@ pub struct Counters {
     pub tx_datagrams: u64,
     pub frames_from_tap: u64,
     pub frames_to_tap: u64,
+    /// TCP segments merged into super-frames written to the TAP.
+    #[serde(default)]
+    pub coalesced_segments: u64,
     pub handshakes_initiated: u64,
     pub initiations_processed: u64,
     pub sessions_established: u64,
