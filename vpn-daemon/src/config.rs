@@ -83,6 +83,7 @@ struct FileConfig {
     metrics: Option<SocketAddr>,
     workers: Option<usize>,
     offload: Option<bool>,
+    busy_poll_us: Option<u64>,
     #[serde(default, rename = "network")]
     networks: Vec<toml::Spanned<NetworkSpec>>,
 }
@@ -267,6 +268,15 @@ impl DaemonConfig {
         }
         if let Some(o) = file.offload {
             data_path.offload = o;
+        }
+        if let Some(us) = file.busy_poll_us {
+            if us > 10_000 {
+                return Err(
+                    ConfigError::field("busy_poll_us", format!("{us} is above 10000"))
+                        .at(path, None),
+                );
+            }
+            data_path.busy_poll = Duration::from_micros(us);
         }
         let own_key = private_key.public_key();
         let mut seen_ids = HashSet::new();

@@ -22,7 +22,7 @@ use vpn_core::wire::Route;
 use vpn_core::{Event, Network, PeerConfig, PeerId, Port, PrivateKey, PublicKey};
 
 use crate::config::{ConfigError, NetworkSpec, PeerSpec, read_key_file, resolve_endpoint};
-use crate::datapath::{self, NetPath, PathCounters, Router, Sockets, Threads};
+use crate::datapath::{NetPath, PathCounters, Router, Sockets, Workers};
 use crate::status::{Counters, DaemonStatus, MacEntryStatus, NetworkStatus, PeerStatus};
 use crate::tap::Tap;
 use crate::udp::Udp;
@@ -54,8 +54,8 @@ pub struct Daemon {
     public_key: PublicKey,
     listen: Vec<SocketAddr>,
     sockets: Arc<Sockets>,
-    workers: usize,
-    offload: bool,
+    workers: std::sync::OnceLock<Arc<Workers>>,
+    options: DataPathOptions,
     by_id: DashMap<u32, Arc<NetPath>>,
     by_tag: DashMap<u16, Arc<NetPath>>,
     networks: tokio::sync::Mutex<BTreeMap<u32, Entry>>,
@@ -70,16 +70,17 @@ struct Entry {
     running: Option<RunningHandle>,
 }
 
-/// A running network: its data path, its TAP reader threads and its timer task. Dropping
-/// it stops them and closes the TAP.
+/// A running network: its data path and its timer task. Dropping it takes its TAP queues
+/// out of the workers and stops the timer; the TAP closes when the last worker lets go.
 struct RunningHandle {
     net: Arc<NetPath>,
     timer: JoinHandle<()>,
-    _threads: Threads,
+    workers: Arc<Workers>,
 }
 
 impl Drop for RunningHandle {
     fn drop(&mut self) {
+        self.workers.remove(&self.net);
         self.timer.abort();
     }
 }
@@ -91,6 +92,8 @@ pub struct DataPathOptions {
     pub workers: usize,
     /// TAP segmentation and checksum offloads (TSO super-frames, coalesced writes).
     pub offload: bool,
+    /// How long a worker keeps polling after input before it sleeps.
+    pub busy_poll: Duration,
 }
 
 impl Default for DataPathOptions {
@@ -101,6 +104,7 @@ impl Default for DataPathOptions {
                 .unwrap_or(1)
                 .min(8),
             offload: true,
+            busy_poll: Duration::from_micros(200),
         }
     }
 }
@@ -114,6 +118,10 @@ impl Router for Daemon {
                 self.by_tag.get(&tag).map(|r| Arc::clone(&r))
             }
         }
+    }
+
+    fn by_tag(&self, tag: u16) -> Option<Arc<NetPath>> {
+        self.by_tag.get(&tag).map(|r| Arc::clone(&r))
     }
 
     fn unroutable(&self) {
@@ -149,9 +157,9 @@ impl Daemon {
             public_key: private_key.public_key(),
             private_key,
             listen: bound,
-            sockets: Arc::new(Sockets { all }),
-            workers,
-            offload: options.offload,
+            sockets: Arc::new(Sockets { all, workers }),
+            workers: std::sync::OnceLock::new(),
+            options,
             by_id: DashMap::new(),
             by_tag: DashMap::new(),
             networks: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -168,17 +176,12 @@ impl Daemon {
         &self.listen
     }
 
-    /// Starts one reader thread per socket; they run as long as the process.
-    pub fn spawn_receivers(self: &Arc<Self>) -> io::Result<()> {
-        for (i, udp) in self.sockets.all.iter().enumerate() {
-            let router: Arc<dyn Router> = Arc::clone(self) as Arc<dyn Router>;
-            datapath::spawn_udp_reader(
-                Arc::clone(udp),
-                i % self.workers,
-                Arc::clone(&self.sockets),
-                router,
-            )?;
-        }
+    /// Starts the data-path workers (they run as long as the process). Networks can only
+    /// start after this.
+    pub fn start_workers(self: &Arc<Self>) -> io::Result<()> {
+        let router: Arc<dyn Router> = Arc::clone(self) as Arc<dyn Router>;
+        let workers = Workers::start(&self.sockets, router, self.options.busy_poll)?;
+        let _ = self.workers.set(Arc::new(workers));
         Ok(())
     }
 
@@ -494,12 +497,17 @@ impl Daemon {
             .map(peer_config)
             .collect::<Result<_, _>>()
             .map_err(|e| ControlError::Invalid(format!("network {}: {e}", spec.id)))?;
+        let workers = self
+            .workers
+            .get()
+            .cloned()
+            .ok_or_else(|| ControlError::System("the data path is not started".into()))?;
         let tap = Tap::create(
             &spec.tap,
             spec.mtu,
             spec.bridge.as_deref(),
-            self.workers,
-            self.offload,
+            self.sockets.workers,
+            self.options.offload,
         )
         .map_err(|e| ControlError::System(format!("network {}: {e}", spec.id)))?;
         let mut seed = [0u8; 32];
@@ -523,6 +531,7 @@ impl Daemon {
         }
         let path = Arc::new(NetPath {
             id: spec.id,
+            tag,
             state: Mutex::new(net),
             tap,
             timer: tokio::sync::Notify::new(),
@@ -530,18 +539,20 @@ impl Daemon {
             epoch: now,
             counters: PathCounters::default(),
         });
-        let threads = datapath::spawn_tap_readers(&path, &self.sockets).map_err(|e| {
-            ControlError::System(format!("network {}: starting threads: {e}", spec.id))
-        })?;
+        self.by_id.insert(spec.id, Arc::clone(&path));
+        self.by_tag.insert(tag, Arc::clone(&path));
+        if let Err(e) = workers.add(&path) {
+            workers.remove(&path);
+            self.unroute(spec.id, tag);
+            return Err(ControlError::System(format!("network {}: {e}", spec.id)));
+        }
         let span = info_span!("network", id = spec.id);
         let timer =
             tokio::spawn(timer_loop(Arc::clone(&path), Arc::clone(&self.sockets)).instrument(span));
-        self.by_id.insert(spec.id, Arc::clone(&path));
-        self.by_tag.insert(tag, Arc::clone(&path));
         Ok(RunningHandle {
             net: path,
             timer,
-            _threads: threads,
+            workers,
         })
     }
 

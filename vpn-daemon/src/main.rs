@@ -127,7 +127,7 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
         let daemon = Daemon::bind(config.private_key.clone(), &config.listen, config.data_path)?;
         info!(public_key = %daemon.public_key(), listen = ?daemon.listen_addrs(), "vpnd starting");
         let listener = control::bind(&control_path).await?;
-        daemon.spawn_receivers()?;
+        daemon.start_workers()?;
         for spec in config.networks {
             let id = spec.id;
             daemon

@@ -4,16 +4,16 @@
 //! messages, each of which may be several same-size datagrams the kernel coalesced
 //! (reported by a `UDP_GRO` control message). Sending uses `sendmmsg`, and UDP GSO
 //! (`UDP_SEGMENT`) where consecutive datagrams go to one destination with one size: the
-//! kernel then cuts one buffer into many datagrams. The socket is blocking: data-path
-//! threads wait in the kernel, not in an event loop; other callers send with
-//! `MSG_DONTWAIT`.
+//! kernel then cuts one buffer into many datagrams. The socket itself is blocking, so a
+//! full send buffer makes the sender wait rather than drop; receiving and the control
+//! plane's sends use `MSG_DONTWAIT`.
 //!
 //! This module only moves bytes; it never looks inside a datagram.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Messages per `recvmmsg`/`sendmmsg`.
 pub const BATCH: usize = 64;
@@ -245,9 +245,8 @@ impl RecvBatch {
         &mut self.bufs[i * RECV_BUF..i * RECV_BUF + len]
     }
 
-    /// Waits for at least one message, then takes every one already queued (up to a
-    /// batch).
-    pub fn recv(&mut self, udp: &Udp) -> io::Result<usize> {
+    /// Takes every message already queued (up to a batch); `WouldBlock` if none is.
+    pub fn try_recv(&mut self, udp: &Udp) -> io::Result<usize> {
         self.iovs.clear();
         self.msgs.clear();
         self.received.clear();
@@ -277,7 +276,7 @@ impl RecvBatch {
                 udp.fd.as_raw_fd(),
                 self.msgs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
@@ -511,57 +510,5 @@ impl SendBatch {
         }
         self.datagrams.clear();
         failed
-    }
-}
-
-/// Wakes a thread blocked in `poll` (an eventfd).
-pub struct Waker(OwnedFd);
-
-impl Waker {
-    pub fn new() -> io::Result<Waker> {
-        // SAFETY: eventfd with constant flags; checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh owned descriptor.
-        Ok(Waker(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to an eventfd.
-        unsafe { libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8) };
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-/// Waits until `fd` is readable (true) or `waker` fired (false).
-pub fn wait_readable(fd: RawFd, waker: &Waker) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: waker.raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two valid pollfds.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0;
     }
 }
