@@ -320,10 +320,10 @@ impl Worker {
                 let token = ev.u64;
                 if token & SOCKET != 0 {
                     self.socket_ready((token & 0xffff_ffff) as usize);
-                } else if token & TAP != 0 {
-                    if let Some(net) = self.router.by_tag((token & 0xffff) as u16) {
-                        self.tap_ready(&net);
-                    }
+                } else if token & TAP != 0
+                    && let Some(net) = self.router.by_tag((token & 0xffff) as u16)
+                {
+                    self.tap_ready(&net);
                 }
             }
             spin_until = (!self.busy_poll.is_zero()).then(|| Instant::now() + self.busy_poll);
