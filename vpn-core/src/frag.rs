@@ -139,6 +139,14 @@ impl Reassembler {
         info: FragmentInfo,
         piece: &[u8],
     ) -> Result<Option<&[u8]>, ReassemblyError> {
+        // The wire format never yields such a piece, but this is a public entry point:
+        // a piece no frame can have is refused, never a panic.
+        let well_formed =
+            info.count >= 2 && usize::from(info.count) <= MAX_FRAGMENTS && info.index < info.count;
+        if !well_formed {
+            self.stats.rejected += 1;
+            return Err(ReassemblyError::Inconsistent);
+        }
         let offset = info.offset();
         let is_last = info.index + 1 == info.count;
         let valid_shape = offset + piece.len() <= MAX_FRAME_LEN
@@ -383,6 +391,26 @@ mod tests {
             r.insert(t0, key(6), odd_piece, &[0u8; 81]),
             Err(ReassemblyError::Inconsistent)
         );
+    }
+
+    #[test]
+    fn pieces_no_frame_can_have_are_refused_not_a_panic() {
+        // Found by the `reassembly` fuzz target: index 255 of 255 overflowed.
+        let t0 = Instant::now();
+        let mut r = Reassembler::new(2, Duration::from_secs(1));
+        for (index, count) in [(255, 255), (0, 1), (16, 17), (2, 2), (0, 0)] {
+            let info = FragmentInfo {
+                index,
+                count,
+                offset_units: 0,
+            };
+            assert_eq!(
+                r.insert(t0, key(1), info, &[0u8; 8]),
+                Err(ReassemblyError::Inconsistent),
+                "{index}/{count}"
+            );
+        }
+        assert_eq!(r.in_progress(), 0);
     }
 
     proptest! {

@@ -16,6 +16,15 @@
 //! - [`switch`]: MAC learning, split horizon, ARP suppression, site-local addresses;
 //! - [`frag`]: fragmentation for paths smaller than a frame, bounded reassembly;
 //! - [`network`]: the state machine tying them together, with its timers.
+//!
+//! Beyond the unit, property and simulation tests (`tests/overlay.rs`):
+//! - `tests/no_alloc.rs` proves with a counting allocator that the steady-state data path
+//!   (frames, fragments, keepalives) allocates nothing;
+//! - `cargo bench -p vpn-core --bench datapath` measures encapsulation + decapsulation of
+//!   1400-byte frames on one core against ring's raw AEAD, for both ciphers;
+//! - `fuzz/` holds cargo-fuzz targets for every parser and state-machine input
+//!   (`scripts/fuzz-brief` runs each briefly; `cargo +nightly fuzz run <target>` from here
+//!   runs one for as long as you like).
 
 mod cookie;
 mod handshake;

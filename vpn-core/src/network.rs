@@ -304,9 +304,7 @@ impl Network {
     }
 
     pub fn peer(&self, id: PeerId, now: Instant) -> Option<PeerInfo> {
-        self.peers
-            .get(&id)
-            .map(|p| p.info(now, &self.config.timers))
+        self.peers.get(&id).map(|p| p.info(now))
     }
 
     pub fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
@@ -314,9 +312,7 @@ impl Network {
     }
 
     pub fn peers(&self, now: Instant) -> impl Iterator<Item = PeerInfo> + '_ {
-        self.peers
-            .values()
-            .map(move |p| p.info(now, &self.config.timers))
+        self.peers.values().map(move |p| p.info(now))
     }
 
     /// The largest datagram this network sends; `poll_transmit` needs a buffer this big.
@@ -386,7 +382,7 @@ impl Network {
             return false;
         };
         peer.endpoint = endpoint;
-        if endpoint.is_some() && !peer.has_sending_session(now, &self.config.timers) {
+        if endpoint.is_some() && !peer.has_sending_session(now) {
             self.initiate(now, id);
         }
         true
@@ -448,7 +444,7 @@ impl Network {
         };
         peer.last_sent = Some(now);
         peer.last_sent_data = Some(now);
-        if peer.has_sending_session(now, timers) {
+        if peer.has_sending_session(now) {
             if self.transmit.len() >= self.config.limits.transmit_frames {
                 self.stats.drops.queue_full += 1;
                 self.pool.release(frame);
@@ -594,6 +590,7 @@ impl Network {
             index,
             init.sender_index(),
             now,
+            self.config.timers.reject_after_time,
         );
         if let Some(old) = peer.next.replace(session) {
             self.by_index.remove(&old.local_index);
@@ -664,6 +661,7 @@ impl Network {
             index,
             resp.sender_index(),
             now,
+            self.config.timers.reject_after_time,
         );
         if let Some(old) = peer.install(session) {
             self.by_index.remove(&old.local_index);
@@ -737,6 +735,9 @@ impl Network {
             })?;
         // Authenticated from here on.
         peer.last_received = Some(now);
+        if header.kind != DataKind::Keepalive {
+            peer.last_received_data = Some(now);
+        }
         peer.stats.rx_packets += 1;
         peer.stats.rx_bytes += datagram.len() as u64;
         roam(&mut self.events, self.config.limits.events, peer, from);
@@ -763,10 +764,6 @@ impl Network {
         match header.kind {
             DataKind::Keepalive => Ok(None),
             DataKind::Frame => {
-                self.peers
-                    .get_mut(&peer_id)
-                    .expect("peer")
-                    .last_received_data = Some(now);
                 let datagram: &'b [u8] = datagram;
                 let frame = &datagram[payload];
                 match self.switch.forward(now, Port::Peer(peer_id), frame) {
@@ -781,10 +778,6 @@ impl Network {
                 }
             }
             DataKind::Fragment(info) => {
-                self.peers
-                    .get_mut(&peer_id)
-                    .expect("peer")
-                    .last_received_data = Some(now);
                 let key = FrameKey {
                     peer: peer_id,
                     session: index,
@@ -1060,10 +1053,9 @@ impl Network {
     }
 
     fn seal_keepalive(&mut self, now: Instant, id: PeerId, buf: &mut [u8]) -> Option<Transmit> {
-        let timers = &self.config.timers;
         let peer = self.peers.get_mut(&id)?;
         let endpoint = peer.endpoint?;
-        let session = peer.sending_session(now, timers)?;
+        let session = peer.sending_session(now)?;
         let counter = session.take_counters(1)?;
         let header = DataHeader {
             kind: DataKind::Keepalive,
@@ -1086,7 +1078,6 @@ impl Network {
         fragments: Option<(u32, u64, u8)>,
         buf: &mut [u8],
     ) -> Sealed {
-        let timers = &self.config.timers;
         let path_mtu = usize::from(self.config.path_mtu);
         let Some(peer) = self.peers.get_mut(&id) else {
             return Sealed::Dropped;
@@ -1106,7 +1097,7 @@ impl Network {
                 Some((s, false)) => s,
                 _ => return Sealed::Dropped,
             },
-            None => match peer.sending_session(now, timers) {
+            None => match peer.sending_session(now) {
                 Some(s) => s,
                 None => {
                     // The session ended while the frame was queued: wait for a new one.
@@ -1251,6 +1242,7 @@ impl PeerIds {
     }
 }
 
+#[inline]
 fn write_header(buf: &mut [u8], header: &DataHeader) {
     let out: &mut [u8; DATA_HEADER_LEN] =
         (&mut buf[..DATA_HEADER_LEN]).try_into().expect("16 bytes");

@@ -132,23 +132,18 @@ impl Peer {
     }
 
     /// The session frames are sent on, if it may still be used.
-    pub(crate) fn sending_session(
-        &mut self,
-        now: Instant,
-        timers: &Timers,
-    ) -> Option<&mut Session> {
-        self.current
-            .as_mut()
-            .filter(|s| now.saturating_duration_since(s.established) < timers.reject_after_time)
+    #[inline]
+    pub(crate) fn sending_session(&mut self, now: Instant) -> Option<&mut Session> {
+        self.current.as_mut().filter(|s| s.usable_at(now))
     }
 
-    pub(crate) fn has_sending_session(&self, now: Instant, timers: &Timers) -> bool {
-        self.current.as_ref().is_some_and(|s| {
-            now.saturating_duration_since(s.established) < timers.reject_after_time
-        })
+    #[inline]
+    pub(crate) fn has_sending_session(&self, now: Instant) -> bool {
+        self.current.as_ref().is_some_and(|s| s.usable_at(now))
     }
 
     /// The session whose local index is `index`, among current, previous and next.
+    #[inline]
     pub(crate) fn session_mut(&mut self, index: u32) -> Option<(&mut Session, bool)> {
         if let Some(s) = self.current.as_mut().filter(|s| s.local_index == index) {
             return Some((s, false));
@@ -189,7 +184,7 @@ impl Peer {
             .min();
         consider(expiry, TimerAction::Expire);
 
-        let sendable = self.has_sending_session(now, timers);
+        let sendable = self.has_sending_session(now);
         if self.handshake.is_some() {
             consider(self.retry_at, TimerAction::Handshake);
         } else if self.endpoint.is_some() {
@@ -278,13 +273,13 @@ impl Peer {
         evicted
     }
 
-    pub(crate) fn info(&self, now: Instant, timers: &Timers) -> PeerInfo {
+    pub(crate) fn info(&self, now: Instant) -> PeerInfo {
         PeerInfo {
             id: self.id,
             public_key: self.public_key,
             name: self.name.clone(),
             endpoint: self.endpoint,
-            has_session: self.has_sending_session(now, timers),
+            has_session: self.has_sending_session(now),
             last_handshake: self.last_handshake,
             last_received: self.last_received,
             queued_frames: self.waiting.len(),

@@ -28,6 +28,7 @@ impl FramePool {
     }
 
     /// Stores a copy of `frame` with one reference, or `None` when the pool is full.
+    #[inline]
     pub(crate) fn insert(&mut self, frame: &[u8]) -> Option<FrameRef> {
         debug_assert!(frame.len() <= MAX_FRAME_LEN);
         let at = match self.free.pop() {
@@ -50,6 +51,7 @@ impl FramePool {
         Some(FrameRef(at as u32))
     }
 
+    #[inline]
     pub(crate) fn get(&self, r: FrameRef) -> &[u8] {
         let at = r.0 as usize;
         &self.bufs[at][..usize::from(self.lens[at])]
@@ -59,6 +61,7 @@ impl FramePool {
         self.refs[r.0 as usize] += 1;
     }
 
+    #[inline]
     pub(crate) fn release(&mut self, r: FrameRef) {
         let at = r.0 as usize;
         debug_assert!(self.refs[at] > 0, "double release of frame {at}");

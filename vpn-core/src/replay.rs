@@ -38,6 +38,7 @@ pub enum Replay {
 
 impl ReplayWindow {
     /// Would `counter` be accepted? Changes nothing.
+    #[inline]
     pub fn check(&self, counter: u64) -> Result<(), Replay> {
         if counter > self.highest {
             return Ok(());
@@ -54,6 +55,7 @@ impl ReplayWindow {
     }
 
     /// Marks `counter` as received; call only for an authenticated packet.
+    #[inline]
     pub fn mark(&mut self, counter: u64) -> Result<(), Replay> {
         self.check(counter)?;
         if counter > self.highest {

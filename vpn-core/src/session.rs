@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 
@@ -141,6 +141,10 @@ pub(crate) struct Session {
     replay: ReplayWindow,
     /// When the handshake that made it completed.
     pub established: Instant,
+    /// `established + reject_after_time`, the instant from which it is never sent on
+    /// (`None`: an instant too far to represent). Worked out once, so the per-frame check
+    /// compares two instants instead of subtracting them.
+    usable_until: Option<Instant>,
     /// Whether this side sent the initiation.
     pub initiator: bool,
     /// When it last opened an authenticated message (responders start using a session
@@ -159,6 +163,7 @@ impl Session {
         local_index: u32,
         remote_index: u32,
         now: Instant,
+        reject_after: Duration,
     ) -> Session {
         // Noise's split: the first key protects initiator-to-responder traffic.
         let (send, recv) = if initiator {
@@ -174,12 +179,21 @@ impl Session {
             send_counter: 0,
             replay: ReplayWindow::default(),
             established: now,
+            usable_until: now.checked_add(reject_after),
             initiator,
             last_received: None,
         }
     }
 
+    /// Whether it may still be sent on at `now`: less than `reject_after` (never zero: the
+    /// configuration requires it to exceed the rekey time) since it was established.
+    #[inline]
+    pub(crate) fn usable_at(&self, now: Instant) -> bool {
+        self.usable_until.is_none_or(|until| now < until)
+    }
+
     /// Takes `n` consecutive counters for sending, or `None` if the session is used up.
+    #[inline]
     pub(crate) fn take_counters(&mut self, n: u64) -> Option<u64> {
         let first = self.send_counter;
         if first.checked_add(n)? >= REJECT_AFTER_MESSAGES {
@@ -191,6 +205,7 @@ impl Session {
 
     /// Seals `message[DATA_HEADER_LEN..len - TAG_LEN]` in place behind the header already
     /// written at the front of `message`, and writes the tag at its end.
+    #[inline]
     pub(crate) fn seal(&self, counter: u64, message: &mut [u8]) {
         let tag_at = message.len() - TAG_LEN;
         let (header, rest) = message.split_at_mut(DATA_HEADER_LEN);
@@ -200,6 +215,7 @@ impl Session {
 
     /// Authenticates and decrypts `message` (a whole data message) in place. On success
     /// the plaintext is `message[DATA_HEADER_LEN..DATA_HEADER_LEN + len]`.
+    #[inline]
     pub(crate) fn open(
         &mut self,
         now: Instant,
@@ -230,8 +246,8 @@ mod tests {
         let now = Instant::now();
         let keys = ([1u8; 32], [2u8; 32]);
         (
-            Session::new(cipher, keys, true, 10, 20, now),
-            Session::new(cipher, keys, false, 20, 10, now),
+            Session::new(cipher, keys, true, 10, 20, now, Duration::from_secs(180)),
+            Session::new(cipher, keys, false, 20, 10, now, Duration::from_secs(180)),
         )
     }
 

@@ -269,14 +269,16 @@ impl Switch {
             return Forward::Drop(DropReason::SiteLocal);
         }
 
-        self.learn_mac(now, eth.src, ingress);
+        // Every MAC lookup of this frame asks "fresh at `now`": work that out once.
+        let fresh = self.macs.entries.horizon(now);
+        self.learn_mac(now, fresh, eth.src, ingress);
         if let Some(arp) = &arp {
             self.learn_binding(now, eth.src, arp);
         }
 
         match ingress {
-            Port::Local => self.forward_from_local(now, &eth, arp.as_ref()),
-            Port::Peer(_) => self.forward_from_peer(now, &eth),
+            Port::Local => self.forward_from_local(now, fresh, &eth, arp.as_ref()),
+            Port::Peer(_) => self.forward_from_peer(fresh, &eth),
         }
     }
 
@@ -308,7 +310,7 @@ impl Switch {
 
     /// The port where `mac` was last seen, unless the entry has aged out by `now`.
     pub fn lookup(&self, now: Instant, mac: MacAddr) -> Option<Port> {
-        self.macs.entries.get(now, &mac)
+        self.macs.entries.get(self.macs.entries.horizon(now), &mac)
     }
 
     /// The MAC entries that are fresh as of the latest `now` given to
@@ -360,8 +362,8 @@ impl Switch {
         })
     }
 
-    fn learn_mac(&mut self, now: Instant, mac: MacAddr, port: Port) {
-        let (learned, aged_out) = self.macs.entries.upsert(now, mac, port);
+    fn learn_mac(&mut self, now: Instant, fresh: Horizon, mac: MacAddr, port: Port) {
+        let (learned, aged_out) = self.macs.entries.upsert(now, fresh, mac, port);
         self.stats.aged_out += aged_out as u64;
         match learned {
             Upsert::Inserted => {
@@ -398,7 +400,12 @@ impl Switch {
         match self
             .arp
             .entries
-            .upsert(now, arp.sender_ip, arp.sender_mac)
+            .upsert(
+                now,
+                self.arp.entries.horizon(now),
+                arp.sender_ip,
+                arp.sender_mac,
+            )
             .0
         {
             Upsert::Inserted => {
@@ -412,27 +419,28 @@ impl Switch {
     fn forward_from_local(
         &mut self,
         now: Instant,
+        fresh: Horizon,
         eth: &EthHeader,
         arp: Option<&ArpPacket>,
     ) -> Forward {
-        if let Some(verdict) = arp.and_then(|arp| self.suppress_arp(now, eth, arp)) {
+        if let Some(verdict) = arp.and_then(|arp| self.suppress_arp(now, fresh, eth, arp)) {
             return verdict;
         }
         if eth.dst.is_multicast() {
             return Forward::FloodPeers;
         }
-        match self.macs.entries.get(now, &eth.dst) {
+        match self.macs.entries.get(fresh, &eth.dst) {
             Some(Port::Local) => Forward::Drop(DropReason::SameSegment),
             Some(Port::Peer(peer)) => Forward::Peer(peer),
             None => Forward::FloodPeers,
         }
     }
 
-    fn forward_from_peer(&mut self, now: Instant, eth: &EthHeader) -> Forward {
+    fn forward_from_peer(&mut self, fresh: Horizon, eth: &EthHeader) -> Forward {
         if eth.dst.is_multicast() {
             return Forward::Local;
         }
-        match self.macs.entries.get(now, &eth.dst) {
+        match self.macs.entries.get(fresh, &eth.dst) {
             Some(Port::Peer(_)) => {
                 self.stats.split_horizon_drops += 1;
                 Forward::Drop(DropReason::SplitHorizon)
@@ -443,7 +451,13 @@ impl Switch {
 
     /// The verdict for a local ARP request that need not cross the WAN, or `None` to
     /// switch it like any other frame.
-    fn suppress_arp(&mut self, now: Instant, eth: &EthHeader, arp: &ArpPacket) -> Option<Forward> {
+    fn suppress_arp(
+        &mut self,
+        now: Instant,
+        fresh: Horizon,
+        eth: &EthHeader,
+        arp: &ArpPacket,
+    ) -> Option<Forward> {
         let suppressible = self.config.arp_suppression
             && eth.dst.is_broadcast()
             && arp.is_ipv4_over_ethernet()
@@ -453,8 +467,11 @@ impl Switch {
         if !suppressible {
             return None;
         }
-        let bound_mac = self.arp.entries.get(now, &arp.target_ip)?;
-        let verdict = match self.macs.entries.get(now, &bound_mac)? {
+        let bound_mac = self
+            .arp
+            .entries
+            .get(self.arp.entries.horizon(now), &arp.target_ip)?;
+        let verdict = match self.macs.entries.get(fresh, &bound_mac)? {
             Port::Local => Forward::Drop(DropReason::ArpSuppressedLocal),
             Port::Peer(_) => {
                 self.stats.arp_replies += 1;
@@ -505,6 +522,7 @@ struct EthHeader {
 }
 
 impl EthHeader {
+    #[inline]
     fn parse(frame: &[u8]) -> Option<EthHeader> {
         let header = frame.get(..ETH_HEADER_LEN)?;
         Some(EthHeader {
@@ -530,6 +548,7 @@ struct ArpPacket {
 impl ArpPacket {
     /// The ARP packet in an untagged Ethernet frame of type 0x0806, or `None` for anything
     /// else, including truncated packets. Never panics.
+    #[inline]
     fn parse(frame: &[u8]) -> Option<ArpPacket> {
         let ethertype = frame.get(12..14)?;
         if u16::from_be_bytes([ethertype[0], ethertype[1]]) != ETHERTYPE_ARP {
@@ -611,10 +630,39 @@ struct Aged<V> {
     seen: Instant,
 }
 
-impl<V> Aged<V> {
-    /// Fresh strictly before `seen + max_age`: at exactly `max_age` the entry has aged out.
-    fn is_fresh(&self, now: Instant, max_age: Duration) -> bool {
-        now.saturating_duration_since(self.seen) < max_age
+/// Which entries of one map are fresh at one `now`. An entry is fresh strictly before
+/// `seen + max_age` (at exactly `max_age` it has aged out), that is while
+/// `now - seen < max_age`, or `seen > now - max_age`. Working out `now - max_age` once per
+/// frame turns every freshness check of that frame into a comparison of two instants
+/// instead of a subtraction.
+#[derive(Clone, Copy, Debug)]
+enum Horizon {
+    /// `max_age` is zero: nothing is ever fresh.
+    Nothing,
+    /// `now - max_age` is before any instant there can be: everything is fresh.
+    Everything,
+    /// Fresh if seen after this.
+    SeenAfter(Instant),
+}
+
+impl Horizon {
+    fn at(now: Instant, max_age: Duration) -> Horizon {
+        if max_age.is_zero() {
+            return Horizon::Nothing;
+        }
+        match now.checked_sub(max_age) {
+            Some(oldest) => Horizon::SeenAfter(oldest),
+            None => Horizon::Everything,
+        }
+    }
+
+    #[inline]
+    fn admits<V>(self, entry: &Aged<V>) -> bool {
+        match self {
+            Horizon::Nothing => false,
+            Horizon::Everything => true,
+            Horizon::SeenAfter(oldest) => entry.seen > oldest,
+        }
     }
 }
 
@@ -628,19 +676,27 @@ impl<K: Hash + Eq + Copy, V: Copy> AgeingMap<K, V> {
         }
     }
 
-    fn get(&self, now: Instant, key: &K) -> Option<V> {
+    /// What is fresh at `now` in this map.
+    fn horizon(&self, now: Instant) -> Horizon {
+        Horizon::at(now, self.max_age)
+    }
+
+    /// The value under `key` if it is fresh by `fresh` (this map's horizon at some `now`).
+    #[inline]
+    fn get(&self, fresh: Horizon, key: &K) -> Option<V> {
         self.entries
             .get(key)
-            .filter(|entry| entry.is_fresh(now, self.max_age))
+            .filter(|entry| fresh.admits(entry))
             .map(|entry| entry.value)
     }
 
-    /// Stores `value` under `key` as seen `now`, if there is room. Also returns how many
-    /// aged entries were removed or replaced to make room.
-    fn upsert(&mut self, now: Instant, key: K, value: V) -> (Upsert<V>, usize) {
-        let max_age = self.max_age;
+    /// Stores `value` under `key` as seen `now` (`fresh` is this map's horizon at `now`),
+    /// if there is room. Also returns how many aged entries were removed or replaced to
+    /// make room.
+    #[inline]
+    fn upsert(&mut self, now: Instant, fresh: Horizon, key: K, value: V) -> (Upsert<V>, usize) {
         if let Some(entry) = self.entries.get_mut(&key) {
-            let was_fresh = entry.is_fresh(now, max_age);
+            let was_fresh = fresh.admits(entry);
             let previous = std::mem::replace(entry, Aged { value, seen: now });
             return if was_fresh {
                 (
@@ -673,8 +729,8 @@ impl<K: Hash + Eq + Copy, V: Copy> AgeingMap<K, V> {
     /// Removes every aged entry; returns how many went.
     fn remove_aged(&mut self, now: Instant) -> usize {
         let before = self.entries.len();
-        let max_age = self.max_age;
-        self.entries.retain(|_, entry| entry.is_fresh(now, max_age));
+        let fresh = self.horizon(now);
+        self.entries.retain(|_, entry| fresh.admits(entry));
         before - self.entries.len()
     }
 
@@ -684,9 +740,10 @@ impl<K: Hash + Eq + Copy, V: Copy> AgeingMap<K, V> {
 
     /// Fresh entries as of `now`; none if there is no `now` yet.
     fn iter_fresh(&self, now: Option<Instant>) -> impl Iterator<Item = (K, V, Instant)> + '_ {
+        let fresh = now.map(|now| self.horizon(now));
         self.entries
             .iter()
-            .filter(move |(_, entry)| now.is_some_and(|now| entry.is_fresh(now, self.max_age)))
+            .filter(move |(_, entry)| fresh.is_some_and(|fresh| fresh.admits(entry)))
             .map(|(key, entry)| (*key, entry.value, entry.seen))
     }
 

@@ -2,6 +2,7 @@
 //! Ethernet addresses and switch ports. They carry no behaviour beyond parsing and display.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 /// Identifies one overlay network (one virtual cluster's layer-2 segment). It travels in
@@ -45,8 +46,18 @@ impl fmt::Display for Port {
 }
 
 /// An Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct MacAddr(pub [u8; 6]);
+
+impl Hash for MacAddr {
+    /// One 64-bit word, where the derived hash would feed a length and six bytes: the
+    /// switch hashes two addresses per frame.
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b, c, d, e, f] = self.0;
+        state.write_u64(u64::from_le_bytes([a, b, c, d, e, f, 0, 0]));
+    }
+}
 
 impl MacAddr {
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
@@ -56,6 +67,7 @@ impl MacAddr {
     ///
     /// # Panics
     /// If `bytes` is shorter than six bytes; callers check frame lengths first.
+    #[inline]
     pub fn from_slice(bytes: &[u8]) -> MacAddr {
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&bytes[..6]);
@@ -64,6 +76,7 @@ impl MacAddr {
 
     /// Group addresses (broadcast included) have the least significant bit of the first
     /// octet set; they are flooded and never learned.
+    #[inline]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }

@@ -156,6 +156,7 @@ pub enum Message<'a> {
 }
 
 /// Parses a datagram. Never panics, whatever the input.
+#[inline]
 pub fn parse(datagram: &[u8]) -> Result<Message<'_>, WireError> {
     let kind = message_type(datagram)?;
     let len = datagram.len();
@@ -198,6 +199,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, WireError> {
     }
 }
 
+#[inline]
 fn parse_data_header(kind: MessageType, datagram: &[u8]) -> Result<DataHeader, WireError> {
     let len = datagram.len();
     let payload = len.saturating_sub(DATA_OVERHEAD);
@@ -302,6 +304,7 @@ impl FragmentInfo {
 
 impl DataHeader {
     /// Writes the 16-byte header into `out`.
+    #[inline]
     pub fn write(&self, out: &mut [u8; DATA_HEADER_LEN]) {
         out[0] = VERSION;
         let (kind, b2, b3) = match self.kind {
