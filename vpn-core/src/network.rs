@@ -899,7 +899,7 @@ impl Network {
         let (Some(_), Some(sent)) = (&peer.handshake, peer.last_initiation_sent) else {
             return false;
         };
-        peer.has_sending_session(now, &self.config.timers)
+        peer.has_sending_session(now)
             && peer.current.as_ref().is_some_and(|c| c.established >= sent)
     }
 
