@@ -398,7 +398,80 @@ impl Network {
             self.stats.drops.oversize += 1;
             return;
         }
-        match self.switch.forward(now, Port::Local, frame) {
+        let forward = self.switch.forward(now, Port::Local, frame);
+        self.dispatch_local(now, frame, forward);
+    }
+
+    /// The fast path for a frame from the local port that the caller laid out for sealing
+    /// in place: the frame is `buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len]` and `buf`
+    /// holds at least [`wire::TAG_LEN`] more bytes after it. When the frame goes to one
+    /// peer, whole, on a usable session, with nothing queued ahead of it, it is sealed
+    /// where it is and the datagram, `buf[..transmit.len]`, is returned to be sent now:
+    /// no copy. Otherwise it is handled exactly as [`Network::handle_local_frame`]
+    /// handles it (its datagrams come from `poll_transmit`) and `None` is returned.
+    pub fn handle_local_frame_in_place(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<Transmit> {
+        self.touch(now);
+        self.stats.local_frames += 1;
+        if len > MAX_FRAME_LEN || buf.len() < DATA_OVERHEAD + len {
+            self.stats.drops.oversize += 1;
+            return None;
+        }
+        let forward = self.switch.forward(
+            now,
+            Port::Local,
+            &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
+        );
+        if let Forward::Peer(p) = forward
+            && self.transmit.is_empty()
+            && let Some(t) = self.seal_in_place(now, p, buf, len)
+        {
+            self.drain_switch_events();
+            return Some(t);
+        }
+        self.dispatch_local(now, &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len], forward);
+        None
+    }
+
+    /// Seals a frame laid out in `buf` for peer `id`, if it can go now, whole.
+    fn seal_in_place(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Option<Transmit> {
+        let path_mtu = usize::from(self.config.path_mtu);
+        let peer = self.peers.get_mut(&id)?;
+        let endpoint = peer.endpoint?;
+        let ip_overhead = if endpoint.is_ipv4() { 28 } else { 48 };
+        if len > path_mtu - ip_overhead - DATA_OVERHEAD {
+            return None;
+        }
+        let session = peer.sending_session(now)?;
+        let counter = session.take_counters(1)?;
+        let header = DataHeader {
+            kind: DataKind::Frame,
+            receiver: session.remote_index,
+            counter,
+        };
+        let total = DATA_OVERHEAD + len;
+        write_header(buf, &header);
+        session.seal(counter, &mut buf[..total]);
+        peer.last_sent = Some(now);
+        peer.last_sent_data = Some(now);
+        peer.stats.tx_packets += 1;
+        peer.stats.tx_bytes += total as u64;
+        Some(self.sent(endpoint, total))
+    }
+
+    /// Queues a local frame where the switch sent it.
+    fn dispatch_local(&mut self, now: Instant, frame: &[u8], forward: Forward) {
+        match forward {
             Forward::Peer(p) => {
                 if let Some(f) = self.store(frame) {
                     self.send_to(now, p, f);

@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 use vpn_core::Network;
-use vpn_core::wire::{MAX_FRAME_LEN, Route};
+use vpn_core::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, MAX_FRAME_LEN, Route};
 
-use crate::offload::{Coalescer, Segmenter, VNET_HDR_LEN, Verdict, VnetHdr};
+use crate::offload::{Coalescer, SegmentSink, Segmenter, VNET_HDR_LEN, Verdict, VnetHdr};
 use crate::tap::Tap;
 use crate::udp::{RecvBatch, SendBatch, Udp};
 
@@ -247,6 +247,41 @@ struct Delivery {
     range: Range<usize>,
 }
 
+/// Builds wire frames where they will be sealed: in the next datagram slot of the send
+/// batch, after room for the data header. A frame the fast path cannot seal at once (a
+/// flood, no session yet, one that needs fragments) goes to the network's queue.
+struct SealSink<'a> {
+    net: &'a mut Network,
+    out: &'a mut SendBatch,
+    scratch: &'a mut [u8],
+    now: Instant,
+    /// Whether the room handed out is in `out` (else in `scratch`).
+    in_out: bool,
+}
+
+impl SegmentSink for SealSink<'_> {
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        self.in_out = self.out.space(DATA_OVERHEAD + len).is_some();
+        if self.in_out {
+            let space = self.out.space(DATA_OVERHEAD + len).expect("checked");
+            &mut space[DATA_HEADER_LEN..]
+        } else {
+            &mut self.scratch[..]
+        }
+    }
+
+    fn done(&mut self, len: usize) {
+        if self.in_out {
+            let space = self.out.space(DATA_OVERHEAD + len).expect("room was given");
+            if let Some(t) = self.net.handle_local_frame_in_place(self.now, space, len) {
+                self.out.push(t.destination, t.len);
+            }
+        } else {
+            self.net.handle_local_frame(self.now, &self.scratch[..len]);
+        }
+    }
+}
+
 struct Worker {
     index: usize,
     epfd: RawFd,
@@ -254,6 +289,7 @@ struct Worker {
     router: Arc<dyn Router>,
     busy_poll: Duration,
     tap_slots: Vec<u8>,
+    scratch: Vec<u8>,
     recv: RecvBatch,
     out: SendBatch,
     frames: FrameBatch,
@@ -278,8 +314,11 @@ impl Worker {
             router,
             busy_poll,
             tap_slots: vec![0u8; TAP_BATCH * TAP_SLOT],
+            scratch: vec![0u8; 65536],
             recv: RecvBatch::new(),
-            out: SendBatch::new(crate::udp::BATCH * 4 * 1600),
+            // A whole TAP batch of super-frames, sealed, fits: the fast path rarely has to
+            // fall back to the network's queue for want of room.
+            out: SendBatch::new(TAP_BATCH * 48 * 1600),
             frames: FrameBatch::new(),
             segmenter: Segmenter::new(),
             coalescer: Coalescer::new(),
@@ -360,12 +399,17 @@ impl Worker {
         let mut more = {
             let mut state = net.state.lock().expect("network lock");
             for (i, &len) in lens.iter().enumerate().take(count) {
-                let slot = &mut self.tap_slots[i * TAP_SLOT..i * TAP_SLOT + len];
-                let (hdr, frame) = slot.split_at_mut(VNET_HDR_LEN);
+                let slot = &self.tap_slots[i * TAP_SLOT..i * TAP_SLOT + len];
+                let (hdr, frame) = slot.split_at(VNET_HDR_LEN);
                 let hdr = VnetHdr::parse(hdr);
-                let result = self
-                    .segmenter
-                    .split(&hdr, frame, |f| state.handle_local_frame(now, f));
+                let mut sink = SealSink {
+                    net: &mut state,
+                    out: &mut self.out,
+                    scratch: &mut self.scratch,
+                    now,
+                    in_out: false,
+                };
+                let result = self.segmenter.split(&hdr, frame, &mut sink);
                 if let Err(e) = result {
                     net.counters.offload_errors.fetch_add(1, Ordering::Relaxed);
                     debug!(tap = net.tap.name(), "dropped a frame: {e}");

@@ -149,39 +149,69 @@ fn ip_of(frame: &[u8]) -> Option<(usize, bool)> {
 
 // ----- segmentation (TAP -> overlay) --------------------------------------------------
 
-/// Cuts frames read from the TAP into wire frames. Owns the scratch buffer segments are
-/// built in, allocated once.
-pub struct Segmenter {
-    scratch: Vec<u8>,
+/// Where the segmenter builds wire frames: it asks for room for one, fills it, and says
+/// when it is complete. The data path hands out room inside the datagram the frame will
+/// be sealed in, so a frame is built exactly once.
+pub trait SegmentSink {
+    /// Room for a frame of `len` bytes (at least `len` long).
+    fn room(&mut self, len: usize) -> &mut [u8];
+    /// The first `len` bytes of the room are a complete frame.
+    fn done(&mut self, len: usize);
 }
 
-impl Default for Segmenter {
-    fn default() -> Self {
-        Self::new()
+/// A sink that builds frames in its own buffer and hands each to a closure.
+pub struct Collect<F: FnMut(&[u8])> {
+    buf: Vec<u8>,
+    emit: F,
+}
+
+impl<F: FnMut(&[u8])> Collect<F> {
+    pub fn new(emit: F) -> Collect<F> {
+        Collect {
+            buf: vec![0u8; MAX_SUPER_FRAME],
+            emit,
+        }
     }
 }
+
+impl<F: FnMut(&[u8])> SegmentSink for Collect<F> {
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        &mut self.buf[..len]
+    }
+    fn done(&mut self, len: usize) {
+        (self.emit)(&self.buf[..len]);
+    }
+}
+
+/// Cuts frames read from the TAP into wire frames.
+#[derive(Default)]
+pub struct Segmenter;
 
 impl Segmenter {
     pub fn new() -> Segmenter {
-        Segmenter {
-            scratch: vec![0u8; MAX_SUPER_FRAME],
-        }
+        Segmenter
     }
 
-    /// Hands every wire frame made from `frame` (read with header `hdr`) to `emit`.
-    /// Returns how many frames were emitted.
+    /// Builds every wire frame made from `frame` (read with header `hdr`) in `sink`.
+    /// Returns how many frames were made. `frame` itself is left unchanged.
     pub fn split(
         &mut self,
         hdr: &VnetHdr,
-        frame: &mut [u8],
-        mut emit: impl FnMut(&[u8]),
+        frame: &[u8],
+        sink: &mut impl SegmentSink,
     ) -> Result<usize, OffloadError> {
         let gso = hdr.gso_type & !GSO_ECN;
         if gso == GSO_NONE {
-            if hdr.flags & F_NEEDS_CSUM != 0 {
-                complete_checksum(hdr, frame)?;
+            let needs_csum = hdr.flags & F_NEEDS_CSUM != 0;
+            if needs_csum {
+                check_checksum_offsets(hdr, frame.len())?;
             }
-            emit(frame);
+            let room = sink.room(frame.len());
+            room[..frame.len()].copy_from_slice(frame);
+            if needs_csum {
+                complete_checksum(hdr, &mut room[..frame.len()]);
+            }
+            sink.done(frame.len());
             return Ok(1);
         }
         if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
@@ -214,7 +244,7 @@ impl Segmenter {
             let start = hdr_len + i * mss;
             let end = (start + mss).min(frame.len());
             let seg_len = hdr_len + (end - start);
-            let s = &mut self.scratch[..seg_len];
+            let s = &mut sink.room(seg_len)[..seg_len];
             s[..hdr_len].copy_from_slice(&frame[..hdr_len]);
             s[hdr_len..].copy_from_slice(&frame[start..end]);
             let l4_len = seg_len - l4_off;
@@ -242,23 +272,38 @@ impl Segmenter {
             s[l4_off + 17] = 0;
             let c = !fold(sum(&s[l4_off..], pseudo_header(s, ip_off, v6, l4_len)));
             s[l4_off + 16..l4_off + 18].copy_from_slice(&c.to_be_bytes());
-            emit(s);
+            sink.done(seg_len);
         }
         Ok(count)
     }
+
+    /// [`Segmenter::split`] handing each wire frame to `emit`.
+    pub fn split_with(
+        &mut self,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        emit: impl FnMut(&[u8]),
+    ) -> Result<usize, OffloadError> {
+        self.split(hdr, frame, &mut Collect::new(emit))
+    }
 }
 
-/// Fills a checksum the kernel left partial: the field holds the pseudo-header sum; the
-/// checksum covers everything from `csum_start` to the end.
-fn complete_checksum(hdr: &VnetHdr, frame: &mut [u8]) -> Result<(), OffloadError> {
+fn check_checksum_offsets(hdr: &VnetHdr, len: usize) -> Result<(), OffloadError> {
     let start = usize::from(hdr.csum_start);
     let at = start + usize::from(hdr.csum_offset);
-    if at + 2 > frame.len() || start > frame.len() {
+    if at + 2 > len || start > len {
         return Err(OffloadError::BadChecksumOffsets);
     }
+    Ok(())
+}
+
+/// Fills a checksum the kernel left partial (offsets checked by the caller): the field
+/// holds the pseudo-header sum; the checksum covers everything from `csum_start` on.
+fn complete_checksum(hdr: &VnetHdr, frame: &mut [u8]) {
+    let start = usize::from(hdr.csum_start);
+    let at = start + usize::from(hdr.csum_offset);
     let c = !fold(sum(&frame[start..], 0));
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    Ok(())
 }
 
 // ----- coalescing (overlay -> TAP) ----------------------------------------------------
@@ -644,7 +689,7 @@ mod tests {
     fn a_tso_super_frame_is_cut_into_valid_segments() {
         for v6 in [false, true] {
             let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-            let mut sup = tcp_frame(
+            let sup = tcp_frame(
                 v6,
                 1000,
                 TCP_ACK | TCP_PSH,
@@ -662,7 +707,7 @@ mod tests {
             };
             let mut segs = Vec::new();
             let n = Segmenter::new()
-                .split(&hdr, &mut sup, |s| segs.push(s.to_vec()))
+                .split_with(&hdr, &sup, |s| segs.push(s.to_vec()))
                 .unwrap();
             assert_eq!(n, 8);
             let mut joined = Vec::new();
@@ -701,7 +746,7 @@ mod tests {
         };
         let mut out = Vec::new();
         Segmenter::new()
-            .split(&hdr, &mut f, |s| out.push(s.to_vec()))
+            .split_with(&hdr, &f, |s| out.push(s.to_vec()))
             .unwrap();
         assert_eq!(out, vec![good]);
         let bad = VnetHdr {
@@ -709,7 +754,7 @@ mod tests {
             ..hdr
         };
         assert_eq!(
-            Segmenter::new().split(&bad, &mut f, |_| {}),
+            Segmenter::new().split_with(&bad, &f, |_| {}),
             Err(OffloadError::BadChecksumOffsets)
         );
     }
@@ -748,10 +793,10 @@ mod tests {
                 (if v6 { GSO_TCPV6 } else { GSO_TCPV4 }, 1000, F_NEEDS_CSUM)
             );
             // What the kernel would do with it: segment again.
-            let mut frame = written[0][VNET_HDR_LEN..].to_vec();
+            let frame = written[0][VNET_HDR_LEN..].to_vec();
             let mut again = Vec::new();
             Segmenter::new()
-                .split(&hdr, &mut frame, |s| again.push(s.to_vec()))
+                .split_with(&hdr, &frame, |s| again.push(s.to_vec()))
                 .unwrap();
             assert_eq!(again.len(), 5);
             for (a, b) in again.iter().zip(&segs) {
@@ -829,9 +874,9 @@ mod tests {
             let mut bad_checksums = 0;
             for w in out {
                 let hdr = VnetHdr::parse(&w);
-                let mut frame = w[VNET_HDR_LEN..].to_vec();
+                let frame = w[VNET_HDR_LEN..].to_vec();
                 let mut seg = Segmenter::new();
-                seg.split(&hdr, &mut frame, |s| {
+                seg.split_with(&hdr, &frame, |s| {
                     if !checksums_valid(s) {
                         bad_checksums += 1;
                     }
@@ -849,8 +894,8 @@ mod tests {
         #[test]
         fn arbitrary_frames_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..2000), flags: u8, gso: u8, start: u16, off: u16, size: u16) {
             let hdr = VnetHdr { flags, gso_type: gso, hdr_len: 0, gso_size: size, csum_start: start, csum_offset: off };
-            let mut f = frame.clone();
-            let _ = Segmenter::new().split(&hdr, &mut f, |_| {});
+            let f = frame.clone();
+            let _ = Segmenter::new().split_with(&hdr, &f, |_| {});
             let mut c = Coalescer::new();
             let _ = c.push(&frame, &mut |_: &[u8]| {});
             c.flush(&mut |_: &[u8]| {});
