@@ -701,6 +701,7 @@ fn one_cache_url_at_every_site() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let crossed = topo.wan_stats().a_to_b.rx_frames;
+    eprintln!("{crossed} frames crossed the WAN while a client at every site ran arping");
     // 6 probes and 6 answers at 3 sites; at most a keepalive or two may cross meanwhile.
     assert!(
         crossed <= 3,
