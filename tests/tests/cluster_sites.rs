@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use site_tests::{
-    ControlPlane, LinkParams, Overlay, Topology, in_netns, node_ip, node_reaches, require_command,
-    require_root, unique_name, wait_all_pairs_reach,
+    ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, Topology, in_netns, node_ip,
+    node_reaches, require_command, require_root, unique_name, wait_all_pairs_reach,
 };
-use vcluster::model::{Cluster, Node, NodeState, OverlayState};
+use vcluster::model::{Cluster, Node, NodeState, OverlayState, TaskState};
 
 fn can_run(test: &str) -> bool {
     require_root(test) && require_command(test, "nsenter") && require_command(test, "ethtool")
@@ -347,4 +347,102 @@ fn two_clusters_on_the_same_hosts_cannot_reach_each_other() {
             "site{site} has no vc* device left:\n{links}"
         );
     }
+}
+
+#[test]
+fn a_restarted_vpnd_gets_its_cluster_networks_back_from_the_host_agent() {
+    let test = "a_restarted_vpnd_gets_its_cluster_networks_back_from_the_host_agent";
+    if !can_run(test) {
+        return;
+    }
+    let (topo, mut overlay) = two_sites();
+    let opts = ControlPlaneOpts {
+        reconcile_every: 2,
+        ..ControlPlaneOpts::default()
+    };
+    let plane = ControlPlane::start_with(&topo, &overlay, &opts);
+    let name = unique_name("r");
+    let c = plane.create_cluster(&json!({
+        "name": name,
+        "sites": [{"site": "site1", "nodes": 1}, {"site": "site2", "nodes": 1}],
+        "node_memory_mib": 64,
+    }));
+    wait_all_pairs_reach(&c.nodes, Duration::from_secs(15));
+
+    // vpnd at site 1 restarts from its config, which has no networks: the cluster's
+    // network (and its TAP) is gone until the agent's next reconcile puts it back.
+    overlay.restart(&topo, 1);
+    assert!(overlay.status(1).networks.is_empty());
+    wait_all_pairs_reach(&c.nodes, Duration::from_secs(20));
+    assert_vpnd_networks(&overlay, &c, true);
+
+    plane.delete_cluster(&name);
+    let left = plane.leftovers(&topo, &overlay, &c);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn an_operators_own_vpnd_network_is_never_taken_over_by_a_cluster() {
+    let test = "an_operators_own_vpnd_network_is_never_taken_over_by_a_cluster";
+    if !can_run(test) {
+        return;
+    }
+    // The operator's network 1 (TAP vpn1 on br0, one VM per site), configured by hand;
+    // the controller is (wrongly) told it may hand out id 1 too.
+    let topo = Topology::builder()
+        .sites(2)
+        .vms_per_site(1)
+        .link_params(LinkParams::default().delay(Duration::from_millis(5)))
+        .build();
+    let overlay = Overlay::start(&topo, &[NetworkOpts::new(1)]);
+    let vm2 = topo.vm_ip(2, 1).unwrap();
+    assert!(topo.vm(1, 1).ping(&vm2).received > 0);
+    let plane = ControlPlane::start(&topo, &overlay);
+
+    let name = unique_name("o");
+    let accepted = plane.request_cluster(&json!({
+        "name": name,
+        "sites": [{"site": "site1", "nodes": 1}, {"site": "site2", "nodes": 1}],
+        "node_memory_mib": 64,
+    }));
+    let c = accepted.cluster.expect("the 202 carries the cluster");
+    assert_eq!(c.network_id, 1, "the controller picked the operator's id");
+    let task = plane.wait_task(&accepted.task);
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    assert!(
+        task.message.contains("vpn1"),
+        "the message names the operator's network: {}",
+        task.message
+    );
+    // The operator's network is untouched at both sites and still carries traffic.
+    for site in 1..=2 {
+        let n = overlay.network(site, 1);
+        assert_eq!((n.tap.as_str(), n.bridge.as_deref()), ("vpn1", Some("br0")));
+        assert!(n.running);
+    }
+    assert!(topo.vm(1, 1).ping(&vm2).received > 0);
+    let left = plane.leftovers(&topo, &overlay, &c);
+    assert!(
+        left.iter().all(|l| l.starts_with("vpnd network 1")),
+        "the failed cluster was rolled back: {left:?}"
+    );
+
+    // The next cluster gets a fresh id and lives next to the operator's network.
+    let name2 = unique_name("o");
+    let c2 = plane.create_cluster(&json!({
+        "name": name2,
+        "sites": [{"site": "site1", "nodes": 1}, {"site": "site2", "nodes": 1}],
+        "node_memory_mib": 64,
+    }));
+    assert_ne!(c2.network_id, 1);
+    wait_all_pairs_reach(&c2.nodes, Duration::from_secs(15));
+    plane.delete_cluster(&name2);
+    plane.delete_cluster(&name);
+    assert!(plane.leftovers(&topo, &overlay, &c2).is_empty());
+    for site in 1..=2 {
+        let nets = overlay.status(site).networks;
+        assert_eq!(nets.len(), 1, "site{site}: only the operator's network");
+        assert_eq!(nets[0].tap, "vpn1");
+    }
+    assert!(topo.vm(1, 1).ping(&vm2).received > 0);
 }
