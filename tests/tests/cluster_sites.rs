@@ -376,6 +376,26 @@ fn a_restarted_vpnd_gets_its_cluster_networks_back_from_the_host_agent() {
     wait_all_pairs_reach(&c.nodes, Duration::from_secs(20));
     assert_vpnd_networks(&overlay, &c, true);
 
+    // Once converged, the agents' periodic reconciles leave vpnd alone: no network or
+    // peer is added, removed, started or stopped again (which would reset sessions).
+    let changes = |overlay: &mut Overlay, site: usize| {
+        overlay
+            .daemon(site)
+            .process()
+            .log()
+            .lines()
+            .filter(|l| {
+                ["network ", "peer added", "peer removed"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .count()
+    };
+    let before = [changes(&mut overlay, 1), changes(&mut overlay, 2)];
+    std::thread::sleep(Duration::from_secs(5));
+    let after = [changes(&mut overlay, 1), changes(&mut overlay, 2)];
+    assert_eq!(before, after, "vpnd changes during two idle reconciles");
+
     plane.delete_cluster(&name);
     let left = plane.leftovers(&topo, &overlay, &c);
     assert!(left.is_empty(), "left behind: {left:?}");
