@@ -12,6 +12,8 @@
 //! - [`bin_path`]: the workspace's binaries (`vpnd`, `wanem`, ...) next to the test.
 //! - [`ping`](NetNs::ping), [`wait_until`]: reachability and eventual conditions.
 //! - [`Overlay`]: `vpnd` at every site of a topology, with keys, configs and status.
+//! - [`ControlPlane`]: the cluster layer on top: the controller on the WAN and a host
+//!   agent next to every site's `vpnd`, driven through the REST API.
 //! - [`udp_flow`]: a numbered UDP stream between namespaces, timed by one clock: loss,
 //!   duplicates, reordering, one-way latency, rate.
 //!
@@ -21,6 +23,7 @@
 //! Everything here needs root except the pure parts ([`wanem::pipeline`],
 //! [`wanem::proto`], [`PingStats::parse`]).
 
+pub mod cluster;
 pub mod emulator;
 pub mod env;
 pub mod flow;
@@ -31,11 +34,14 @@ pub mod topology;
 pub mod vpnd;
 pub mod wanem;
 
+pub use cluster::{
+    ControlPlane, ControlPlaneOpts, node_ip, node_reaches, unreachable_pairs, wait_all_pairs_reach,
+};
 pub use emulator::{Emulator, PAIR_LEFT_ADDR, PAIR_RIGHT_ADDR, WanPair};
 pub use env::{TempDir, bin_path, find_command, require_command, require_root, skip, unique_name};
 pub use flow::{FlowOpts, FlowReport, UDP_FRAME_OVERHEAD, udp_flow};
-pub use netns::{CmdOutput, NetNs, list_namespaces, veth};
-pub use ping::{PingOpts, PingStats, try_wait_until, wait_until};
+pub use netns::{CmdOutput, NetNs, in_netns, list_namespaces, netns_exec, veth};
+pub use ping::{PingOpts, PingStats, ping_in, try_wait_until, wait_until};
 pub use process::{Process, command};
 pub use topology::{Topology, TopologyBuilder};
 pub use vpnd::{NetworkOpts, Overlay};

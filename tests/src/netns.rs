@@ -133,8 +133,22 @@ impl NetNs {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name])
+        netns_exec(&self.name, program, args)
+    }
+
+    /// `nsenter --net=/run/netns/<ns> program args...`, not yet started: the program
+    /// enters only the network namespace. `ip netns exec` also gives it a private mount
+    /// namespace, so namespaces it creates itself (`ip netns add`, as a host agent does
+    /// for its nodes) would be invisible to everyone else; use this for such programs.
+    pub fn command_net_only<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let nsenter = crate::env::find_command("nsenter")
+            .unwrap_or_else(|| panic!("nsenter not found: apt-get install util-linux"));
+        let mut c = Command::new(nsenter);
+        c.arg(format!("--net=/run/netns/{}", self.name))
             .arg(program)
             .args(args);
         c
@@ -179,21 +193,21 @@ impl NetNs {
         )
     }
 
+    /// Like [`NetNs::spawn`], but the program enters only the network namespace (see
+    /// [`NetNs::command_net_only`]).
+    pub fn spawn_net_only<S: AsRef<OsStr>>(&self, name: &str, argv: &[S], log: &Path) -> Process {
+        let (prog, args) = argv.split_first().expect("argv has a program");
+        Process::spawn(
+            format!("{name} in {}", self.name),
+            self.command_net_only(prog, args),
+            log,
+        )
+    }
+
     /// Runs `f` on a thread that has entered this namespace and returns its result (a
     /// panic in `f` propagates). Sockets made in `f` stay in the namespace when moved out.
     pub fn in_ns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                let file =
-                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!("setns {path}: {}", std::io::Error::last_os_error());
-                }
-                f()
-            });
-            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        in_netns(&self.name, f)
     }
 
     /// Adds `cidr` (e.g. `10.77.1.2/16`) to `dev`.
@@ -332,6 +346,33 @@ fn sweep_leftovers() {
             }
         }
     });
+}
+
+/// [`NetNs::in_ns`] for the namespace called `name`, which this process need not own.
+pub fn in_netns<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/run/netns/{name}");
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        });
+        h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// `ip netns exec <name> program args...`, not yet started: a command in any named
+/// namespace, also one this library does not own (a node a host agent made).
+pub fn netns_exec<I, S>(name: &str, program: impl AsRef<OsStr>, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", name]).arg(program).args(args);
+    c
 }
 
 /// A veth pair: `a_dev` in `a`, `b_dev` in `b`, both down. Names only need to be unique

@@ -114,6 +114,12 @@ impl PingStats {
 /// Pings `addr` from `ns`. No reply is a result (loss 1.0), not a panic; a ping that
 /// cannot run at all (bad address, no route) panics with its stderr.
 pub fn ping(ns: &NetNs, addr: &str, opts: &PingOpts) -> PingStats {
+    ping_in(ns.name(), addr, opts)
+}
+
+/// [`ping`] from the namespace called `ns`, which this process need not own (a cluster
+/// node a host agent made).
+pub fn ping_in(ns: &str, addr: &str, opts: &PingOpts) -> PingStats {
     let mut argv: Vec<String> = vec![
         "ping".into(),
         "-q".into(),
@@ -132,12 +138,11 @@ pub fn ping(ns: &NetNs, addr: &str, opts: &PingOpts) -> PingStats {
         argv.extend(["-M".into(), "do".into()]);
     }
     argv.push(addr.into());
-    let out = ns.run(&argv);
+    let out = crate::netns::run(&mut crate::netns::netns_exec(ns, &argv[0], &argv[1..]));
     match PingStats::parse(&out.stdout) {
         Some(s) if out.code != Some(2) => s,
         _ => panic!(
-            "ping {addr} from {} did not run: {}{}",
-            ns.name(),
+            "ping {addr} from {ns} did not run: {}{}",
             out.stderr.trim(),
             out.stdout.trim()
         ),

@@ -252,3 +252,50 @@ async fn a_broken_cluster_does_not_stop_the_others_from_converging() {
     );
     assert_eq!(node_indices(&rig.driver, 7), [1]);
 }
+
+#[tokio::test]
+async fn an_operators_vpnd_network_with_a_clusters_id_is_never_changed_or_removed() {
+    let rig = rig().await;
+    let client = VpndClient::new(&rig.vpnd.socket);
+    let operators = NetworkConfig {
+        id: 7,
+        tap: "vpn7".into(),
+        bridge: Some("br0".into()),
+        ..Default::default()
+    };
+    client.add_network(&operators).await.unwrap();
+
+    let err = rig
+        .r
+        .apply(&share(5, 7, &[1], &[1], true))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("TAP vpn7") && err.to_string().contains("--first-network-id"),
+        "{err}"
+    );
+    let keep = |what: &str| {
+        let nets = rig.vpnd.networks();
+        assert_eq!(nets[&7].config.tap, "vpn7", "{what}");
+        assert_eq!(nets[&7].config.bridge.as_deref(), Some("br0"), "{what}");
+        assert!(nets[&7].peers.is_empty(), "{what}: no peers added");
+    };
+    keep("after the push");
+
+    // Removing the cluster (a rollback, or a reconcile that finds its bridge) takes what
+    // is ours and leaves the operator's network.
+    assert!(rig.r.remove(7, 6).await.unwrap());
+    keep("after the removal");
+    assert!(!rig.bridges.snapshot().contains("vcbr7"));
+    let errors = rig
+        .r
+        .reconcile(&HostDesired {
+            host_id: 1,
+            revision: 7,
+            clusters: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    keep("after a full reconcile");
+}

@@ -357,7 +357,11 @@ impl IntoResponse for AgentError {
 
 impl From<reconcile::ReconcileError> for AgentError {
     fn from(e: reconcile::ReconcileError) -> Self {
-        AgentError(StatusCode::BAD_GATEWAY, e.to_string())
+        let status = match e {
+            reconcile::ReconcileError::NotOurs { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        AgentError(status, e.to_string())
     }
 }
 

@@ -14,7 +14,9 @@
 //! statement older than what was already applied for that network (or older than the last
 //! full snapshot) is ignored, so a slow push can never undo a newer one.
 //!
-//! It never decides what should exist: the controller does.
+//! It never decides what should exist: the controller does. It never changes or removes a
+//! vpnd network whose TAP is not `vctap<id>`: those are the operator's own, even when a
+//! cluster's id collides with one (the controller's `--first-network-id` keeps ids apart).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,6 +39,13 @@ pub enum ReconcileError {
     State(#[from] std::io::Error),
     #[error("network {network}: {message}")]
     Invalid { network: u32, message: String },
+    /// vpnd has a network with this id that the agent did not make: the operator's own.
+    #[error(
+        "vpnd already has network {network} with TAP {tap}, which is not a cluster's \
+         (cluster TAPs are vctap<id>): it is left alone; give the controller a \
+         --first-network-id above the operator's own network ids"
+    )]
+    NotOurs { network: u32, tap: String },
 }
 
 pub struct Reconciler {
@@ -225,9 +234,16 @@ impl Reconciler {
         };
         let current = self.vpnd.network(spec.id).await?;
         let current = match current {
-            Some(c) if c.tap == config.tap && c.bridge == config.bridge => c,
+            Some(c) if NetworkId::from_tap_name(&c.tap) != Some(net) => {
+                // The operator's own network: never ours to change or remove.
+                return Err(ReconcileError::NotOurs {
+                    network: spec.id,
+                    tap: c.tap,
+                });
+            }
+            Some(c) if c.bridge == config.bridge => c,
             Some(_) => {
-                // Made by someone else or with other devices: replace it.
+                // Ours, but on another bridge: replace it.
                 self.vpnd.delete_network(spec.id).await?;
                 self.vpnd.add_network(&config).await?;
                 return Ok(());
@@ -301,7 +317,15 @@ impl Reconciler {
                 )
                 .await?;
         }
-        self.vpnd.delete_network(id).await?;
+        match self.vpnd.network(id).await? {
+            Some(n) if NetworkId::from_tap_name(&n.tap) == Some(net) => {
+                self.vpnd.delete_network(id).await?;
+            }
+            Some(n) => {
+                tracing::warn!(network = id, tap = %n.tap, "vpnd's network with this id is not ours: left alone");
+            }
+            None => {}
+        }
         self.bridges.remove(&net.bridge_name()).await?;
         state.state.networks.insert(
             id,

@@ -1,0 +1,498 @@
+//! [`ControlPlane`]: the cluster layer on a [`Topology`] whose sites run `vpnd`
+//! ([`Overlay`]): the controller (`vcluster serve`) on the WAN, a host agent
+//! (`vcluster host-agent`) in every site's host namespace next to its `vpnd`, and a user
+//! driving the REST API as a person would.
+//!
+//! ```text
+//!  wan namespace   wanbr 10.254.0.254 ── vcluster serve :7200 (SQLite in the topology's dir)
+//!  site i host     wan0 10.254.0.i ── vpnd :51820 ◀─control socket── vcluster host-agent :7300
+//!                  vcbr<id> bridge, vctap<id> TAP, node veths vc<id>n<k>: the agent's and vpnd's
+//!  node namespaces <cluster>-node-<k>: made by the agents, visible machine-wide
+//! ```
+//!
+//! Site i is called `site<i>` and has one host, `site<i>-h1`. The controller's address
+//! assumes the topology's default WAN addresses (`10.254.0.<i>/24`); its traffic to a site
+//! crosses that site's emulated access link like the overlay's. Agents enter only the
+//! site's network namespace ([`NetNs::spawn_net_only`]), so the node namespaces they make
+//! are visible outside it.
+//!
+//! Dropping the control plane stops the agents and the controller, then deletes every
+//! node namespace of the clusters made through it; the sites' bridges, TAPs and `vpnd`
+//! networks go with the [`Topology`] and the [`Overlay`]. Name clusters with
+//! [`unique_name`](crate::unique_name) (`st<pid>-...`) so that nodes of a test process
+//! killed outright are swept by the next run, like its namespaces.
+//!
+//! It never decides anything the controller decides (placement, addresses, names): it
+//! asks the API and reads the answers.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use vcluster::cli::client::ApiClient;
+use vcluster::model::{Accepted, Cluster, Host, IssuedToken, Node, Task, TaskState};
+
+use crate::netns::{CmdOutput, in_netns, list_namespaces, netns_exec, run};
+use crate::ping::{PingOpts, ping_in, try_wait_until};
+use crate::{Overlay, Process, Topology, bin_path};
+
+/// The controller's address on the WAN bridge, and its port.
+pub const CONTROLLER_IP: &str = "10.254.0.254";
+pub const CONTROLLER_PORT: u16 = 7200;
+/// Each agent listens on its site's WAN address at this port.
+pub const AGENT_PORT: u16 = 7300;
+
+/// How the control plane is set up; every field has a default.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneOpts {
+    /// The controller's `--first-network-id`: ids below it are left to `vpnd` networks
+    /// the operator configured by hand (default 1: there are none).
+    pub first_network_id: u32,
+    /// What each host's agent reports as its capacity (default 8 CPUs, 8 GiB).
+    pub host_cpus: i64,
+    pub host_memory_mib: i64,
+    /// The agents' `--reconcile-every`, seconds (default 5).
+    pub reconcile_every: u64,
+    /// The controller's `--task-timeout`, seconds (default 60).
+    pub task_timeout: u64,
+}
+
+impl Default for ControlPlaneOpts {
+    fn default() -> Self {
+        ControlPlaneOpts {
+            first_network_id: 1,
+            host_cpus: 8,
+            host_memory_mib: 8192,
+            reconcile_every: 5,
+            task_timeout: 60,
+        }
+    }
+}
+
+/// The controller and one host agent per site; see the module doc.
+pub struct ControlPlane {
+    agents: Vec<Process>,
+    controller: Option<Process>,
+    url: String,
+    wan_ns: String,
+    admin_token: String,
+    user_token: String,
+    admin: ApiClient,
+    user: ApiClient,
+    rt: tokio::runtime::Runtime,
+    /// Names of the clusters made through this control plane: their node namespaces are
+    /// deleted on drop.
+    clusters: RefCell<BTreeSet<String>>,
+}
+
+/// 16 random bytes in hex, from the kernel.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("reading /dev/urandom");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A node's address without its prefix length.
+pub fn node_ip(node: &Node) -> &str {
+    node.address.split('/').next().unwrap_or(&node.address)
+}
+
+/// True when `from` (a node's namespace) gets an answer from `to` within a second.
+pub fn node_reaches(from: &Node, to_ip: &str) -> bool {
+    ping_in(
+        &from.name,
+        to_ip,
+        &PingOpts::default().count(1).timeout(Duration::from_secs(1)),
+    )
+    .received
+        > 0
+}
+
+/// Every ordered pair of `nodes` whose ping gets no answer, one thread per source node.
+pub fn unreachable_pairs(nodes: &[Node]) -> Vec<(String, String)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|from| {
+                s.spawn(move || {
+                    nodes
+                        .iter()
+                        .filter(|to| to.name != from.name && !node_reaches(from, node_ip(to)))
+                        .map(|to| (from.name.clone(), to.name.clone()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("ping thread"))
+            .collect()
+    })
+}
+
+/// Waits up to `timeout` until every node of `nodes` reaches every other; panics naming
+/// the pairs that still do not.
+pub fn wait_all_pairs_reach(nodes: &[Node], timeout: Duration) {
+    let mut missing = Vec::new();
+    let ok = try_wait_until(timeout, || {
+        missing = unreachable_pairs(nodes);
+        missing.is_empty()
+    });
+    assert!(
+        ok,
+        "after {timeout:?} these node pairs still do not reach each other: {missing:?}"
+    );
+}
+
+impl ControlPlane {
+    /// Starts the controller and an agent at every site of `topo` (whose `vpnd`s are
+    /// `overlay`), and waits until every host is registered and online.
+    pub fn start(topo: &Topology, overlay: &Overlay) -> ControlPlane {
+        ControlPlane::start_with(topo, overlay, &ControlPlaneOpts::default())
+    }
+
+    pub fn start_with(topo: &Topology, overlay: &Overlay, opts: &ControlPlaneOpts) -> ControlPlane {
+        let vcluster = bin_path("vcluster");
+        let wan = topo.wan();
+        wan.addr_add("wanbr", &format!("{CONTROLLER_IP}/24"));
+        let listen = format!("{CONTROLLER_IP}:{CONTROLLER_PORT}");
+        let url = format!("http://{listen}");
+        let admin_token = random_token();
+        let store = format!("sqlite:{}", topo.dir().join("controller.db").display());
+        let controller = Process::spawn(
+            "controller",
+            {
+                let mut c = wan.command(
+                    &vcluster,
+                    [
+                        "serve",
+                        "--listen",
+                        &listen,
+                        "--store",
+                        &store,
+                        // Hosts show online within a second of registering.
+                        "--heartbeat",
+                        "1",
+                        "--first-network-id",
+                        &opts.first_network_id.to_string(),
+                        "--task-timeout",
+                        &opts.task_timeout.to_string(),
+                    ],
+                );
+                c.env("VCLUSTER_ADMIN_TOKEN", &admin_token);
+                c
+            },
+            topo.dir().join("controller.log"),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let admin = ApiClient::new(&url, &admin_token);
+        let mut plane = ControlPlane {
+            agents: Vec::new(),
+            controller: None,
+            url,
+            wan_ns: wan.name().to_string(),
+            admin_token,
+            user_token: String::new(),
+            user: admin.clone(),
+            admin,
+            rt,
+            clusters: RefCell::new(BTreeSet::new()),
+        };
+        let up = try_wait_until(Duration::from_secs(20), || {
+            plane
+                .block_on(plane.admin.get::<serde_json::Value>("/v1/whoami"))
+                .is_ok()
+        });
+        if !up {
+            controller.dump_log();
+            panic!("the controller did not answer at {} within 20 s", plane.url);
+        }
+        plane.controller = Some(controller);
+
+        let issued: IssuedToken = plane.admin_post(
+            "/v1/users",
+            &serde_json::json!({"name": "alice", "role": "user"}),
+        );
+        plane.user_token = issued.token;
+        plane.user = ApiClient::new(&plane.url, &plane.user_token);
+
+        for i in 1..=topo.sites() {
+            let site = format!("site{i}");
+            let _: serde_json::Value = plane.admin_post(
+                "/v1/sites",
+                &serde_json::json!({"name": site, "description": format!("site {i} of the topology")}),
+            );
+            let issued: IssuedToken = plane.admin_post(
+                "/v1/users",
+                &serde_json::json!({"name": format!("agent-{site}"), "role": "agent"}),
+            );
+            let ip = topo.wan_ip(i);
+            let mut cmd = topo.host(i).command_net_only(
+                &vcluster,
+                [
+                    "host-agent".to_string(),
+                    "--controller".into(),
+                    plane.url.clone(),
+                    "--name".into(),
+                    format!("{site}-h1"),
+                    "--site".into(),
+                    site.clone(),
+                    "--cpus".into(),
+                    opts.host_cpus.to_string(),
+                    "--memory-mib".into(),
+                    opts.host_memory_mib.to_string(),
+                    "--listen".into(),
+                    format!("{ip}:{AGENT_PORT}"),
+                    "--overlay-endpoint".into(),
+                    format!("{ip}:{}", crate::vpnd::PORT),
+                    "--vpnd-socket".into(),
+                    overlay.daemons[i - 1].control.display().to_string(),
+                    "--state-dir".into(),
+                    topo.dir().join(format!("agent{i}")).display().to_string(),
+                    "--reconcile-every".into(),
+                    opts.reconcile_every.to_string(),
+                ],
+            );
+            cmd.env("VCLUSTER_AGENT_TOKEN", &issued.token);
+            plane.agents.push(Process::spawn(
+                format!("agent{i} in {}", topo.host(i).name()),
+                cmd,
+                topo.dir().join(format!("agent{i}.log")),
+            ));
+        }
+        let sites = topo.sites();
+        let online = try_wait_until(Duration::from_secs(30), || {
+            plane
+                .block_on(plane.admin.get::<Vec<Host>>("/v1/hosts"))
+                .is_ok_and(|hosts| hosts.len() == sites && hosts.iter().all(|h| h.online))
+        });
+        if !online {
+            plane.dump_logs();
+            panic!("not every site's host agent registered within 30 s");
+        }
+        plane
+    }
+
+    /// Runs an API request to completion. The controller listens in the wan namespace,
+    /// which the caller's own namespace has no route to, so the request runs on a thread
+    /// that entered it.
+    pub fn block_on<F: std::future::Future + Send>(&self, f: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        let rt = &self.rt;
+        in_netns(&self.wan_ns, || rt.block_on(f))
+    }
+
+    /// The controller's base URL (reachable from the wan namespace and every site).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The token of user `alice`, who owns the clusters made through this control plane.
+    pub fn user_token(&self) -> &str {
+        &self.user_token
+    }
+
+    /// The admin's client (run its requests with [`ControlPlane::block_on`]).
+    pub fn admin(&self) -> &ApiClient {
+        &self.admin
+    }
+
+    /// Alice's client (run its requests with [`ControlPlane::block_on`]).
+    pub fn user(&self) -> &ApiClient {
+        &self.user
+    }
+
+    fn admin_post<B: Serialize + Sync, T: DeserializeOwned + Send>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> T {
+        self.block_on(self.admin.post(path, body))
+            .unwrap_or_else(|e| panic!("POST {path} as admin: {e:#}"))
+    }
+
+    /// `vcluster ARGS...` (the CLI) as alice, run in the wan namespace.
+    pub fn cli<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> CmdOutput {
+        let mut cmd = netns_exec(&self.wan_ns, bin_path("vcluster"), args);
+        cmd.env("VCLUSTER_API", &self.url)
+            .env("VCLUSTER_TOKEN", &self.user_token);
+        run(&mut cmd)
+    }
+
+    /// Every host as the admin sees it.
+    pub fn hosts(&self) -> Vec<Host> {
+        self.block_on(self.admin.get("/v1/hosts"))
+            .unwrap_or_else(|e| panic!("GET /v1/hosts: {e:#}"))
+    }
+
+    /// `POST /v1/clusters` as alice with `body` (a `CreateCluster` in JSON); the 202's
+    /// task and cluster. The cluster's nodes are deleted on drop whatever happens next.
+    pub fn request_cluster(&self, body: &serde_json::Value) -> Accepted {
+        if let Some(name) = body["name"].as_str() {
+            self.clusters.borrow_mut().insert(name.to_string());
+        }
+        self.block_on(self.user.post("/v1/clusters", body))
+            .unwrap_or_else(|e| panic!("POST /v1/clusters {body}: {e:#}"))
+    }
+
+    /// Creates a cluster as alice, waits for its task to succeed, returns it.
+    pub fn create_cluster(&self, body: &serde_json::Value) -> Cluster {
+        let a = self.request_cluster(body);
+        self.expect_success(&a.task);
+        self.cluster(body["name"].as_str().expect("the body names the cluster"))
+    }
+
+    pub fn cluster(&self, name: &str) -> Cluster {
+        self.block_on(self.user.get(&format!("/v1/clusters/{name}")))
+            .unwrap_or_else(|e| panic!("GET /v1/clusters/{name}: {e:#}"))
+    }
+
+    /// Waits for `task` to end (up to two minutes) and returns it as it ended.
+    pub fn wait_task(&self, task: &Task) -> Task {
+        self.block_on(self.user.wait_task(task.id, Duration::from_secs(120)))
+            .unwrap_or_else(|e| panic!("waiting for task {} {}: {e:#}", task.id, task.kind))
+    }
+
+    /// Waits for `task` and panics, with the agents' and controller's logs, unless it
+    /// succeeded.
+    pub fn expect_success(&self, task: &Task) -> Task {
+        let done = self.wait_task(task);
+        if done.state != TaskState::Succeeded {
+            self.dump_logs();
+            panic!(
+                "task {} {} of {:?} ended {:?}: {}",
+                done.id, done.kind, done.cluster, done.state, done.message
+            );
+        }
+        done
+    }
+
+    /// `DELETE /v1/clusters/{cluster}/nodes/{node}` as alice; waits for success.
+    pub fn remove_node(&self, cluster: &str, node: &str) -> Task {
+        self.accepted_op(
+            self.user
+                .delete(&format!("/v1/clusters/{cluster}/nodes/{node}")),
+        )
+    }
+
+    /// Starts (`running`) or stops the cluster's overlay as alice; waits for success.
+    pub fn set_overlay(&self, cluster: &str, running: bool) -> Task {
+        let verb = if running { "start" } else { "stop" };
+        self.accepted_op(self.user.post(
+            &format!("/v1/clusters/{cluster}/overlay/{verb}"),
+            &serde_json::json!({}),
+        ))
+    }
+
+    /// `DELETE /v1/clusters/{cluster}` as alice; waits for success.
+    pub fn delete_cluster(&self, cluster: &str) -> Task {
+        self.accepted_op(self.user.delete(&format!("/v1/clusters/{cluster}")))
+    }
+
+    fn accepted_op(
+        &self,
+        request: impl std::future::Future<Output = anyhow::Result<Accepted>> + Send,
+    ) -> Task {
+        let a = self
+            .block_on(request)
+            .unwrap_or_else(|e| panic!("the controller refused: {e:#}"));
+        self.expect_success(&a.task)
+    }
+
+    /// What is left on the machine of `cluster` (as it was before deletion): node
+    /// namespaces, the bridge, TAP and node veths at every site, the `vpnd` network.
+    /// Empty when it is all gone.
+    pub fn leftovers(&self, topo: &Topology, overlay: &Overlay, cluster: &Cluster) -> Vec<String> {
+        let mut left = Vec::new();
+        let namespaces = list_namespaces();
+        for n in &cluster.nodes {
+            if namespaces.contains(&n.name) {
+                left.push(format!("node namespace {}", n.name));
+            }
+        }
+        let net = vcluster::model::NetworkId(cluster.network_id);
+        for i in 1..=topo.sites() {
+            let links = topo.host(i).ip(&["-o", "link", "show"]);
+            for name in links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n))
+            {
+                let ours = vcluster::model::NetworkId::from_bridge_name(name) == Some(net)
+                    || vcluster::model::NetworkId::from_tap_name(name) == Some(net)
+                    || vcluster::model::NodeSlot::from_host_veth_name(name)
+                        .is_some_and(|s| s.network == net);
+                if ours {
+                    left.push(format!("device {name} at site{i}"));
+                }
+            }
+            if overlay
+                .status(i)
+                .networks
+                .iter()
+                .any(|n| n.id == cluster.network_id)
+            {
+                left.push(format!("vpnd network {} at site{i}", cluster.network_id));
+            }
+        }
+        left
+    }
+
+    /// Prints the tail of the controller's and every agent's log.
+    pub fn dump_logs(&self) {
+        if let Some(c) = &self.controller {
+            c.dump_log();
+        }
+        for a in &self.agents {
+            a.dump_log();
+        }
+    }
+
+    /// Deletes the node namespaces of every cluster made through this control plane.
+    /// The agents must be stopped first, or a reconcile could make them again.
+    fn sweep_nodes(&self) {
+        let clusters = self.clusters.borrow();
+        for ns in list_namespaces() {
+            let ours = clusters
+                .iter()
+                .any(|c| ns.starts_with(&format!("{c}-node-")));
+            if ours {
+                let out = run(std::process::Command::new("ip").args(["netns", "del", &ns]));
+                if !out.success {
+                    eprintln!("warning: ip netns del {ns}: {}", out.stderr.trim());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let started = Instant::now();
+        // Agents first (they make nodes), then the controller; each prints its log's tail
+        // if the test is failing.
+        self.agents.clear();
+        self.controller = None;
+        self.sweep_nodes();
+        if started.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "stopping the control plane took {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
