@@ -339,6 +339,12 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("GET /v1/hosts: {e:#}"))
     }
 
+    /// Remembers a cluster made some other way (the CLI): its node namespaces are deleted
+    /// on drop like those made through [`ControlPlane::request_cluster`].
+    pub fn note_cluster(&self, name: &str) {
+        self.clusters.borrow_mut().insert(name.to_string());
+    }
+
     /// `POST /v1/clusters` as alice with `body` (a `CreateCluster` in JSON); the 202's
     /// task and cluster. The cluster's nodes are deleted on drop whatever happens next.
     pub fn request_cluster(&self, body: &serde_json::Value) -> Accepted {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 use vpn_core::wire::Route;
 use vpn_core::{Event, Network, PeerConfig, PeerId, Port, PrivateKey, PublicKey};
 
@@ -76,6 +76,23 @@ struct RunningHandle {
     net: Arc<NetPath>,
     timer: JoinHandle<()>,
     workers: Arc<Workers>,
+}
+
+impl RunningHandle {
+    /// Stops the network and waits (briefly) until nothing holds it any more, so its TAP
+    /// device is gone when this returns: a start right after reopens a fresh device.
+    async fn close(self) {
+        let weak = Arc::downgrade(&self.net);
+        drop(self);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while weak.strong_count() > 0 {
+            if Instant::now() >= deadline {
+                warn!("a stopped network is still referenced after 2 s; its TAP lingers");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 impl Drop for RunningHandle {
@@ -237,8 +254,11 @@ impl Daemon {
 
     pub async fn remove_network(&self, id: u32) -> Result<(), ControlError> {
         let mut networks = self.networks.lock().await;
-        let entry = networks.remove(&id).ok_or_else(|| not_found(id))?;
+        let mut entry = networks.remove(&id).ok_or_else(|| not_found(id))?;
         self.unroute(id, entry.tag);
+        if let Some(run) = entry.running.take() {
+            run.close().await;
+        }
         drop(entry);
         info!(network = id, "network removed");
         Ok(())
@@ -257,8 +277,9 @@ impl Daemon {
     pub async fn stop_network(&self, id: u32) -> Result<NetworkStatus, ControlError> {
         let mut networks = self.networks.lock().await;
         let entry = networks.get_mut(&id).ok_or_else(|| not_found(id))?;
-        if entry.running.take().is_some() {
+        if let Some(run) = entry.running.take() {
             self.unroute(id, entry.tag);
+            run.close().await;
             info!(network = id, "network stopped");
         }
         Ok(self.network_status(entry, Instant::now()))
@@ -268,8 +289,9 @@ impl Daemon {
     pub async fn shutdown(&self) {
         let mut networks = self.networks.lock().await;
         for (id, entry) in networks.iter_mut() {
-            if entry.running.take().is_some() {
+            if let Some(run) = entry.running.take() {
                 self.unroute(*id, entry.tag);
+                run.close().await;
             }
         }
     }

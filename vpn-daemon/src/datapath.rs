@@ -547,6 +547,9 @@ impl Worker {
                 self.coalescer.merged = 0;
             }
         }
+        // Hold no network between batches: a stopped network's TAP must close now, not
+        // at this worker's next datagram.
+        self.nets.clear();
     }
 }
 

@@ -214,12 +214,28 @@ impl ControlSocket {
         /// SIOCBRADDIF from linux/sockios.h.
         const SIOCBRADDIF: libc::Ioctl = 0x89a2;
         self.ioctl(SIOCBRADDIF, &mut req)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENODEV) => io::Error::new(
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::ENODEV) => Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("no bridge named {bridge} exists"),
-                ),
-                _ => e,
+                )),
+                // Already a port: of this bridge is fine (a queue opened on a device that
+                // still existed), of another is the operator's conflict to resolve.
+                Some(libc::EBUSY) => match master_of(name) {
+                    Some(m) if m == bridge => Ok(()),
+                    Some(m) => Err(io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        format!("{name} is already a port of bridge {m}"),
+                    )),
+                    None => Err(e),
+                },
+                _ => Err(e),
             })
     }
+}
+
+/// The bridge (or other master) `name` is enslaved to, from sysfs.
+fn master_of(name: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/class/net/{name}/master")).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
 }

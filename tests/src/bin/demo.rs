@@ -1,15 +1,18 @@
 //! The demo behind `scripts/demo`: three sites as network namespaces joined by `vpnd`
 //! over an emulated WAN (20 ms round trip between sites), showing the one Ethernet
 //! segment they become: pings between VMs of different sites, a DHCP lease and a TFTP
-//! boot file served across sites by a real dnsmasq, and `vpnd status` at a site. Everything
-//! it creates is removed when it ends, also on Ctrl-C.
+//! boot file served across sites by a real dnsmasq, and `vpnd status` at a site. Then the
+//! cluster layer on top: the controller and a host agent per site, a virtual cluster of
+//! six lightweight nodes created through the API with the `vcluster` CLI, every node
+//! reaching every other over its own overlay network, and the cluster deleted without a
+//! trace. Everything it creates is removed when it ends, also on Ctrl-C.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use site_tests::{
-    LinkParams, NetworkOpts, Overlay, PingOpts, Process, Topology, bin_path, find_command,
-    list_namespaces,
+    ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, PingOpts, Process, Topology,
+    bin_path, find_command, list_namespaces, node_ip, unique_name, unreachable_pairs,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -43,7 +46,7 @@ fn main() {
         eprintln!("demo: needs root (it creates network namespaces): run it with sudo");
         std::process::exit(1);
     }
-    for cmd in ["ip", "ethtool", "dnsmasq", "busybox"] {
+    for cmd in ["ip", "ethtool", "dnsmasq", "busybox", "nsenter"] {
         if find_command(cmd).is_none() {
             eprintln!("demo: `{cmd}` is missing: run scripts/install-deps first");
             std::process::exit(1);
@@ -76,7 +79,7 @@ fn main() {
 fn run() -> Result<(), Interrupted> {
     println!("== one Ethernet segment out of three sites: vpnd over an emulated WAN ==\n");
     println!(
-        "[1/5] building 3 sites as network namespaces: each a hypervisor host with bridge br0,"
+        "[1/7] building 3 sites as network namespaces: each a hypervisor host with bridge br0,"
     );
     println!("      a WAN address 10.254.0.<site>, and 2 VMs on the bridge; every access link");
     println!("      delays 5 ms each way, so sites are 20 ms apart (round trip)");
@@ -92,7 +95,7 @@ fn run() -> Result<(), Interrupted> {
     check()?;
 
     println!(
-        "[2/5] starting vpnd on every host (network 1, TAP vpn1 on br0, peers: the other two sites)"
+        "[2/7] starting vpnd on every host (network 1, TAP vpn1 on br0, peers: the other two sites)"
     );
     let started = Instant::now();
     let overlay = Overlay::start(&topo, &[NetworkOpts::new(1)]);
@@ -102,7 +105,7 @@ fn run() -> Result<(), Interrupted> {
     );
     check()?;
 
-    println!("[3/5] VMs at different sites ping each other over the overlay:");
+    println!("[3/7] VMs at different sites ping each other over the overlay:");
     for (from, to) in [((1, 1), (2, 1)), ((2, 1), (3, 1)), ((3, 1), (1, 1))] {
         let target = format!("10.77.{}.{}", to.0, to.1);
         // The first echo also resolves the address with ARP across the WAN.
@@ -132,7 +135,7 @@ fn run() -> Result<(), Interrupted> {
     }
     println!();
 
-    println!("[4/5] a real dnsmasq at site 1 serves DHCP and TFTP to VMs at sites 2 and 3:");
+    println!("[4/7] a real dnsmasq at site 1 serves DHCP and TFTP to VMs at sites 2 and 3:");
     let dir = topo.dir().join("dnsmasq");
     std::fs::create_dir_all(dir.join("tftp")).expect("demo dir");
     let boot =
@@ -222,7 +225,7 @@ fn run() -> Result<(), Interrupted> {
     println!();
     check()?;
 
-    println!("[5/5] vpnd status at site 1 (what an operator sees):\n");
+    println!("[5/7] vpnd status at site 1 (what an operator sees):\n");
     let vpnd = bin_path("vpnd");
     let control = overlay.daemons[0].control.to_string_lossy().into_owned();
     let table = topo.host(1).run(&[
@@ -240,5 +243,120 @@ fn run() -> Result<(), Interrupted> {
         wan.a_to_b.rx_frames,
         wan.a_to_b.rx_bytes / 1024
     );
+    println!();
+    check()?;
+    cluster(&topo, &overlay)
+}
+
+/// Steps 6 and 7: the cluster layer over the same three sites.
+fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
+    println!("[6/7] the cluster layer: `vcluster serve` on the WAN (SQLite store), and a");
+    println!("      `vcluster host-agent` on every host next to its vpnd");
+    let started = Instant::now();
+    // vpnd network 1 above is the operator's own: clusters get ids from 100 up.
+    let plane = ControlPlane::start_with(
+        topo,
+        overlay,
+        &ControlPlaneOpts {
+            first_network_id: 100,
+            ..ControlPlaneOpts::default()
+        },
+    );
+    println!(
+        "      controller at {}, 3 hosts registered and online in {:.1} s",
+        plane.url(),
+        started.elapsed().as_secs_f64()
+    );
+    check()?;
+    let name = unique_name("demo");
+    println!(
+        "\n      $ vcluster cluster create {name} --site site1=2 --site site2=2 --site site3=2 --node-memory-mib 64 --wait"
+    );
+    let started = Instant::now();
+    let mut args = vec!["cluster", "create", &name];
+    for site in ["site1=2", "site2=2", "site3=2"] {
+        args.extend(["--site", site]);
+    }
+    args.extend(["--node-memory-mib", "64", "--wait"]);
+    plane.note_cluster(&name);
+    let out = plane.cli(&args);
+    let took = started.elapsed();
+    print_indented(&out.stdout);
+    if !out.success {
+        println!("      cluster create FAILED: {}", out.stderr.trim());
+        return Ok(());
+    }
+    println!("      (created in {:.2} s)", took.as_secs_f64());
+    check()?;
+
+    println!("\n      $ vcluster cluster show {name}");
+    print_indented(&plane.cli(&["cluster", "show", &name]).stdout);
+    let c = plane.cluster(&name);
+    println!(
+        "\n      each node is a network namespace on bridge vcbr{id} at its host; vpnd network {id}",
+        id = c.network_id
+    );
+    println!("      (its own key and PSK) joins the three bridges. Every node pings every other:");
+    let started = Instant::now();
+    let mut missing = unreachable_pairs(&c.nodes);
+    while !missing.is_empty() && started.elapsed() < Duration::from_secs(15) {
+        pause(Duration::from_millis(500))?;
+        missing = unreachable_pairs(&c.nodes);
+    }
+    print!("      {:>8}", "");
+    for to in &c.nodes {
+        print!(" {:>8}", short(&to.name));
+    }
+    println!();
+    for from in &c.nodes {
+        print!("      {:>8}", short(&from.name));
+        for to in &c.nodes {
+            let cell = if from.name == to.name {
+                "-"
+            } else if missing.contains(&(from.name.clone(), to.name.clone())) {
+                "NO"
+            } else {
+                "ok"
+            };
+            print!(" {cell:>8}");
+        }
+        println!("   ({}, {})", from.site, node_ip(from));
+    }
+    let pairs = c.nodes.len() * (c.nodes.len() - 1);
+    println!(
+        "      {}/{pairs} ordered pairs reach each other",
+        pairs - missing.len()
+    );
+    check()?;
+
+    println!("\n[7/7] deleting the cluster: its nodes, bridges, TAPs and vpnd networks go");
+    println!("\n      $ vcluster cluster delete {name} --wait");
+    let started = Instant::now();
+    let out = plane.cli(&["cluster", "delete", &name, "--wait"]);
+    print_indented(&out.stdout);
+    if !out.success {
+        println!("      cluster delete FAILED: {}", out.stderr.trim());
+    }
+    let left = plane.leftovers(topo, overlay, &c);
+    println!(
+        "      deleted in {:.2} s; left of it on the hosts: {}",
+        started.elapsed().as_secs_f64(),
+        if left.is_empty() {
+            "nothing".to_string()
+        } else {
+            left.join(", ")
+        }
+    );
     Ok(())
+}
+
+/// `st123-4-demo-node-2` -> `node-2`.
+fn short(node: &str) -> &str {
+    node.rfind("node-").map_or(node, |i| &node[i..])
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("      {line}");
+    }
 }
