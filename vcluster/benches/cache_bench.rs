@@ -112,11 +112,18 @@ fn package_sizes(files: usize, total: u64) -> Vec<u64> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    low_port_listener().local_addr().unwrap().port()
+}
+
+/// A listener on a free loopback port below 32768: apt-cacher-ng 3.7 fails to bind
+/// ("Error resolving address for binding") to a Port, and refuses AllowUserPorts, above
+/// 32767, where the kernel's ephemeral ports are.
+fn low_port_listener() -> std::net::TcpListener {
+    let start = 20000 + (std::process::id() % 10000) as u16;
+    (0..12000u16)
+        .map(|i| 20000 + (start - 20000 + i) % 12000)
+        .find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .expect("no free loopback port in 20000..32000")
 }
 
 fn have(tool: &str) -> bool {
@@ -295,6 +302,8 @@ struct RunResult {
     wall: Duration,
     served: u64,
     failures: u64,
+    /// The first failed fetch: URL and what went wrong.
+    first_failure: Option<String>,
     aborted: Option<String>,
 }
 
@@ -310,12 +319,14 @@ async fn run_clients(
     let up_before = up.counters().body_bytes.load(Ordering::Relaxed);
     let served = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         let urls = urls.clone();
         let served = served.clone();
         let failures = failures.clone();
+        let first_failure = first_failure.clone();
         tasks.spawn(async move {
             let client = reqwest::Client::builder()
                 .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
@@ -323,26 +334,37 @@ async fn run_clients(
                 .build()
                 .unwrap();
             for (url, len) in urls.iter() {
-                let mut ok = false;
-                if let Ok(mut r) = client.get(url).send().await
-                    && r.status() == 200
-                {
-                    let mut got = 0u64;
-                    loop {
-                        match r.chunk().await {
-                            Ok(Some(c)) => {
-                                got += c.len() as u64;
-                                served.fetch_add(c.len() as u64, Ordering::Relaxed);
+                let why = match client.get(url).send().await {
+                    Err(e) => format!("request failed: {e}"),
+                    Ok(r) if r.status() != 200 => format!("status {}", r.status()),
+                    Ok(mut r) => {
+                        let mut got = 0u64;
+                        let mut error = None;
+                        loop {
+                            match r.chunk().await {
+                                Ok(Some(c)) => {
+                                    got += c.len() as u64;
+                                    served.fetch_add(c.len() as u64, Ordering::Relaxed);
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    error = Some(e);
+                                    break;
+                                }
                             }
-                            Ok(None) => break,
-                            Err(_) => break,
+                        }
+                        match error {
+                            _ if got == *len => continue,
+                            Some(e) => format!("body failed after {got} of {len} bytes: {e}"),
+                            None => format!("body ended after {got} of {len} bytes"),
                         }
                     }
-                    ok = got == *len;
-                }
-                if !ok {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                }
+                };
+                failures.fetch_add(1, Ordering::Relaxed);
+                first_failure
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| format!("{url}: {why}"));
             }
         });
     }
@@ -372,6 +394,7 @@ async fn run_clients(
         wall: started.elapsed(),
         served: served.load(Ordering::Relaxed),
         failures: failures.load(Ordering::Relaxed),
+        first_failure: first_failure.lock().unwrap().take(),
         aborted,
     }
 }
@@ -382,11 +405,14 @@ async fn main() {
     let total = o.total_mb * 1_000_000;
     let sizes = package_sizes(o.files, total);
     let set_bytes: u64 = sizes.iter().sum();
-    let up = Upstream::start(Pacing {
-        per_response_rate: None,
-        link_rate: Some(o.link_mbit * 1_000_000 / 8),
-        rtt: Duration::from_millis(o.rtt_ms),
-    })
+    let up = Upstream::start_on(
+        Pacing {
+            per_response_rate: None,
+            link_rate: Some(o.link_mbit * 1_000_000 / 8),
+            rtt: Duration::from_millis(o.rtt_ms),
+        },
+        low_port_listener(),
+    )
     .await;
     let mut urls = Vec::new();
     for (i, &len) in sizes.iter().enumerate() {
@@ -433,6 +459,12 @@ async fn main() {
             );
             println!("{row}");
             rows.push(row);
+            if let Some(f) = &r.first_failure {
+                notes.push(format!(
+                    "{kind}, N={n}: {} files failed, first {f}",
+                    r.failures
+                ));
+            }
             // After the largest cold run, the same clients again: everything is cached.
             if n == max_n && idx == o.clients.len() - 1 && r.aborted.is_none() {
                 let w = run_clients(proxy.addr, &up, &urls, n, set_bytes, &o).await;

@@ -132,8 +132,18 @@ impl Upstream {
         Self::start_with(Pacing::default(), Some(dir.to_owned())).await
     }
 
+    /// Serves on `listener` (for a port chosen by the caller).
+    pub async fn start_on(pacing: Pacing, listener: std::net::TcpListener) -> Upstream {
+        listener.set_nonblocking(true).unwrap();
+        Self::serve_listener(pacing, None, TcpListener::from_std(listener).unwrap())
+    }
+
     async fn start_with(pacing: Pacing, dir: Option<PathBuf>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_listener(pacing, dir, listener)
+    }
+
+    fn serve_listener(pacing: Pacing, dir: Option<PathBuf>, listener: TcpListener) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             objects: Mutex::new(HashMap::new()),
