@@ -40,7 +40,7 @@ pub struct Counters {
     pub tx_datagrams: u64,
     pub frames_from_tap: u64,
     pub frames_to_tap: u64,
-    /// TCP segments merged into super-frames written to the TAP.
+    /// TCP segments and UDP datagrams merged into super-frames written to the TAP.
     #[serde(default)]
     pub coalesced_segments: u64,
     pub handshakes_initiated: u64,
