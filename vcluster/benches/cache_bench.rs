@@ -302,9 +302,24 @@ struct RunResult {
     wall: Duration,
     served: u64,
     failures: u64,
+    /// Requests sent again because the connection failed before any response (as apt
+    /// does when a proxy closes a keep-alive connection).
+    retries: u64,
     /// The first failed fetch: URL and what went wrong.
     first_failure: Option<String>,
     aborted: Option<String>,
+}
+
+/// An error with its causes, outermost first.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// N clients each fetch every package once, in order, one connection each.
@@ -319,6 +334,7 @@ async fn run_clients(
     let up_before = up.counters().body_bytes.load(Ordering::Relaxed);
     let served = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -326,6 +342,7 @@ async fn run_clients(
         let urls = urls.clone();
         let served = served.clone();
         let failures = failures.clone();
+        let retries = retries.clone();
         let first_failure = first_failure.clone();
         tasks.spawn(async move {
             let client = reqwest::Client::builder()
@@ -334,8 +351,21 @@ async fn run_clients(
                 .build()
                 .unwrap();
             for (url, len) in urls.iter() {
-                let why = match client.get(url).send().await {
-                    Err(e) => format!("request failed: {e}"),
+                // A request whose connection fails before any response is sent again on
+                // a new connection, at most twice: what apt does when a proxy closes a
+                // keep-alive connection, and what HTTP allows for a GET.
+                let mut attempts = 0;
+                let sent = loop {
+                    match client.get(url).send().await {
+                        Err(e) if attempts < 2 && (e.is_request() || e.is_connect()) => {
+                            attempts += 1;
+                            retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => break other,
+                    }
+                };
+                let why = match sent {
+                    Err(e) => format!("request failed: {}", error_chain(&e)),
                     Ok(r) if r.status() != 200 => format!("status {}", r.status()),
                     Ok(mut r) => {
                         let mut got = 0u64;
@@ -394,6 +424,7 @@ async fn run_clients(
         wall: started.elapsed(),
         served: served.load(Ordering::Relaxed),
         failures: failures.load(Ordering::Relaxed),
+        retries: retries.load(Ordering::Relaxed),
         first_failure: first_failure.lock().unwrap().take(),
         aborted,
     }
@@ -459,6 +490,12 @@ async fn main() {
             );
             println!("{row}");
             rows.push(row);
+            if r.retries > 0 {
+                notes.push(format!(
+                    "{kind}, N={n}: {} requests sent again after the connection failed before a response",
+                    r.retries
+                ));
+            }
             if let Some(f) = &r.first_failure {
                 notes.push(format!(
                     "{kind}, N={n}: {} files failed, first {f}",
