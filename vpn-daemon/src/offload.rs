@@ -840,23 +840,45 @@ mod tests {
             .collect()
     }
 
+    /// Pushes `frames` through a coalescer, each of which must be held, and flushes it:
+    /// what it wrote, and how many frames it merged.
+    fn coalesce_all_held(frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, u64) {
+        let mut c = Coalescer::new();
+        let mut written = Vec::new();
+        for f in frames {
+            assert_eq!(
+                c.push(f, &mut |w: &[u8]| written.push(w.to_vec())),
+                Verdict::Held
+            );
+        }
+        c.flush(&mut |w: &[u8]| written.push(w.to_vec()));
+        (written, c.merged)
+    }
+
+    /// What the worker writes to the TAP for `frames`: the coalescer's super-frames, and
+    /// the frames it passes through behind an empty virtio header, in order.
+    fn coalesce_like_the_worker(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut c = Coalescer::new();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for f in frames {
+            let mut w = |x: &[u8]| out.push(x.to_vec());
+            if c.push(f, &mut w) == Verdict::Passthrough {
+                out.push([&[0u8; VNET_HDR_LEN][..], f].concat());
+            }
+        }
+        c.flush(&mut |x: &[u8]| out.push(x.to_vec()));
+        out
+    }
+
     #[test]
     fn equal_udp_datagrams_coalesce_into_one_uso_frame_the_kernel_cuts_back() {
         for v6 in [false, true] {
             // Five full datagrams and a shorter last one: one frame.
             let mut dgrams: Vec<Vec<u8>> = (0..5u8).map(|i| udp_frame(v6, 7, &[i; 64])).collect();
             dgrams.push(udp_frame(v6, 7, &[9; 20]));
-            let mut c = Coalescer::new();
-            let mut written = Vec::new();
-            for d in &dgrams {
-                assert_eq!(
-                    c.push(d, &mut |w: &[u8]| written.push(w.to_vec())),
-                    Verdict::Held
-                );
-            }
-            c.flush(&mut |w: &[u8]| written.push(w.to_vec()));
+            let (written, merged) = coalesce_all_held(&dgrams);
             assert_eq!(written.len(), 1, "v6={v6}: one super-frame");
-            assert_eq!(c.merged, 5);
+            assert_eq!(merged, 5);
             let hdr = VnetHdr::parse(&written[0]);
             assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_UDP_L4, 64));
             let again = kernel_udp_segment(&hdr, &written[0][VNET_HDR_LEN..]);
@@ -1022,15 +1044,7 @@ mod tests {
                     )
                 })
                 .collect();
-            let mut c = Coalescer::new();
-            let mut written = Vec::new();
-            for s in &segs {
-                assert_eq!(
-                    c.push(s, &mut |w: &[u8]| written.push(w.to_vec())),
-                    Verdict::Held
-                );
-            }
-            c.flush(&mut |w: &[u8]| written.push(w.to_vec()));
+            let (written, _) = coalesce_all_held(&segs);
             assert_eq!(written.len(), 1, "one super-frame");
             let hdr = VnetHdr::parse(&written[0]);
             assert_eq!(
@@ -1103,17 +1117,7 @@ mod tests {
                 let next = if order[i % order.len()] { b.next().or_else(|| a.next()) } else { a.next().or_else(|| b.next()) };
                 input.push(next.unwrap().clone());
             }
-            let mut c = Coalescer::new();
-            let mut out: Vec<Vec<u8>> = Vec::new();
-            for f in &input {
-                let mut w = |x: &[u8]| out.push(x.to_vec());
-                if c.push(f, &mut w) == Verdict::Passthrough {
-                    let mut with_hdr = vec![0u8; VNET_HDR_LEN];
-                    with_hdr.extend_from_slice(f);
-                    out.push(with_hdr);
-                }
-            }
-            c.flush(&mut |x: &[u8]| out.push(x.to_vec()));
+            let out = coalesce_like_the_worker(&input);
             // Resegment everything and compare each flow's byte stream.
             let mut streams: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
             let mut bad_checksums = 0;
@@ -1154,15 +1158,7 @@ mod tests {
                 }
                 f
             }).collect();
-            let mut c = Coalescer::new();
-            let mut out: Vec<Vec<u8>> = Vec::new();
-            for f in &input {
-                let mut w = |x: &[u8]| out.push(x.to_vec());
-                if c.push(f, &mut w) == Verdict::Passthrough {
-                    out.push([&[0u8; VNET_HDR_LEN][..], f].concat());
-                }
-            }
-            c.flush(&mut |x: &[u8]| out.push(x.to_vec()));
+            let out = coalesce_like_the_worker(&input);
             let mut got: Vec<Vec<u8>> = Vec::new();
             for w in &out {
                 let hdr = VnetHdr::parse(w);
