@@ -91,24 +91,29 @@ pub enum OffloadError {
 // ----- checksums ----------------------------------------------------------------------
 
 /// Adds `data` (starting at an even offset of the summed region) to a ones'-complement
-/// accumulator, 32 bits at a time.
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_be_bytes(c.try_into().expect("8 bytes"));
-        acc += v >> 32;
-        acc += v & 0xffff_ffff;
+/// accumulator of big-endian 16-bit words.
+///
+/// The ones'-complement sum does not depend on byte order (RFC 1071 §2(B)): the words
+/// are summed as they lie in memory, 32 bits at a time into a 64-bit total (a loop the
+/// compiler vectorises), and the folded result is swapped to network order once. This
+/// is about three times faster than summing big-endian words one by one, and the data
+/// path sums every TCP segment twice (when cutting super-frames, when merging them).
+fn sum(data: &[u8], acc: u64) -> u64 {
+    let mut words = data.chunks_exact(4);
+    let mut total: u64 = 0;
+    for w in &mut words {
+        total += u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes")));
     }
-    let rest = chunks.remainder();
-    let mut i = 0;
-    while i + 1 < rest.len() {
-        acc += u64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
-        i += 2;
-    }
-    if i < rest.len() {
-        acc += u64::from(rest[i]) << 8;
-    }
-    acc
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
+    tail[..rest.len()].copy_from_slice(rest);
+    total += u64::from(u32::from_ne_bytes(tail));
+    let native = fold(total);
+    acc + u64::from(if cfg!(target_endian = "little") {
+        native.swap_bytes()
+    } else {
+        native
+    })
 }
 
 fn fold(mut acc: u64) -> u16 {
@@ -950,6 +955,23 @@ mod tests {
             fold(sum(&data[..7], 0)),
             fold(sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0x00], 0))
         );
+    }
+
+    /// RFC 1071's definition, one big-endian word at a time: what `sum` must equal.
+    fn sum_word_by_word(data: &[u8], mut acc: u64) -> u64 {
+        for pair in data.chunks(2) {
+            acc += u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        acc
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_sum_equals_the_word_by_word_definition(data in proptest::collection::vec(any::<u8>(), 0..2000), acc in any::<u32>(), all_ones in any::<bool>()) {
+            let data = if all_ones { vec![0xff; data.len()] } else { data };
+            let acc = u64::from(acc);
+            prop_assert_eq!(fold(sum(&data, acc)), fold(sum_word_by_word(&data, acc)));
+        }
     }
 
     #[test]

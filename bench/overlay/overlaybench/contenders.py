@@ -121,6 +121,7 @@ class Vpnd(Contender):
 private_key_file = "{self.dir}/{site}.key"
 listen = ["{WAN_ADDR[site]}:51820"]
 control_socket = "{rundir}/vpnd-{site}.sock"
+{os.environ.get("VPND_BENCH_EXTRA", "")}
 
 [[network]]
 id = 1
