@@ -207,6 +207,11 @@ pub struct DaemonConfig {
     pub networks: Vec<NetworkSpec>,
 }
 
+/// Longest `busy_poll_us`: one second. Beyond the default (200 µs), values longer than
+/// the gap between packets keep a core spinning as long as any traffic flows, the
+/// low-latency mode for hosts whose CPUs are slow to wake (docs/config.md).
+const MAX_BUSY_POLL_US: u64 = 1_000_000;
+
 impl DaemonConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
@@ -270,11 +275,12 @@ impl DaemonConfig {
             data_path.offload = o;
         }
         if let Some(us) = file.busy_poll_us {
-            if us > 10_000 {
-                return Err(
-                    ConfigError::field("busy_poll_us", format!("{us} is above 10000"))
-                        .at(path, None),
-                );
+            if us > MAX_BUSY_POLL_US {
+                return Err(ConfigError::field(
+                    "busy_poll_us",
+                    format!("{us} is above {MAX_BUSY_POLL_US} (1 s)"),
+                )
+                .at(path, None));
             }
             data_path.busy_poll = Duration::from_micros(us);
         }
@@ -564,6 +570,18 @@ endpoint = "198.51.100.2:51820"
             "{e}"
         );
         assert!(e.contains("not-a-key"), "{e}");
+    }
+
+    #[test]
+    fn busy_poll_up_to_one_second_is_taken_and_more_is_refused() {
+        let with = |us: u64| format!("busy_poll_us = {us}\n{}", ok_config());
+        let c = parse(&with(50_000)).unwrap();
+        assert_eq!(c.data_path.busy_poll, Duration::from_millis(50));
+        let e = error_of(&with(1_000_001));
+        assert!(
+            e.contains("busy_poll_us") && e.contains("1000001 is above 1000000"),
+            "{e}"
+        );
     }
 
     #[test]

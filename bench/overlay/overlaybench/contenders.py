@@ -83,6 +83,9 @@ class Vpnd(Contender):
     key = "vpnd"
     label = "vpnd"
 
+    # Extra top-level config lines (VpndPoll's low-latency mode).
+    extra = ""
+
     def __init__(self, binary, build_error=None, source_rev="?"):
         super().__init__()
         self.binary = binary
@@ -99,11 +102,12 @@ class Vpnd(Contender):
             return f"`vpnd keygen` failed: {(r.stderr or r.stdout).strip()[:120]}"
         v = _first_line([self.binary, "--version"])
         self.version = f"{v} ({self.source_rev})"
-        self.setup_note = "aes-256-gcm, Noise IK, path_mtu 1500"
+        self.setup_note = "aes-256-gcm, Noise IK, path_mtu 1500, default settings" + (
+            f", {self.extra}" if self.extra else "")
         return None
 
     def prepare(self, workdir):
-        self.dir = os.path.join(workdir, "vpnd")
+        self.dir = os.path.join(workdir, self.key)
         os.makedirs(self.dir, exist_ok=True)
         self.pub = {}
         for site in ("a", "b"):
@@ -121,6 +125,7 @@ class Vpnd(Contender):
 private_key_file = "{self.dir}/{site}.key"
 listen = ["{WAN_ADDR[site]}:51820"]
 control_socket = "{rundir}/vpnd-{site}.sock"
+{self.extra}
 {os.environ.get("VPND_BENCH_EXTRA", "")}
 
 [[network]]
@@ -144,6 +149,15 @@ endpoint = "{WAN_ADDR[peer]}:51820"
                 f.write(self.config(site, rundir))
             self.spawn(sites, site, [self.binary, "up", "-c", path])
         return self._spawned
+
+
+class VpndPoll(Vpnd):
+    """vpnd in its low-latency mode: data-path threads poll for 50 ms after each input
+    instead of 200 µs, longer than the pings' 10 ms gaps, so they never sleep while traffic
+    flows (docs/config.md, `busy_poll_us`). Its CPU % during the pings shows the price."""
+    key = "vpnd-poll"
+    label = "vpnd busy-poll"
+    extra = "busy_poll_us = 50000"
 
 
 class OpenVpn(Contender):
@@ -283,5 +297,7 @@ class N2n(Contender):
         return self._spawned
 
 
-def all_contenders(vpnd):
-    return [Raw(), vpnd, OpenVpn(), Tinc(), VpnCloud(), N2n()]
+def all_contenders(binary, build_error, source_rev):
+    """Every contender; both vpnd rows run the same binary."""
+    return [Raw(), Vpnd(binary, build_error, source_rev),
+            VpndPoll(binary, build_error, source_rev), OpenVpn(), Tinc(), VpnCloud(), N2n()]

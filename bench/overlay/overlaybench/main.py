@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from . import measure, report
-from .contenders import Vpnd, all_contenders
+from .contenders import all_contenders
 from .topology import Sites, SetupError, sweep_stale
 
 REPO = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -44,7 +44,7 @@ def parse_args(argv):
                    help="before each turn, wait up to this many seconds for other processes "
                         "to use under 20%% of the machine (default 30; 0 = never wait)")
     p.add_argument("--only", help="comma-separated contenders to run (raw always runs): "
-                                  "vpnd,openvpn,tinc,vpncloud,n2n")
+                                  "vpnd,vpnd-poll,openvpn,tinc,vpncloud,n2n")
     p.add_argument("--no-build", action="store_true",
                    help="do not run cargo build; use the existing target/release/vpnd")
     p.add_argument("--vpnd", help="path to a vpnd binary to use instead of building one")
@@ -137,9 +137,17 @@ def run_turn(c, sites, args, rundir):
     if pids:
         s["rss_before"] = measure.rss_mib(pids)
     try:
+        cpu = measure.CpuSample(pids)
         s["rtt"] = measure.ping_rtt_ms(sites, c.target, args.ping_count, PING_INTERVAL)
+        if pids:
+            s["cpu_ping"] = cpu.percent()
     except measure.MeasureError as e:
         s["errors"].append(str(e))
+    if c.key == "raw":
+        try:
+            s["echo"] = measure.udp_echo_rtt_ms(sites, c.target, args.ping_count, PING_INTERVAL)
+        except measure.MeasureError as e:
+            s["errors"].append(str(e))
     server = measure.IperfServer(sites, c.target)
     try:
         server.start()
@@ -251,13 +259,13 @@ def results_path(args):
     return path
 
 
-def write_results(path, facts, table, ratios, setups, samples, load_end):
+def write_results(path, facts, table, ratios, floor, setups, samples, load_end):
     lines = ["# Overlay benchmark", "",
              "Two network namespaces joined by a veth pair; every overlay's TAP at MTU 1400; "
              "iperf3 and ping from site A to site B (docs/bench.md). Cells: median over "
              "rounds (min–max). CPU: both sites' daemons summed, % of one core. RSS: both "
              "daemons summed.", "", table, "", "vpnd's median divided by each contender's:",
-             "", ratios, "", "## Machine and versions", ""]
+             "", ratios, "", floor, "", "## Machine and versions", ""]
     lines += [f"- {k}: {v}" for k, v in facts]
     lines += [f"- load average at end: {load_end}", "", "## How each contender was set up", ""]
     lines += [f"- {label}: {note}" for label, note in setups]
@@ -305,7 +313,7 @@ def main(argv):
 
 def run_benchmark(args, workdir):
     binary, build_error = build_vpnd(args, workdir)
-    contenders = all_contenders(Vpnd(binary, build_error, source_rev()))
+    contenders = all_contenders(binary, build_error, source_rev())
     if args.only:
         wanted = {"raw"} | set(args.only.split(","))
         unknown = wanted - {c.key for c in contenders}
@@ -326,7 +334,7 @@ def run_benchmark(args, workdir):
             unavailable[c.key] = reason
             log(f"{c.label}: not available: {reason}")
     runnable = [c for c in contenders if c.key not in unavailable]
-    per_turn = args.ping_count * PING_INTERVAL + 3 * (args.duration + 2) + 5
+    per_turn = 1.5 * args.ping_count * PING_INTERVAL + 3 * (args.duration + 2) + 5
     log(f"{len(runnable)} contenders × {args.rounds} round(s), about "
         f"{len(runnable) * args.rounds * per_turn / 60:.0f} min plus waits for a quiet machine")
 
@@ -360,6 +368,7 @@ def run_benchmark(args, workdir):
         ratios = report.ratio_table(contenders, rounds_by_key, unavailable)
     else:
         ratios = "(none: vpnd not available in this run)"
+    floor = report.echo_floor(rounds_by_key.get("raw", []))
     facts = machine_facts(contenders, unavailable, args)
     load_end = (" ".join(f"{x:.2f}" for x in os.getloadavg()) +
                 f"; CPU used by other processes during the run: {args.foreign.percent():.0f}% "
@@ -371,13 +380,15 @@ def run_benchmark(args, workdir):
     print()
     print(ratios)
     print()
+    print(floor)
+    print()
     for c in contenders:
         if c.key in unavailable:
             print(f"{c.label}: not available: {unavailable[c.key]}")
     setups = [(c.label, c.setup_note or c.version) for c in contenders
               if c.key not in unavailable]
     path = results_path(args)
-    write_results(path, facts, table, ratios, setups,
+    write_results(path, facts, table, ratios, floor, setups,
                   report.samples_section(contenders, rounds_by_key), load_end)
     print(f"results written to {os.path.relpath(path)}")
     return 0

@@ -30,6 +30,28 @@ def ping_rtt_ms(sites, target, count, interval):
     return statistics.median(rtts)
 
 
+ECHO_PORT = 5207
+ECHO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "udpecho.py")
+
+
+def udp_echo_rtt_ms(sites, target, count, interval):
+    """Median round trip (ms) of a userspace UDP echo (udpecho.py) from site A to `target`
+    in site B: the floor of the RTT any userspace relay adds on this machine."""
+    server = sites.spawn("b", ["python3", ECHO, "server", target, str(ECHO_PORT)], "udpecho.log")
+    try:
+        time.sleep(0.5)
+        r = sites.run("a", ["python3", ECHO, "client", target, str(ECHO_PORT), str(count),
+                            str(interval)], check=False, timeout=count * (interval + 1) + 30)
+    finally:
+        server.kill()
+        server.wait()
+    rtts = [float(x) for x in r.stdout.split() if x != "lost"]
+    if len(rtts) < count / 2:
+        raise MeasureError(f"udp echo: {len(rtts)}/{count} answers "
+                           f"{(r.stderr or '').strip()[:120]}")
+    return statistics.median(rtts)
+
+
 class IperfServer:
     """An iperf3 server in site B, bound to the target address, for one contender's turn."""
 

@@ -16,6 +16,7 @@ METRICS = [
     ("cpu_per_gbps_tcp1", "CPU %/Gbit/s ×1", 0, False),
     ("cpu_per_gbps_tcp4", "CPU %/Gbit/s ×4", 0, False),
     ("cpu_udp", "CPU % UDP", 0, False),
+    ("cpu_ping", "CPU % ping", 0, False),
 ]
 RATIO_METRICS = ["tcp1", "tcp4", "udp_kpps", "rtt_added", "cpu_per_gbps_tcp1",
                  "cpu_per_gbps_tcp4"]
@@ -89,7 +90,7 @@ def ratio_table(contenders, rounds_by_key, unavailable):
     vpnd_rounds = rounds_by_key.get("vpnd")
     rows = []
     for c in contenders:
-        if c.key == "vpnd":
+        if c.key.startswith("vpnd"):
             continue
         row = [c.label]
         for k in RATIO_METRICS:
@@ -100,9 +101,21 @@ def ratio_table(contenders, rounds_by_key, unavailable):
     return md_table(header, rows)
 
 
+def echo_floor(raw_rounds):
+    """The line that states the wake-up floor measured in the raw turns."""
+    stat = summary(raw_rounds, "echo")
+    if stat is None:
+        return "Userspace UDP echo over the raw veth: not measured."
+    return ("Userspace UDP echo over the raw veth (udpecho.py: two process wake-ups per round "
+            f"trip, no overlay): **{fmt_cell(stat, 3, len(raw_rounds) > 1)} ms**, against ping's "
+            f"{fmt_cell(summary(raw_rounds, 'rtt'), 3, len(raw_rounds) > 1)} ms. The difference "
+            "is what waking sleeping processes costs on this machine; an overlay whose daemons "
+            "sleep between packets pays it (and ping's own wake-up) on top of its data path.")
+
+
 def samples_section(contenders, rounds_by_key):
-    keys = ["tcp1", "tcp4", "udp_kpps", "rtt", "cpu_tcp1", "cpu_tcp4", "cpu_udp",
-            "rss_before", "rss_after", "foreign"]
+    keys = ["tcp1", "tcp4", "udp_kpps", "rtt", "echo", "cpu_tcp1", "cpu_tcp4", "cpu_udp",
+            "cpu_ping", "rss_before", "rss_after", "foreign"]
     header = ["contender", "round"] + keys[:-1] + ["others' CPU %", "errors"]
     rows = []
     for c in contenders:
