@@ -102,8 +102,8 @@ class Vpnd(Contender):
             return f"`vpnd keygen` failed: {(r.stderr or r.stdout).strip()[:120]}"
         v = _first_line([self.binary, "--version"])
         self.version = f"{v} ({self.source_rev})"
-        self.setup_note = "aes-256-gcm, Noise IK, path_mtu 1500, default settings" + (
-            f", {self.extra}" if self.extra else "")
+        self.setup_note = "aes-256-gcm, Noise IK, path_mtu 1500, " + (
+            f"otherwise default settings but {self.extra}" if self.extra else "default settings")
         return None
 
     def prepare(self, workdir):
