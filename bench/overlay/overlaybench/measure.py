@@ -112,6 +112,17 @@ def udp_pps(sites, target, payload, rate, duration):
     return received / s["seconds"]
 
 
+def tcp_bytes_at_rate(sites, target, rate, duration):
+    """One TCP stream offered at `rate` (iperf3 -b) for `duration` s: bytes received."""
+    end = _iperf(sites, target, ["-b", rate], duration)
+    return end["sum_received"]["bytes"]
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) a process has used so far."""
+    return _cpu_ticks(pid) / CLK_TCK
+
+
 def _cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         # Fields after the parenthesised command name; utime and stime are fields 14, 15
