@@ -34,6 +34,30 @@ fn leftovers_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Runs one of the bench tools to completion and returns its stdout; fails the test,
+/// with everything it printed, if it fails or leaves a namespace of its own behind.
+fn run_tool(mut cmd: Command, what: &str) -> String {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let pid = child.id();
+    let result = child.wait_with_output().expect(what);
+    let stdout = String::from_utf8_lossy(&result.stdout).to_string();
+    assert!(
+        result.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(
+        leftovers_of(pid),
+        Vec::<String>::new(),
+        "{what} left namespaces behind"
+    );
+    stdout
+}
+
 /// The first number in a markdown table cell, e.g. "9.91 (9.14–12.06)" -> 9.91.
 fn first_number(cell: &str) -> Option<f64> {
     cell.split_whitespace().next()?.parse().ok()
@@ -46,8 +70,8 @@ fn the_overlay_bench_measures_both_vpnd_rows_and_the_wake_up_floor() {
     }
     let dir = TempDir::new("bench");
     let out = dir.join("overlay.md");
-    let child = Command::new(repo().join("bench/overlay/run"))
-        .current_dir(repo())
+    let mut cmd = Command::new(repo().join("bench/overlay/run"));
+    cmd.current_dir(repo())
         .args([
             "--only",
             "vpnd,vpnd-poll",
@@ -59,24 +83,8 @@ fn the_overlay_bench_measures_both_vpnd_rows_and_the_wake_up_floor() {
         .args(["--ping-count", "10", "--settle", "0", "--vpnd"])
         .arg(bin_path("vpnd"))
         .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start bench/overlay/run");
-    let pid = child.id();
-    let result = child.wait_with_output().expect("bench/overlay/run");
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
-    assert!(result.status.success(), "bench/overlay/run failed:\n{log}");
-    assert_eq!(
-        leftovers_of(pid),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+        .arg(&out);
+    let log = run_tool(cmd, "bench/overlay/run");
 
     let table = std::fs::read_to_string(&out).expect("the results file");
     for row in ["raw veth", "vpnd", "vpnd busy-poll"] {
@@ -119,36 +127,18 @@ fn cpu_ab_reports_cpu_per_gigabyte_for_two_builds() {
         return;
     }
     let vpnd = bin_path("vpnd");
-    let child = Command::new(repo().join("bench/overlay/cpu-ab"))
-        .arg(&vpnd)
-        .arg(&vpnd)
-        .args([
-            "--rounds",
-            "1",
-            "--runs",
-            "1",
-            "--seconds",
-            "2",
-            "--rate",
-            "200M",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start bench/overlay/cpu-ab");
-    let pid = child.id();
-    let result = child.wait_with_output().expect("bench/overlay/cpu-ab");
-    let out = String::from_utf8_lossy(&result.stdout).to_string();
-    assert!(
-        result.status.success(),
-        "cpu-ab failed:\n{out}\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    assert_eq!(
-        leftovers_of(pid),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    let mut cmd = Command::new(repo().join("bench/overlay/cpu-ab"));
+    cmd.arg(&vpnd).arg(&vpnd).args([
+        "--rounds",
+        "1",
+        "--runs",
+        "1",
+        "--seconds",
+        "2",
+        "--rate",
+        "200M",
+    ]);
+    let out = run_tool(cmd, "bench/overlay/cpu-ab");
     // One run per binary: "base 1 <Gbit/s> <send ms/GB> <recv ms/GB>", then "new 1 ...".
     for name in ["base", "new"] {
         let line = out

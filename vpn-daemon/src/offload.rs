@@ -95,9 +95,9 @@ pub enum OffloadError {
 ///
 /// The ones'-complement sum does not depend on byte order (RFC 1071 §2(B)): the words
 /// are summed as they lie in memory, 32 bits at a time into a 64-bit total (a loop the
-/// compiler vectorises), and the folded result is swapped to network order once. This
-/// is about three times faster than summing big-endian words one by one, and the data
-/// path sums every TCP segment twice (when cutting super-frames, when merging them).
+/// compiler vectorises), and the folded result is swapped to network order once: about
+/// three times faster than converting every word to big-endian first, and the data path
+/// sums every TCP segment twice (when cutting super-frames, when merging them).
 fn sum(data: &[u8], acc: u64) -> u64 {
     let mut words = data.chunks_exact(4);
     let mut total: u64 = 0;
