@@ -9,10 +9,23 @@
 //! admission) cannot be invalidated by a concurrent one: there is no double booking.
 //! The revision also orders the desired state handed to host agents (see `model::HostDesired`).
 //!
+//! The queries live in one file per table (`users`, `sites`, `hosts`, `clusters`, `nodes`,
+//! `reservations`, `tasks`, `events`, `samples`, `counters`); each takes a connection, so the
+//! caller decides which transaction it belongs to.
+//!
 //! This module never decides policy (placement, admission, authorisation): it reads and
 //! writes rows.
 
-mod rows;
+mod clusters;
+mod counters;
+mod events;
+mod hosts;
+mod nodes;
+mod reservations;
+mod samples;
+mod sites;
+mod tasks;
+mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +35,20 @@ use sqlx::{AnyConnection, AnyPool, Executor, Transaction};
 use thiserror::Error;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-pub use rows::*;
+pub use clusters::*;
+pub use counters::*;
+pub use events::*;
+pub use hosts::*;
+pub use nodes::*;
+pub use reservations::*;
+pub use samples::*;
+pub use sites::*;
+pub use tasks::*;
+pub use users::*;
+
+/// Every query takes the connection of the caller's transaction.
+type Conn = AnyConnection;
+type R<T> = Result<T, StoreError>;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
