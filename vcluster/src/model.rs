@@ -151,6 +151,103 @@ pub fn node_name(cluster: &str, index: u32) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Closed sets
+
+/// A text that should name one member of a closed set (a state, a role, a task kind) but
+/// names none: from a request, a store row or an agent. Never defaulted to some member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {set} {value:?} (expected one of: {expected})")]
+pub struct UnknownValue {
+    pub set: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// Declares an enum whose members are written as fixed lower-case texts in JSON, in the
+/// store and in metric labels: `as_str`, `Display`, `FromStr` and `TryFrom<String>` (the
+/// store's rows decode through it) all agree, and an unknown text is an [`UnknownValue`].
+macro_rules! closed_set {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident as $set:literal {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
+        }
+
+        impl $name {
+            /// Every member, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(UnknownValue {
+                        set: $set,
+                        value: other.to_string(),
+                        expected: concat!($($text, " "),+).trim_ascii_end(),
+                    }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownValue;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits: the bounds of every size and count the API takes (docs/controller.md). They keep
+// every product and sum of them far inside i64; a value outside is a 422 naming its field.
+
+/// CPUs per node.
+pub const MAX_NODE_CPUS: i64 = 1024;
+/// Memory per node, in MiB: at least 16 MiB, at most 16 TiB.
+pub const MIN_NODE_MEMORY_MIB: i64 = 16;
+pub const MAX_NODE_MEMORY_MIB: i64 = 16 * 1024 * 1024;
+/// Nodes of one cluster, and nodes one request adds.
+pub const MAX_CLUSTER_NODES: u32 = MAX_NODE_INDEX;
+/// Nodes of one reservation.
+pub const MAX_RESERVATION_NODES: i64 = 100_000;
+/// CPUs and memory of one reservation (also when given as `cpus`/`memory_mib`).
+pub const MAX_RESERVATION_CPUS: i64 = MAX_RESERVATION_NODES * MAX_NODE_CPUS;
+pub const MAX_RESERVATION_MEMORY_MIB: i64 = MAX_RESERVATION_NODES * MAX_NODE_MEMORY_MIB;
+/// A host's CPUs and memory (MiB) as its agent registers them.
+pub const MAX_HOST_CPUS: i64 = 100_000;
+pub const MAX_HOST_MEMORY_MIB: i64 = 1 << 40;
+/// The longest lease, in hours (366 days).
+pub const MAX_LEASE_HOURS: i64 = 366 * 24;
+/// How far in the past a lease may start (clock skew between client and controller), in minutes.
+pub const LEASE_START_SLACK_MINUTES: i64 = 5;
+/// Free text (a site's description, a reservation's note), in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// A request body, in bytes; larger ones are answered 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------
 // Errors
 
 /// The body of every 4xx/5xx answer of the controller and the host agent.
@@ -166,36 +263,14 @@ pub struct ApiErrorBody {
 // ---------------------------------------------------------------------------------------
 // Users and tokens
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sites, hosts, users and every cluster and reservation.
-    Admin,
-    /// Their own reservations and clusters; reads sites.
-    User,
-    /// A host agent: registers its host, heartbeats, reads its host's desired state.
-    Agent,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::User => "user",
-            Role::Agent => "agent",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "user" => Ok(Role::User),
-            "agent" => Ok(Role::Agent),
-            other => Err(format!("unknown role {other:?} (admin, user or agent)")),
-        }
+closed_set! {
+    pub enum Role as "role" {
+        /// Sites, hosts, users and every cluster and reservation.
+        Admin = "admin",
+        /// Their own reservations and clusters; reads sites.
+        User = "user",
+        /// A host agent: registers its host, heartbeats, reads its host's desired state.
+        Agent = "agent",
     }
 }
 
@@ -208,6 +283,7 @@ pub struct User {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub name: String,
     pub role: Role,
@@ -224,6 +300,7 @@ pub struct IssuedToken {
 // Sites and hosts
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateSite {
     pub name: String,
     #[serde(default)]
@@ -241,14 +318,28 @@ impl Resources {
     pub fn new(cpus: i64, memory_mib: i64) -> Resources {
         Resources { cpus, memory_mib }
     }
+    /// A sum that saturates instead of wrapping. Requests are bounded (the `MAX_*`
+    /// constants) so that sums of them never come near; admission does its own sums in
+    /// 128 bits (`controller::capacity`), so a saturated value can never admit anything.
     pub fn plus(self, o: Resources) -> Resources {
-        Resources::new(self.cpus + o.cpus, self.memory_mib + o.memory_mib)
+        Resources::new(
+            self.cpus.saturating_add(o.cpus),
+            self.memory_mib.saturating_add(o.memory_mib),
+        )
     }
+    /// A difference that saturates instead of wrapping (see [`Resources::plus`]).
     pub fn minus(self, o: Resources) -> Resources {
-        Resources::new(self.cpus - o.cpus, self.memory_mib - o.memory_mib)
+        Resources::new(
+            self.cpus.saturating_sub(o.cpus),
+            self.memory_mib.saturating_sub(o.memory_mib),
+        )
     }
-    pub fn times(self, n: i64) -> Resources {
-        Resources::new(self.cpus * n, self.memory_mib * n)
+    /// `n` times `self`, or `None` when a dimension does not fit in i64.
+    pub fn checked_mul(self, n: i64) -> Option<Resources> {
+        Some(Resources::new(
+            self.cpus.checked_mul(n)?,
+            self.memory_mib.checked_mul(n)?,
+        ))
     }
     /// True when every dimension of `self` fits in `room`.
     pub fn fits_in(self, room: Resources) -> bool {
@@ -295,6 +386,7 @@ pub struct SiteTimeline {
 
 /// What a host agent says about its host when it starts.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterHost {
     pub name: String,
     pub site: String,
@@ -336,11 +428,13 @@ pub struct Host {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateHost {
     pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// Nodes the agent found on the host.
     #[serde(default)]
@@ -365,12 +459,14 @@ pub enum Strategy {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SiteCount {
     pub site: String,
     pub nodes: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCluster {
     /// Lower-case letters, digits and `-`, starting with a letter, at most 32 characters.
     pub name: String,
@@ -397,6 +493,7 @@ pub struct CreateCluster {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddNodes {
     pub count: u32,
     /// Pin the new nodes to a site.
@@ -406,51 +503,39 @@ pub struct AddNodes {
     pub strategy: Option<Strategy>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ClusterState {
-    /// Its nodes are being created or it is serving.
-    Active,
-    /// Its reservation's lease ended: nodes and overlay were stopped.
-    Expired,
-    /// Being deleted.
-    Deleting,
-    /// Creation or deletion failed: see `reason`. Nothing of it runs; delete it to clean up.
-    Failed,
+closed_set! {
+    pub enum ClusterState as "cluster state" {
+        /// Its nodes are being created or it is serving.
+        Active = "active",
+        /// Its reservation's lease ended: nodes and overlay were stopped.
+        Expired = "expired",
+        /// Being deleted.
+        Deleting = "deleting",
+        /// Creation or deletion failed: see `reason`. Nothing of it runs; delete it to clean up.
+        Failed = "failed",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OverlayState {
-    Running,
-    Stopped,
+closed_set! {
+    pub enum OverlayState as "overlay state" {
+        Running = "running",
+        Stopped = "stopped",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeState {
-    Requested,
-    Creating,
-    Running,
-    Stopping,
-    Stopped,
-    Deleted,
-    Failed,
+closed_set! {
+    pub enum NodeState as "node state" {
+        Requested = "requested",
+        Creating = "creating",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Deleted = "deleted",
+        Failed = "failed",
+    }
 }
 
 impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Requested => "requested",
-            NodeState::Creating => "creating",
-            NodeState::Running => "running",
-            NodeState::Stopping => "stopping",
-            NodeState::Stopped => "stopped",
-            NodeState::Deleted => "deleted",
-            NodeState::Failed => "failed",
-        }
-    }
-
     /// A node in this state holds its host's CPU and memory.
     pub fn holds_resources(self) -> bool {
         matches!(
@@ -460,19 +545,12 @@ impl NodeState {
     }
 }
 
-impl FromStr for NodeState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "requested" => NodeState::Requested,
-            "creating" => NodeState::Creating,
-            "running" => NodeState::Running,
-            "stopping" => NodeState::Stopping,
-            "stopped" => NodeState::Stopped,
-            "deleted" => NodeState::Deleted,
-            "failed" => NodeState::Failed,
-            other => return Err(format!("unknown node state {other:?}")),
-        })
+closed_set! {
+    /// What a node is meant to become: its current task moves `state` toward it.
+    pub enum NodeTarget as "node target" {
+        Running = "running",
+        Stopped = "stopped",
+        Deleted = "deleted",
     }
 }
 
@@ -520,6 +598,7 @@ pub struct Cluster {
 // Reservations
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateReservation {
     /// A site name; leave out for "anywhere" (the controller picks a site that fits).
     #[serde(default)]
@@ -542,12 +621,12 @@ pub struct CreateReservation {
     pub note: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ReservationState {
-    Accepted,
-    Cancelled,
-    Expired,
+closed_set! {
+    pub enum ReservationState as "reservation state" {
+        Accepted = "accepted",
+        Cancelled = "cancelled",
+        Expired = "expired",
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -578,12 +657,25 @@ pub struct EarliestSlot {
 // ---------------------------------------------------------------------------------------
 // Tasks and events
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskState {
-    Running,
-    Succeeded,
-    Failed,
+closed_set! {
+    pub enum TaskState as "task state" {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
+closed_set! {
+    /// What a task does.
+    pub enum TaskKind as "task kind" {
+        CreateCluster = "create-cluster",
+        AddNodes = "add-nodes",
+        RemoveNode = "remove-node",
+        StartOverlay = "start-overlay",
+        StopOverlay = "stop-overlay",
+        DeleteCluster = "delete-cluster",
+        ExpireLease = "expire-lease",
+    }
 }
 
 impl TaskState {
@@ -595,9 +687,7 @@ impl TaskState {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     pub id: i64,
-    /// `create-cluster`, `add-nodes`, `remove-node`, `start-overlay`, `stop-overlay`,
-    /// `delete-cluster`, `expire-lease`.
-    pub kind: String,
+    pub kind: TaskKind,
     pub owner: String,
     pub cluster: Option<String>,
     pub state: TaskState,
@@ -631,6 +721,7 @@ pub struct Event {
 
 /// One peer of a cluster's overlay network: another host of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PeerSpec {
     pub name: String,
     pub public_key: String,
@@ -639,6 +730,7 @@ pub struct PeerSpec {
 
 /// A cluster's overlay network as one host must have it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     pub id: u32,
     pub name: String,
@@ -651,6 +743,7 @@ pub struct NetworkSpec {
 
 /// One node as its host must have it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub index: u32,
     pub name: String,
@@ -663,6 +756,7 @@ pub struct NodeSpec {
 
 /// Everything of one cluster on one host, as of store revision `revision`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterOnHost {
     pub revision: i64,
     pub network: NetworkSpec,
@@ -680,6 +774,7 @@ pub struct HostDesired {
 
 /// A node an agent found on its host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ObservedNode {
     pub network: u32,
     pub index: u32,

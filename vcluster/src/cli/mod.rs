@@ -556,7 +556,7 @@ pub async fn users(c: UsersCmd) -> anyhow::Result<()> {
             });
         }
         UsersSub::Create { name, role } => {
-            let role: Role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let role: Role = role.parse()?;
             let t: IssuedToken = client.post("/v1/users", &CreateUser { name, role }).await?;
             print(json, &t, |t| {
                 println!(

@@ -8,6 +8,7 @@
 //! Each answer carries the store revision it was read at; agents ignore anything older
 //! than what they already applied. This module only reads.
 
+use crate::model::{ClusterState, NodeState, NodeTarget};
 use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::AnyConnection;
@@ -16,11 +17,11 @@ use super::store::{self, ClusterRow, HostRow, NodeRow, StoreError};
 use crate::model::{ClusterOnHost, HostDesired, NetworkSpec, NodeSpec, PeerSpec};
 
 fn node_is_present(n: &NodeRow) -> bool {
-    n.target != "deleted" && !matches!(n.state.as_str(), "failed" | "deleted")
+    n.target != NodeTarget::Deleted && !matches!(n.state, NodeState::Failed | NodeState::Deleted)
 }
 
 fn cluster_is_present(c: &ClusterRow) -> bool {
-    matches!(c.state.as_str(), "active" | "expired")
+    matches!(c.state, ClusterState::Active | ClusterState::Expired)
 }
 
 /// The cluster's share of `host`, or `None` when the host must not have the cluster.
@@ -43,7 +44,7 @@ pub fn cluster_on_host(
             name: n.name.clone(),
             mac: n.mac.clone(),
             address: n.address.clone(),
-            running: n.target == "running",
+            running: n.target == NodeTarget::Running,
         })
         .collect();
     if mine.is_empty() {
@@ -70,7 +71,7 @@ pub fn cluster_on_host(
             name: cluster.name.clone(),
             psk: cluster.psk.clone(),
             subnet: cluster.subnet.clone(),
-            running: cluster.overlay_running() && cluster.state == "active",
+            running: cluster.overlay_running() && cluster.state == ClusterState::Active,
             peers,
         },
         nodes: mine,

@@ -6,13 +6,13 @@
 //!
 //! It never talks to hosts itself: it writes the goal and starts tasks.
 
+use crate::model::{ClusterState, NodeState, NodeTarget, OverlayState, ReservationState, TaskKind};
 use tokio::sync::watch;
 
 use super::App;
 use super::store::{self, NewEvent, SampleRow, now_ms};
-use super::tasks::{self, TaskKind};
+use super::tasks::{self, Operation};
 use super::view::CapacityView;
-use crate::model::NodeState;
 
 /// Keep a month of usage samples.
 const SAMPLE_RETENTION_MS: i64 = 31 * 24 * 3_600_000;
@@ -54,24 +54,25 @@ pub async fn expire_leases(app: &App) -> Result<(), store::StoreError> {
     }
     let mut to_run = Vec::new();
     for r in &ended {
-        store::set_reservation_state(tx.conn(), r.id, "expired").await?;
+        store::set_reservation_state(tx.conn(), r.id, ReservationState::Expired).await?;
         let clusters = store::clusters_of_reservation(tx.conn(), r.id).await?;
         let mut stopped = Vec::new();
-        for c in clusters.iter().filter(|c| c.state == "active") {
+        for c in clusters.iter().filter(|c| c.state == ClusterState::Active) {
             let reason = format!(
                 "the lease of reservation {} ended at {}",
                 r.id,
                 store::ms_to_time(r.ends_at)
             );
-            store::set_cluster_state(tx.conn(), c.id, "expired", Some(&reason), now).await?;
-            store::set_cluster_overlay(tx.conn(), c.id, "stopped", now).await?;
+            store::set_cluster_state(tx.conn(), c.id, ClusterState::Expired, Some(&reason), now)
+                .await?;
+            store::set_cluster_overlay(tx.conn(), c.id, OverlayState::Stopped, now).await?;
             for n in store::nodes_of_cluster(tx.conn(), c.id).await? {
-                if n.target == "running" && n.state().holds_resources() {
+                if n.target == NodeTarget::Running && n.state.holds_resources() {
                     store::set_node_state(
                         tx.conn(),
                         n.id,
                         NodeState::Stopping,
-                        "stopped",
+                        NodeTarget::Stopped,
                         None,
                         now,
                     )
@@ -80,7 +81,7 @@ pub async fn expire_leases(app: &App) -> Result<(), store::StoreError> {
             }
             let task = store::insert_task(
                 tx.conn(),
-                "expire-lease",
+                TaskKind::ExpireLease,
                 c.owner_id,
                 Some(&c.name),
                 now,
@@ -131,7 +132,7 @@ pub async fn expire_leases(app: &App) -> Result<(), store::StoreError> {
             app.clone(),
             task,
             cluster_id,
-            TaskKind::ExpireLease { reservation },
+            Operation::ExpireLease { reservation },
         );
     }
     Ok(())
@@ -220,27 +221,41 @@ pub async fn recover_after_restart(app: &App) -> Result<(), store::StoreError> {
             continue;
         };
         for n in store::nodes_of_cluster(tx.conn(), cluster.id).await? {
-            let settled = match (n.state(), n.target.as_str()) {
+            let settled = match (n.state, n.target) {
                 (NodeState::Requested | NodeState::Creating, _) => Some(NodeState::Failed),
-                (NodeState::Stopping, "deleted") => Some(NodeState::Deleted),
+                (NodeState::Stopping, NodeTarget::Deleted) => Some(NodeState::Deleted),
                 (NodeState::Stopping, _) => Some(NodeState::Stopped),
                 _ => None,
             };
             if let Some(state) = settled {
                 let target = if state == NodeState::Failed {
-                    "deleted"
+                    NodeTarget::Deleted
                 } else {
-                    n.target.as_str()
+                    n.target
                 };
                 let why = (state == NodeState::Failed).then_some(reason);
                 store::set_node_state(tx.conn(), n.id, state, target, why, now).await?;
             }
         }
-        if cluster.state == "deleting" {
-            store::set_cluster_state(tx.conn(), cluster.id, "failed", Some(reason), now).await?;
+        if cluster.state == ClusterState::Deleting {
+            store::set_cluster_state(
+                tx.conn(),
+                cluster.id,
+                ClusterState::Failed,
+                Some(reason),
+                now,
+            )
+            .await?;
         }
-        if t.kind == "create-cluster" && cluster.state == "active" {
-            store::set_cluster_state(tx.conn(), cluster.id, "failed", Some(reason), now).await?;
+        if t.kind == TaskKind::CreateCluster && cluster.state == ClusterState::Active {
+            store::set_cluster_state(
+                tx.conn(),
+                cluster.id,
+                ClusterState::Failed,
+                Some(reason),
+                now,
+            )
+            .await?;
         }
     }
     tx.commit().await?;

@@ -15,18 +15,23 @@ use prometheus_client::registry::Registry;
 use super::App;
 use super::store::{self, now_ms};
 use super::view::CapacityView;
+use crate::model::{NodeState, TaskKind, TaskState};
 
+/// Every label value comes from a closed set: a request cannot make up a new series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    /// One of [`method_label`]'s.
+    method: &'static str,
+    /// A route template of the router (`/v1/clusters/{cluster}`) or `unmatched`.
     route: String,
+    /// A status the controller itself answered.
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
-    kind: String,
-    outcome: String,
+    kind: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,7 +41,22 @@ struct SiteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    state: String,
+    state: &'static str,
+}
+
+/// The label of an HTTP method: the standard ones by name, anything else `other`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 pub struct Metrics {
@@ -73,21 +93,23 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, method: &str, route: &str, status: u16) {
+    /// Counts one answered request. `route` must be a route template of the router or
+    /// `unmatched`, never the request's own path.
+    pub fn request(&self, method: &http::Method, route: &str, status: u16) {
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
+                method: method_label(method),
                 route: route.to_string(),
                 status,
             })
             .inc();
     }
 
-    pub fn task_finished(&self, kind: &str, succeeded: bool) {
+    pub fn task_finished(&self, kind: TaskKind, outcome: TaskState) {
         self.tasks
             .get_or_create(&TaskLabels {
-                kind: kind.to_string(),
-                outcome: if succeeded { "succeeded" } else { "failed" }.to_string(),
+                kind: kind.as_str(),
+                outcome: outcome.as_str(),
             })
             .inc();
     }
@@ -159,10 +181,18 @@ impl Metrics {
             live.register(*name, *help, f);
         }
         let by_state = Family::<StateLabels, Gauge>::default();
+        for state in NodeState::ALL {
+            // Every state is exported, at zero when no node is in it.
+            by_state
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(0);
+        }
         for n in &nodes {
             by_state
                 .get_or_create(&StateLabels {
-                    state: n.state.clone(),
+                    state: n.state.as_str(),
                 })
                 .inc();
         }

@@ -20,11 +20,11 @@ use tracing::Instrument;
 use super::App;
 use super::desired::{self, ClusterPlan};
 use super::store::{self, NewEvent, TaskRow, now_ms};
-use crate::model::NodeState;
+use crate::model::{ClusterState, NodeState, NodeTarget, OverlayState, TaskKind, TaskState};
 
-/// What a task does, and what it needs to undo itself.
+/// What a task carries out, and what it needs to undo itself.
 #[derive(Debug, Clone)]
-pub enum TaskKind {
+pub enum Operation {
     CreateCluster,
     AddNodes {
         node_ids: Vec<i64>,
@@ -34,10 +34,10 @@ pub enum TaskKind {
     },
     /// `previous` is the overlay state to go back to on failure.
     StartOverlay {
-        previous: String,
+        previous: OverlayState,
     },
     StopOverlay {
-        previous: String,
+        previous: OverlayState,
     },
     DeleteCluster,
     ExpireLease {
@@ -45,16 +45,17 @@ pub enum TaskKind {
     },
 }
 
-impl TaskKind {
-    pub fn name(&self) -> &'static str {
+impl Operation {
+    /// The kind the task is recorded and reported as.
+    pub fn kind(&self) -> TaskKind {
         match self {
-            TaskKind::CreateCluster => "create-cluster",
-            TaskKind::AddNodes { .. } => "add-nodes",
-            TaskKind::RemoveNode { .. } => "remove-node",
-            TaskKind::StartOverlay { .. } => "start-overlay",
-            TaskKind::StopOverlay { .. } => "stop-overlay",
-            TaskKind::DeleteCluster => "delete-cluster",
-            TaskKind::ExpireLease { .. } => "expire-lease",
+            Operation::CreateCluster => TaskKind::CreateCluster,
+            Operation::AddNodes { .. } => TaskKind::AddNodes,
+            Operation::RemoveNode { .. } => TaskKind::RemoveNode,
+            Operation::StartOverlay { .. } => TaskKind::StartOverlay,
+            Operation::StopOverlay { .. } => TaskKind::StopOverlay,
+            Operation::DeleteCluster => TaskKind::DeleteCluster,
+            Operation::ExpireLease { .. } => TaskKind::ExpireLease,
         }
     }
 
@@ -62,22 +63,22 @@ impl TaskKind {
     fn removes(&self) -> bool {
         matches!(
             self,
-            TaskKind::RemoveNode { .. }
-                | TaskKind::DeleteCluster
-                | TaskKind::StopOverlay { .. }
-                | TaskKind::ExpireLease { .. }
+            Operation::RemoveNode { .. }
+                | Operation::DeleteCluster
+                | Operation::StopOverlay { .. }
+                | Operation::ExpireLease { .. }
         )
     }
 }
 
 /// Runs the task in the background. Returns at once.
-pub fn spawn(app: App, task: TaskRow, cluster_id: i64, kind: TaskKind) {
+pub fn spawn(app: App, task: TaskRow, cluster_id: i64, op: Operation) {
     let span =
-        tracing::info_span!("task", id = task.id, kind = kind.name(), cluster = ?task.cluster_name);
+        tracing::info_span!("task", id = task.id, kind = %op.kind(), cluster = ?task.cluster_name);
     let run = async move {
         let budget = Duration::from_millis((task.deadline - now_ms()).max(0) as u64);
         let outcome =
-            match tokio::time::timeout(budget, execute(&app, &task, cluster_id, &kind)).await {
+            match tokio::time::timeout(budget, execute(&app, &task, cluster_id, &op)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "timed out after {}s; rolled back",
@@ -86,10 +87,10 @@ pub fn spawn(app: App, task: TaskRow, cluster_id: i64, kind: TaskKind) {
             };
         let lock = app.cluster_lock(cluster_id).await;
         let _held = lock.lock().await;
-        let deleted = outcome.is_ok() && matches!(kind, TaskKind::DeleteCluster);
+        let deleted = outcome.is_ok() && matches!(op, Operation::DeleteCluster);
         let result = match outcome {
-            Ok(message) => finish_success(&app, &task, cluster_id, &kind, &message).await,
-            Err(message) => rollback(&app, &task, cluster_id, &kind, &message).await,
+            Ok(message) => finish_success(&app, &task, cluster_id, &op, &message).await,
+            Err(message) => rollback(&app, &task, cluster_id, &op, &message).await,
         };
         if deleted && result.is_ok() {
             app.forget_cluster_lock(cluster_id).await;
@@ -110,45 +111,45 @@ async fn execute(
     app: &App,
     task: &TaskRow,
     cluster_id: i64,
-    kind: &TaskKind,
+    op: &Operation,
 ) -> Result<String, String> {
     let lock = app.cluster_lock(cluster_id).await;
     let _held = lock.lock().await;
-    if let TaskKind::CreateCluster | TaskKind::AddNodes { .. } = kind {
-        mark_creating(app, cluster_id, kind)
+    if let Operation::CreateCluster | Operation::AddNodes { .. } = op {
+        mark_creating(app, cluster_id, op)
             .await
             .map_err(|e| e.to_string())?;
     }
     tracing::info!(
         task = task.id,
-        kind = kind.name(),
+        kind = %op.kind(),
         "pushing desired state to hosts"
     );
-    let summary = converge(app, cluster_id, kind.removes()).await?;
+    let summary = converge(app, cluster_id, op.removes()).await?;
     Ok(summary)
 }
 
 async fn mark_creating(
     app: &App,
     cluster_id: i64,
-    kind: &TaskKind,
+    op: &Operation,
 ) -> Result<(), store::StoreError> {
     let mut tx = app.store.write().await?;
     let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
     let now = now_ms();
     for n in nodes
         .iter()
-        .filter(|n| in_scope(kind, n.id) && n.state() == NodeState::Requested)
+        .filter(|n| in_scope(op, n.id) && n.state == NodeState::Requested)
     {
-        store::set_node_state(tx.conn(), n.id, NodeState::Creating, &n.target, None, now).await?;
+        store::set_node_state(tx.conn(), n.id, NodeState::Creating, n.target, None, now).await?;
     }
     tx.commit().await
 }
 
-fn in_scope(kind: &TaskKind, node_id: i64) -> bool {
-    match kind {
-        TaskKind::AddNodes { node_ids } => node_ids.contains(&node_id),
-        TaskKind::RemoveNode { node_id: id } => *id == node_id,
+fn in_scope(op: &Operation, node_id: i64) -> bool {
+    match op {
+        Operation::AddNodes { node_ids } => node_ids.contains(&node_id),
+        Operation::RemoveNode { node_id: id } => *id == node_id,
         _ => true,
     }
 }
@@ -260,7 +261,7 @@ async fn finish_success(
     app: &App,
     task: &TaskRow,
     cluster_id: i64,
-    kind: &TaskKind,
+    op: &Operation,
     summary: &str,
 ) -> Result<(), store::StoreError> {
     let now = now_ms();
@@ -268,16 +269,16 @@ async fn finish_success(
     let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
     let cluster_name = task.cluster_name.as_deref();
     let mut message = summary.to_string();
-    match kind {
-        TaskKind::CreateCluster | TaskKind::AddNodes { .. } => {
+    match op {
+        Operation::CreateCluster | Operation::AddNodes { .. } => {
             let mut names = Vec::new();
-            for n in nodes.iter().filter(|n| in_scope(kind, n.id)) {
-                if matches!(n.state(), NodeState::Creating | NodeState::Requested) {
+            for n in nodes.iter().filter(|n| in_scope(op, n.id)) {
+                if matches!(n.state, NodeState::Creating | NodeState::Requested) {
                     store::set_node_state(
                         tx.conn(),
                         n.id,
                         NodeState::Running,
-                        "running",
+                        NodeTarget::Running,
                         None,
                         now,
                     )
@@ -287,24 +288,38 @@ async fn finish_success(
             }
             message = format!("nodes running: {}; {summary}", names.join(", "));
         }
-        TaskKind::RemoveNode { node_id } => {
+        Operation::RemoveNode { node_id } => {
             if let Some(n) = nodes.iter().find(|n| n.id == *node_id) {
-                store::set_node_state(tx.conn(), n.id, NodeState::Stopped, "deleted", None, now)
-                    .await?;
-                store::set_node_state(tx.conn(), n.id, NodeState::Deleted, "deleted", None, now)
-                    .await?;
+                store::set_node_state(
+                    tx.conn(),
+                    n.id,
+                    NodeState::Stopped,
+                    NodeTarget::Deleted,
+                    None,
+                    now,
+                )
+                .await?;
+                store::set_node_state(
+                    tx.conn(),
+                    n.id,
+                    NodeState::Deleted,
+                    NodeTarget::Deleted,
+                    None,
+                    now,
+                )
+                .await?;
                 message = format!("node {} removed; {summary}", n.name);
             }
         }
-        TaskKind::StartOverlay { .. } => message = format!("overlay running; {summary}"),
-        TaskKind::StopOverlay { .. } => message = format!("overlay stopped; {summary}"),
-        TaskKind::DeleteCluster => {
+        Operation::StartOverlay { .. } => message = format!("overlay running; {summary}"),
+        Operation::StopOverlay { .. } => message = format!("overlay stopped; {summary}"),
+        Operation::DeleteCluster => {
             store::delete_cluster(tx.conn(), cluster_id).await?;
             message = format!("cluster deleted; {summary}");
         }
-        TaskKind::ExpireLease { reservation } => {
-            for n in nodes.iter().filter(|n| n.state() == NodeState::Stopping) {
-                store::set_node_state(tx.conn(), n.id, NodeState::Stopped, &n.target, None, now)
+        Operation::ExpireLease { reservation } => {
+            for n in nodes.iter().filter(|n| n.state == NodeState::Stopping) {
+                store::set_node_state(tx.conn(), n.id, NodeState::Stopped, n.target, None, now)
                     .await?;
             }
             message = format!(
@@ -321,15 +336,15 @@ async fn finish_success(
                 cluster: cluster_name,
                 owner_id: Some(task.owner_id),
                 task_id: Some(task.id),
-                message: &format!("{}: {message}", kind.name()),
+                message: &format!("{}: {message}", op.kind()),
             },
             now,
         )
         .await?;
     }
     tx.commit().await?;
-    app.metrics.task_finished(kind.name(), true);
-    tracing::info!(task = task.id, kind = kind.name(), %message, "task succeeded");
+    app.metrics.task_finished(op.kind(), TaskState::Succeeded);
+    tracing::info!(task = task.id, kind = %op.kind(), %message, "task succeeded");
     Ok(())
 }
 
@@ -337,82 +352,96 @@ async fn rollback(
     app: &App,
     task: &TaskRow,
     cluster_id: i64,
-    kind: &TaskKind,
+    op: &Operation,
     error: &str,
 ) -> Result<(), store::StoreError> {
-    tracing::warn!(task = task.id, kind = kind.name(), %error, "task failed; rolling back");
+    tracing::warn!(task = task.id, kind = %op.kind(), %error, "task failed; rolling back");
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
     let cluster_name = task.cluster_name.as_deref();
-    let reason = format!("{}: {error}", kind.name());
+    let reason = format!("{}: {error}", op.kind());
     let mut undo_push = true;
-    match kind {
-        TaskKind::CreateCluster => {
+    match op {
+        Operation::CreateCluster => {
             for n in &nodes {
                 store::set_node_state(
                     tx.conn(),
                     n.id,
                     NodeState::Failed,
-                    "deleted",
+                    NodeTarget::Deleted,
                     Some(&reason),
                     now,
                 )
                 .await?;
             }
-            store::set_cluster_state(tx.conn(), cluster_id, "failed", Some(&reason), now).await?;
+            store::set_cluster_state(
+                tx.conn(),
+                cluster_id,
+                ClusterState::Failed,
+                Some(&reason),
+                now,
+            )
+            .await?;
         }
-        TaskKind::AddNodes { node_ids } => {
+        Operation::AddNodes { node_ids } => {
             for n in nodes.iter().filter(|n| node_ids.contains(&n.id)) {
                 store::set_node_state(
                     tx.conn(),
                     n.id,
                     NodeState::Failed,
-                    "deleted",
+                    NodeTarget::Deleted,
                     Some(&reason),
                     now,
                 )
                 .await?;
             }
         }
-        TaskKind::RemoveNode { node_id } => {
+        Operation::RemoveNode { node_id } => {
             // The node stays out of the desired state: its agent removes it on reconcile.
             store::set_node_state(
                 tx.conn(),
                 *node_id,
                 NodeState::Failed,
-                "deleted",
+                NodeTarget::Deleted,
                 Some(&reason),
                 now,
             )
             .await?;
             undo_push = false;
         }
-        TaskKind::StartOverlay { previous } | TaskKind::StopOverlay { previous } => {
-            store::set_cluster_overlay(tx.conn(), cluster_id, previous, now).await?;
+        Operation::StartOverlay { previous } | Operation::StopOverlay { previous } => {
+            store::set_cluster_overlay(tx.conn(), cluster_id, *previous, now).await?;
         }
-        TaskKind::DeleteCluster => {
-            for n in nodes.iter().filter(|n| n.state() != NodeState::Deleted) {
+        Operation::DeleteCluster => {
+            for n in nodes.iter().filter(|n| n.state != NodeState::Deleted) {
                 store::set_node_state(
                     tx.conn(),
                     n.id,
                     NodeState::Failed,
-                    "deleted",
+                    NodeTarget::Deleted,
                     Some(&reason),
                     now,
                 )
                 .await?;
             }
-            store::set_cluster_state(tx.conn(), cluster_id, "failed", Some(&reason), now).await?;
+            store::set_cluster_state(
+                tx.conn(),
+                cluster_id,
+                ClusterState::Failed,
+                Some(&reason),
+                now,
+            )
+            .await?;
             undo_push = false;
         }
-        TaskKind::ExpireLease { .. } => {
-            for n in nodes.iter().filter(|n| n.state() == NodeState::Stopping) {
+        Operation::ExpireLease { .. } => {
+            for n in nodes.iter().filter(|n| n.state == NodeState::Stopping) {
                 store::set_node_state(
                     tx.conn(),
                     n.id,
                     NodeState::Failed,
-                    "stopped",
+                    NodeTarget::Stopped,
                     Some(&reason),
                     now,
                 )
@@ -449,13 +478,13 @@ async fn rollback(
                 cluster: cluster_name,
                 owner_id: Some(task.owner_id),
                 task_id: Some(task.id),
-                message: &format!("{}: {message}", kind.name()),
+                message: &format!("{}: {message}", op.kind()),
             },
             now_ms(),
         )
         .await?;
     }
     tx.commit().await?;
-    app.metrics.task_finished(kind.name(), false);
+    app.metrics.task_finished(op.kind(), TaskState::Failed);
     Ok(())
 }

@@ -14,8 +14,8 @@ pub struct ClusterRow {
     pub network_id: i64,
     pub psk: String,
     pub subnet: String,
-    pub state: String,
-    pub overlay: String,
+    pub state: model::ClusterState,
+    pub overlay: model::OverlayState,
     pub reason: Option<String>,
     pub reservation_id: Option<i64>,
     pub node_cpus: i64,
@@ -26,10 +26,9 @@ pub struct ClusterRow {
 
 impl ClusterRow {
     pub fn overlay_running(&self) -> bool {
-        self.overlay == "running"
+        self.overlay == model::OverlayState::Running
     }
     pub fn to_model(&self, nodes: Vec<model::Node>) -> model::Cluster {
-        use model::{ClusterState, OverlayState};
         model::Cluster {
             id: self.id,
             name: self.name.clone(),
@@ -37,17 +36,8 @@ impl ClusterRow {
             network_id: self.network_id as u32,
             psk: self.psk.clone(),
             subnet: self.subnet.clone(),
-            state: match self.state.as_str() {
-                "expired" => ClusterState::Expired,
-                "deleting" => ClusterState::Deleting,
-                "failed" => ClusterState::Failed,
-                _ => ClusterState::Active,
-            },
-            overlay: if self.overlay_running() {
-                OverlayState::Running
-            } else {
-                OverlayState::Stopped
-            },
+            state: self.state,
+            overlay: self.overlay,
             reason: self.reason.clone(),
             reservation: self.reservation_id,
             node_cpus: self.node_cpus,
@@ -139,12 +129,12 @@ pub async fn clusters_of_reservation(c: &mut Conn, reservation: i64) -> R<Vec<Cl
 pub async fn set_cluster_state(
     c: &mut Conn,
     id: i64,
-    state: &str,
+    state: model::ClusterState,
     reason: Option<&str>,
     now: i64,
 ) -> R<()> {
     sqlx::query("UPDATE clusters SET state = $1, reason = $2, updated_at = $3 WHERE id = $4")
-        .bind(state)
+        .bind(state.as_str())
         .bind(reason)
         .bind(now)
         .bind(id)
@@ -153,9 +143,14 @@ pub async fn set_cluster_state(
     Ok(())
 }
 
-pub async fn set_cluster_overlay(c: &mut Conn, id: i64, overlay: &str, now: i64) -> R<()> {
+pub async fn set_cluster_overlay(
+    c: &mut Conn,
+    id: i64,
+    overlay: model::OverlayState,
+    now: i64,
+) -> R<()> {
     sqlx::query("UPDATE clusters SET overlay = $1, updated_at = $2 WHERE id = $3")
-        .bind(overlay)
+        .bind(overlay.as_str())
         .bind(now)
         .bind(id)
         .execute(c)

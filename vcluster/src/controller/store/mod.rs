@@ -35,6 +35,8 @@ use sqlx::{AnyConnection, AnyPool, Executor, Transaction};
 use thiserror::Error;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::model;
+
 pub use clusters::*;
 pub use counters::*;
 pub use events::*;
@@ -222,6 +224,40 @@ impl Store {
         Ok(self.pool.acquire().await?)
     }
 }
+
+/// The closed sets the store keeps as text (`model`'s `closed_set!` enums) decode from
+/// their column, and a text that names no member is a decoding error naming the column
+/// and the value: never some default member.
+macro_rules! text_column {
+    ($($t:ty),+ $(,)?) => {$(
+        impl sqlx::Type<sqlx::Any> for $t {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <String as sqlx::Type<sqlx::Any>>::type_info()
+            }
+            fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Any>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $t {
+            fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <String as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+                Ok(text.parse::<$t>()?)
+            }
+        }
+    )+};
+}
+
+text_column!(
+    model::Role,
+    model::ClusterState,
+    model::OverlayState,
+    model::NodeState,
+    model::NodeTarget,
+    model::ReservationState,
+    model::TaskState,
+    model::TaskKind,
+);
 
 /// Milliseconds since the Unix epoch, the store's time unit.
 pub fn now_ms() -> i64 {

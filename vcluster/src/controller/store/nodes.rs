@@ -19,15 +19,15 @@ pub struct NodeRow {
     pub address: String,
     pub cpus: i64,
     pub memory_mib: i64,
-    pub state: String,
-    pub target: String,
+    pub state: model::NodeState,
+    pub target: model::NodeTarget,
     pub reason: Option<String>,
     pub updated_at: i64,
 }
 
 impl NodeRow {
     pub fn state(&self) -> model::NodeState {
-        self.state.parse().unwrap_or(model::NodeState::Failed)
+        self.state
     }
     pub fn to_model(&self) -> model::Node {
         model::Node {
@@ -131,7 +131,7 @@ pub async fn set_node_state(
     c: &mut Conn,
     id: i64,
     state: model::NodeState,
-    target: &str,
+    target: model::NodeTarget,
     reason: Option<&str>,
     now: i64,
 ) -> R<()> {
@@ -139,7 +139,7 @@ pub async fn set_node_state(
         "UPDATE nodes SET state = $1, target = $2, reason = $3, updated_at = $4 WHERE id = $5",
     )
     .bind(state.as_str())
-    .bind(target)
+    .bind(target.as_str())
     .bind(reason)
     .bind(now)
     .bind(id)

@@ -17,7 +17,7 @@ pub struct ReservationRow {
     pub memory_mib: i64,
     pub starts_at: i64,
     pub ends_at: i64,
-    pub state: String,
+    pub state: model::ReservationState,
     pub note: String,
     pub created_at: i64,
 }
@@ -27,7 +27,6 @@ impl ReservationRow {
         model::Resources::new(self.cpus, self.memory_mib)
     }
     pub fn to_model(&self, clusters: Vec<String>) -> model::Reservation {
-        use model::ReservationState;
         model::Reservation {
             id: self.id,
             owner: self.owner_name.clone(),
@@ -36,11 +35,7 @@ impl ReservationRow {
             resources: self.resources(),
             start: ms_to_time(self.starts_at),
             end: ms_to_time(self.ends_at),
-            state: match self.state.as_str() {
-                "cancelled" => ReservationState::Cancelled,
-                "expired" => ReservationState::Expired,
-                _ => ReservationState::Accepted,
-            },
+            state: self.state,
             note: self.note.clone(),
             clusters,
             created_at: ms_to_time(self.created_at),
@@ -127,9 +122,9 @@ pub async fn ended_reservations(c: &mut Conn, now: i64) -> R<Vec<ReservationRow>
     .await?)
 }
 
-pub async fn set_reservation_state(c: &mut Conn, id: i64, state: &str) -> R<()> {
+pub async fn set_reservation_state(c: &mut Conn, id: i64, state: model::ReservationState) -> R<()> {
     sqlx::query("UPDATE reservations SET state = $1 WHERE id = $2")
-        .bind(state)
+        .bind(state.as_str())
         .bind(id)
         .execute(c)
         .await?;

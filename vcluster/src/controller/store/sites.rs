@@ -39,8 +39,14 @@ pub async fn site_by_key(c: &mut Conn, key: &str) -> R<Option<SiteRow>> {
     Ok(sqlx::query_as(&q).bind(key).fetch_optional(c).await?)
 }
 
+/// Deletes the site with its usage samples and reservations (the caller checked that
+/// none is accepted or used by a cluster).
 pub async fn delete_site(c: &mut Conn, id: i64) -> R<()> {
     sqlx::query("DELETE FROM usage_samples WHERE site_id = $1")
+        .bind(id)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("DELETE FROM reservations WHERE site_id = $1")
         .bind(id)
         .execute(&mut *c)
         .await?;

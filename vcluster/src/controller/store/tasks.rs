@@ -8,11 +8,11 @@ use crate::model;
 #[derive(Debug, Clone, FromRow)]
 pub struct TaskRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: model::TaskKind,
     pub owner_id: i64,
     pub owner_name: String,
     pub cluster_name: Option<String>,
-    pub state: String,
+    pub state: model::TaskState,
     pub message: String,
     pub created_at: i64,
     pub finished_at: Option<i64>,
@@ -21,17 +21,12 @@ pub struct TaskRow {
 
 impl TaskRow {
     pub fn to_model(&self) -> model::Task {
-        use model::TaskState;
         model::Task {
             id: self.id,
-            kind: self.kind.clone(),
+            kind: self.kind,
             owner: self.owner_name.clone(),
             cluster: self.cluster_name.clone(),
-            state: match self.state.as_str() {
-                "succeeded" => TaskState::Succeeded,
-                "failed" => TaskState::Failed,
-                _ => TaskState::Running,
-            },
+            state: self.state,
             message: self.message.clone(),
             created_at: ms_to_time(self.created_at),
             finished_at: self.finished_at.map(ms_to_time),
@@ -45,7 +40,7 @@ const TASK_SELECT: &str = "SELECT t.id, t.kind, t.owner_id, u.name AS owner_name
 
 pub async fn insert_task(
     c: &mut Conn,
-    kind: &str,
+    kind: model::TaskKind,
     owner_id: i64,
     cluster: Option<&str>,
     now: i64,
@@ -55,7 +50,7 @@ pub async fn insert_task(
         "INSERT INTO tasks (kind, owner_id, cluster_name, state, message, created_at, deadline) \
          VALUES ($1, $2, $3, 'running', '', $4, $5) RETURNING id",
     )
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(owner_id)
     .bind(cluster)
     .bind(now)
@@ -110,7 +105,14 @@ pub async fn finish_task(
     let done = sqlx::query(
         "UPDATE tasks SET state = $1, message = $2, finished_at = $3 WHERE id = $4 AND state = 'running'",
     )
-    .bind(if succeeded { "succeeded" } else { "failed" })
+    .bind(
+        if succeeded {
+            model::TaskState::Succeeded
+        } else {
+            model::TaskState::Failed
+        }
+        .as_str(),
+    )
     .bind(message)
     .bind(now)
     .bind(id)

@@ -9,13 +9,13 @@ use crate::model;
 pub struct UserRow {
     pub id: i64,
     pub name: String,
-    pub role: String,
+    pub role: model::Role,
     pub created_at: i64,
 }
 
 impl UserRow {
     pub fn role(&self) -> model::Role {
-        self.role.parse().unwrap_or(model::Role::User)
+        self.role
     }
     pub fn to_model(&self) -> model::User {
         model::User {
