@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use vcluster::cli::ApiClient;
 use vcluster::model::{
     Accepted, Cluster, ClusterState, EarliestSlot, Event, Host, NodeState, OverlayState,
-    Reservation, Site, Task, TaskState,
+    Reservation, Site, Task, TaskKind, TaskState,
 };
 
 use common::{
@@ -136,7 +136,7 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
     let (s, body) = post("/v1/clusters", "{not json").await;
     assert_eq!(s, 400, "{body}");
     let (s, body) = post("/v1/clusters", r#"{"name":"c1","nodes":"four"}"#).await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 422);
     assert_eq!(body["field"], "nodes", "{body}");
     let (s, body) = post("/v1/clusters", r#"{"name":"Bad Name","nodes":1}"#).await;
     assert_eq!(s, 422);
@@ -220,7 +220,7 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
 async fn a_cluster_spreads_across_sites_and_its_overlay_links_the_hosts(b: Backend) {
     let w = world(&b, &[("east", 2), ("west", 2)]).await;
     let a = create(&w.user, json!({"name": "demo", "nodes": 4})).await;
-    assert_eq!(a.task.kind, "create-cluster");
+    assert_eq!(a.task.kind, TaskKind::CreateCluster);
     assert_eq!(
         a.task.state,
         TaskState::Running,

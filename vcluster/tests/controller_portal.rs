@@ -44,6 +44,24 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// chromedriver's browser console log (`goog:loggingPrefs` must ask for it): each call
+/// returns the entries logged since the last one.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
 async fn start_driver() -> Driver {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -145,6 +163,7 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
     let driver = start_driver().await;
     let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(json!({
         "browserName": "chrome",
+        "goog:loggingPrefs": {"browser": "ALL"},
         "goog:chromeOptions": {
             "binary": CHROMIUM,
             "args": [
@@ -164,6 +183,16 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
 
     let result = async {
         browser.goto(&ctl.url).await?;
+        // The page loads without a console error (a missing favicon is one in every browser).
+        browser.wait().for_element(Locator::Id("token")).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let log = browser.issue_cmd(BrowserLog).await?;
+        let severe: Vec<&serde_json::Value> = log
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["level"] == "SEVERE").collect())
+            .unwrap_or_default();
+        assert!(log.is_array(), "chromedriver returns the console log: {log}");
+        assert!(severe.is_empty(), "console errors on load: {severe:?}");
         // A wrong token is refused with a clear message.
         browser.find(Locator::Id("token")).await?.send_keys("vc_wrong").await?;
         browser.find(Locator::Id("sign-in")).await?.click().await?;

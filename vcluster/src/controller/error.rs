@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::store::StoreError;
-use crate::model::ApiErrorBody;
+use crate::model::{ApiErrorBody, MAX_BODY_BYTES};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -85,15 +85,20 @@ impl From<sqlx::Error> for ApiError {
 }
 
 impl From<JsonRejection> for ApiError {
+    /// axum's own statuses: 400 for a body that is not JSON, 422 for JSON that does not
+    /// fit the request type (a wrong type, a missing or an unknown field), 415 without
+    /// `Content-Type: application/json`, 413 for a body over the limit.
     fn from(r: JsonRejection) -> ApiError {
-        let status = match r {
-            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            _ => StatusCode::BAD_REQUEST,
+        let status = r.status();
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+            }
+            _ => r.body_text(),
         };
-        // serde's message names the field ("missing field `end`", "unknown variant ...
-        // at line 1 column 40"): pass it on, and pull the field name out when it is there.
-        let message = r.body_text();
-        let field = backticked(&message);
+        // serde's message names the field ("missing field `end`", "unknown field
+        // `node_cpu`", "sites[0]: invalid type ..."): pass it on and name the field.
+        let field = field_of(&message);
         ApiError {
             status,
             message,
@@ -109,11 +114,13 @@ impl From<PathRejection> for ApiError {
 }
 
 impl From<QueryRejection> for ApiError {
+    /// A query whose parameter is unknown or of the wrong type is refused like a body
+    /// field: 422 naming it.
     fn from(r: QueryRejection) -> ApiError {
         let message = r.body_text();
-        let field = backticked(&message);
+        let field = field_of(&message);
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
             message,
             field,
         }
@@ -121,22 +128,40 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// The field a serde message is about: the path axum puts before the error
-/// ("...target type: nodes: invalid type...") or the first `name` in backticks.
-fn backticked(message: &str) -> Option<String> {
-    let is_name = |s: &str| {
+/// ("...target type: sites[0]: invalid type...") joined with the unknown or missing
+/// field's name when the message has one, else the first `name` in backticks.
+fn field_of(message: &str) -> Option<String> {
+    let is_path = |s: &str| {
         !s.is_empty()
+            && s != "."
             && s.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'[' || b == b']'
             })
     };
+    let named = |text: &str| -> Option<String> {
+        for lead in ["unknown field `", "missing field `", "duplicate field `"] {
+            if let Some(i) = text.find(lead) {
+                let rest = &text[i + lead.len()..];
+                let name = &rest[..rest.find('`')?];
+                return Some(name.to_string());
+            }
+        }
+        None
+    };
     if let Some(i) = message.find("target type: ") {
         let rest = &message[i + "target type: ".len()..];
-        if let Some((path, _)) = rest.split_once(": ")
-            && is_name(path)
-            && path != "."
+        if let Some((path, inner)) = rest.split_once(": ")
+            && is_path(path)
         {
-            return Some(path.to_string());
+            // serde_path_to_error's path already ends with an unknown field's own name.
+            return Some(match named(inner) {
+                Some(name) if !path.ends_with(&name) => format!("{path}.{name}"),
+                _ => path.to_string(),
+            });
         }
+    }
+    if let Some(name) = named(message) {
+        return Some(name);
     }
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
@@ -173,13 +198,25 @@ mod tests {
     #[test]
     fn field_is_taken_from_serde_messages() {
         assert_eq!(
-            backticked("Failed to deserialize: missing field `end` at line 1").as_deref(),
+            field_of("Failed to deserialize: missing field `end` at line 1").as_deref(),
             Some("end")
         );
         assert_eq!(
-            backticked("Failed to deserialize the JSON body into the target type: nodes: invalid type: string").as_deref(),
+            field_of("Failed to deserialize the JSON body into the target type: nodes: invalid type: string").as_deref(),
             Some("nodes")
         );
-        assert_eq!(backticked("no field here"), None);
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: node_cpu: unknown field `node_cpu`, expected one of `name`, `nodes` at line 1 column 30").as_deref(),
+            Some("node_cpu")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: sites[0].count: unknown field `count`, expected `site` or `nodes` at line 1 column 40").as_deref(),
+            Some("sites[0].count")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: sites[0]: missing field `site` at line 1 column 40").as_deref(),
+            Some("sites[0].site")
+        );
+        assert_eq!(field_of("no field here"), None);
     }
 }

@@ -17,6 +17,7 @@ pub mod housekeeping;
 pub mod metrics;
 pub mod placement;
 pub mod portal;
+pub mod requests;
 pub mod store;
 pub mod tasks;
 pub mod view;

@@ -225,4 +225,65 @@ mod tests {
             err.reason
         );
     }
+
+    mod property {
+        use proptest::prelude::{Strategy as _, any, prop, prop_assert, prop_assert_eq, proptest};
+
+        use super::*;
+
+        fn room() -> impl proptest::strategy::Strategy<Value = Resources> {
+            (any::<i64>(), any::<i64>()).prop_map(|(c, m)| Resources::new(c, m))
+        }
+
+        proptest! {
+            /// Whatever the hosts' free room and the sites' budgets (negative, huge), no
+            /// host and no site is handed more than it has, counted in 128 bits.
+            #[test]
+            fn placement_never_exceeds_a_host_or_a_site_budget(
+                frees in prop::collection::vec((room(), 1i64..4), 1..8),
+                budgets in prop::collection::vec(room(), 3),
+                per_node in (1i64..=crate::model::MAX_NODE_CPUS, crate::model::MIN_NODE_MEMORY_MIB..=crate::model::MAX_NODE_MEMORY_MIB),
+                anywhere in 0u32..200,
+                pack in any::<bool>(),
+            ) {
+                let hosts: Vec<HostRoom> = frees
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (free, site))| HostRoom {
+                        host_id: i as i64,
+                        host_name: format!("h{i}"),
+                        site_id: *site,
+                        site_name: format!("s{site}"),
+                        free: *free,
+                    })
+                    .collect();
+                let request = Request {
+                    anywhere,
+                    pinned: vec![],
+                    per_node: Resources::new(per_node.0, per_node.1),
+                    strategy: if pack { Strategy::Pack } else { Strategy::Spread },
+                    existing: BTreeMap::new(),
+                    site_budget: (1..=3).zip(budgets.iter().copied()).collect(),
+                };
+                let Ok(placed) = place(&request, &hosts) else { return Ok(()) };
+                prop_assert_eq!(placed.len(), anywhere as usize);
+                let take = |n: usize| (
+                    i128::from(request.per_node.cpus) * n as i128,
+                    i128::from(request.per_node.memory_mib) * n as i128,
+                );
+                for h in &hosts {
+                    let (c, m) = take(placed.iter().filter(|&&p| p == h.host_id).count());
+                    prop_assert!(c <= i128::from(h.free.cpus).max(0) && m <= i128::from(h.free.memory_mib).max(0));
+                }
+                for (site, budget) in &request.site_budget {
+                    let n = placed
+                        .iter()
+                        .filter(|&&p| hosts.iter().any(|h| h.host_id == p && h.site_id == *site))
+                        .count();
+                    let (c, m) = take(n);
+                    prop_assert!(c <= i128::from(budget.cpus).max(0) && m <= i128::from(budget.memory_mib).max(0));
+                }
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! `tasks` carries it out on the hosts. Users see and act on their own clusters, admins on
 //! all; someone else's cluster is a 404.
 
+use crate::model::{ClusterState, NodeState, NodeTarget, OverlayState, ReservationState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -13,7 +14,7 @@ use base64::Engine;
 use ipnet::Ipv4Net;
 use rand::RngCore;
 
-use super::{accepted, check_name};
+use super::accepted;
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::error::{ApiError, ApiJson, ApiPath};
@@ -21,11 +22,11 @@ use crate::controller::placement::{self, Request};
 use crate::controller::store::{
     self, ClusterRow, NewCluster, NewEvent, NewNode, ReservationRow, WriteTx, now_ms,
 };
-use crate::controller::tasks::{self, TaskKind};
+use crate::controller::tasks::{self, Operation};
 use crate::controller::view::CapacityView;
 use crate::model::{
     Accepted, AddNodes, ApiErrorBody, Cluster, CreateCluster, MAX_NODE_INDEX, NetworkId, NodeSlot,
-    NodeState, Resources, Strategy, node_name,
+    Resources, Strategy, node_name,
 };
 
 pub(crate) async fn cluster_model(
@@ -36,7 +37,7 @@ pub(crate) async fn cluster_model(
     Ok(row.to_model(
         nodes
             .iter()
-            .filter(|n| n.state() != NodeState::Deleted)
+            .filter(|n| n.state != NodeState::Deleted)
             .map(|n| n.to_model())
             .collect(),
     ))
@@ -102,7 +103,7 @@ fn budget(
 ) -> Result<Budget, ApiError> {
     match reservation {
         Some(r) => {
-            if now < r.starts_at || now >= r.ends_at || r.state != "accepted" {
+            if now < r.starts_at || now >= r.ends_at || r.state != ReservationState::Accepted {
                 return Err(ApiError::conflict(format!(
                     "reservation {} is {} for {} .. {}; now ({}) is outside its lease",
                     r.id,
@@ -149,12 +150,13 @@ fn node_address(subnet: Ipv4Net, index: u32) -> String {
     format!("{ip}/{}", subnet.prefix_len())
 }
 
-/// The cluster's subnet: the one asked for, or the first free one in the pool that has
-/// addresses for `nodes` (a /24 unless the cluster is larger).
+/// The cluster's subnet: the one asked for (checked free and large enough), or the
+/// first free one in the pool that has addresses for `nodes` (a /24 unless the cluster is
+/// larger).
 async fn choose_subnet(
     tx: &mut WriteTx,
     pool: Ipv4Net,
-    wanted: Option<&str>,
+    wanted: Option<Ipv4Net>,
     nodes: u32,
 ) -> Result<Ipv4Net, ApiError> {
     let taken: Vec<Ipv4Net> = store::list_clusters(tx.conn(), None)
@@ -163,37 +165,25 @@ async fn choose_subnet(
         .filter_map(|c| c.subnet.parse().ok())
         .collect();
     let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
-    if let Some(s) = wanted {
-        let net: Ipv4Net = s.parse().map_err(|_| {
-            ApiError::invalid(
-                "subnet",
-                format!("subnet {s:?} is not an IPv4 network like 10.77.3.0/24"),
-            )
-        })?;
-        if net != net.trunc() {
-            return Err(ApiError::invalid(
-                "subnet",
-                format!(
-                    "subnet {s:?} has host bits set; did you mean {}?",
-                    net.trunc()
-                ),
-            ));
-        }
-        if !(8..=29).contains(&net.prefix_len()) {
-            return Err(ApiError::invalid(
-                "subnet",
-                "subnet prefix must be between /8 and /29",
-            ));
-        }
+    if let Some(net) = wanted {
         if let Some(t) = taken.iter().find(|t| overlaps(t, &net)) {
             return Err(ApiError::conflict(format!(
                 "subnet {net} overlaps {t}, used by another cluster"
             ))
             .with_field("subnet"));
         }
+        if nodes > max_index(net) {
+            return Err(ApiError::invalid(
+                "subnet",
+                format!(
+                    "subnet {net} has addresses for only {} nodes",
+                    max_index(net)
+                ),
+            ));
+        }
         return Ok(net);
     }
-    let needed = nodes as u64 + 3;
+    let needed = u64::from(nodes) + 3;
     let bits = 64 - (needed - 1).leading_zeros() as u8;
     let size = pool.prefix_len().max((32 - bits.max(8)).min(24));
     pool.subnets(size)
@@ -202,25 +192,34 @@ async fn choose_subnet(
         .ok_or_else(|| ApiError::conflict(format!("the subnet pool {pool} is used up")))
 }
 
-/// Places `count` + pinned nodes and inserts their rows (state `requested`). Returns the
-/// new node ids.
-#[allow(clippy::too_many_arguments)]
+/// Where new nodes go: `anywhere` of them by `strategy`, the rest pinned to sites.
+struct Placement {
+    anywhere: u32,
+    /// (site id, nodes)
+    pinned: Vec<(i64, u32)>,
+    strategy: Strategy,
+}
+
+/// Places the new nodes and inserts their rows (state `requested`). Returns their ids.
 async fn place_nodes(
     tx: &mut WriteTx,
     app: &App,
     cluster: &ClusterRow,
     reservation: Option<&ReservationRow>,
-    anywhere: u32,
-    pinned: Vec<(i64, u32)>,
-    strategy: Strategy,
+    placement: Placement,
     now: i64,
 ) -> Result<Vec<i64>, ApiError> {
+    let Placement {
+        anywhere,
+        pinned,
+        strategy,
+    } = placement;
     let view =
         CapacityView::load(tx.conn(), now, app.config.overcommit, app.host_timeout_ms()).await?;
     let b = budget(&view, reservation, now)?;
     let total = anywhere + pinned.iter().map(|p| p.1).sum::<u32>();
     if let Some(limit) = b.node_limit
-        && total as i64 > limit
+        && i64::from(total) > limit
     {
         return Err(ApiError::conflict(format!(
             "reservation {} allows {} more nodes; asked for {total}",
@@ -247,7 +246,7 @@ async fn place_nodes(
     let existing_nodes = store::nodes_of_cluster(tx.conn(), cluster.id).await?;
     let live: Vec<_> = existing_nodes
         .iter()
-        .filter(|n| !matches!(n.state(), NodeState::Deleted | NodeState::Failed))
+        .filter(|n| !matches!(n.state, NodeState::Deleted | NodeState::Failed))
         .collect();
     let mut existing: BTreeMap<i64, u32> = BTreeMap::new();
     let host_site: BTreeMap<i64, i64> = view.hosts.iter().map(|h| (h.id, h.site_id)).collect();
@@ -329,21 +328,25 @@ async fn reservation_for(
     }
 }
 
-/// Records a task and an event in `tx`.
-async fn start_task(
-    tx: &mut WriteTx,
+/// The one ending of every handler that changes a cluster on its hosts: records the task
+/// and its event in `tx`, commits, starts the task and answers 202 with the task and the
+/// cluster as it now is.
+async fn run_as_task(
     app: &App,
-    kind: &TaskKind,
-    owner_id: i64,
-    cluster: &str,
+    mut tx: WriteTx,
+    cluster_id: i64,
+    op: Operation,
     what: &str,
     now: i64,
-) -> Result<store::TaskRow, ApiError> {
+) -> Result<Response, ApiError> {
+    let row = store::cluster_by_id(tx.conn(), cluster_id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("cluster {cluster_id} vanished")))?;
     let task = store::insert_task(
         tx.conn(),
-        kind.name(),
-        owner_id,
-        Some(cluster),
+        op.kind(),
+        row.owner_id,
+        Some(&row.name),
         now,
         app.task_deadline(now),
     )
@@ -351,16 +354,23 @@ async fn start_task(
     store::insert_event(
         tx.conn(),
         NewEvent {
-            kind: kind.name(),
-            cluster: Some(cluster),
-            owner_id: Some(owner_id),
+            kind: op.kind().as_str(),
+            cluster: Some(&row.name),
+            owner_id: Some(row.owner_id),
             task_id: Some(task.id),
             message: what,
         },
         now,
     )
     .await?;
-    Ok(task)
+    let cluster = cluster_model(tx.conn(), &row).await?;
+    tx.commit().await?;
+    tracing::info!(cluster = %row.name, task = task.id, kind = %op.kind(), "task started");
+    tasks::spawn(app.clone(), task.clone(), row.id, op);
+    Ok(accepted(Accepted {
+        task: task.to_model(),
+        cluster: Some(cluster),
+    }))
 }
 
 /// Creates a cluster of N nodes; answers 202 with the task and the cluster as placed.
@@ -372,156 +382,73 @@ pub async fn create_cluster(
     ApiJson(req): ApiJson<CreateCluster>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
-    check_name("name", &req.name)?;
-    let node_cpus = req.node_cpus.unwrap_or(1);
-    let node_memory_mib = req.node_memory_mib.unwrap_or(512);
-    if !(1..=1024).contains(&node_cpus) {
-        return Err(ApiError::invalid(
-            "node_cpus",
-            "node_cpus must be between 1 and 1024",
-        ));
-    }
-    if !(16..=16 * 1024 * 1024).contains(&node_memory_mib) {
-        return Err(ApiError::invalid(
-            "node_memory_mib",
-            "node_memory_mib must be at least 16",
-        ));
-    }
-    let pinned_total: u32 = req.sites.iter().map(|s| s.nodes).sum();
-    let anywhere = match req.nodes {
-        Some(n) if !req.sites.is_empty() => {
-            if n < pinned_total {
-                return Err(ApiError::invalid(
-                    "nodes",
-                    format!("nodes ({n}) is less than the {pinned_total} nodes pinned in sites"),
-                ));
-            }
-            n - pinned_total
-        }
-        Some(n) => n,
-        None if !req.sites.is_empty() => 0,
-        None => {
-            return Err(ApiError::invalid(
-                "nodes",
-                "give nodes (a count) or sites (nodes per site)",
-            ));
-        }
-    };
-    if anywhere + pinned_total == 0 {
-        return Err(ApiError::invalid(
-            "nodes",
-            "a cluster needs at least one node",
-        ));
-    }
-    if anywhere + pinned_total > MAX_NODE_INDEX {
-        return Err(ApiError::invalid(
-            "nodes",
-            format!("at most {MAX_NODE_INDEX} nodes per cluster"),
-        ));
-    }
-    let strategy = req.strategy.unwrap_or(Strategy::Spread);
+    let req = req.validate()?;
     let now = now_ms();
-
     let mut tx = app.store.write().await?;
     let mut pinned = Vec::new();
-    for s in &req.sites {
-        let site = store::site_by_key(tx.conn(), &s.site)
+    for (site, nodes) in &req.pinned {
+        let row = store::site_by_key(tx.conn(), site)
             .await?
-            .ok_or_else(|| ApiError::invalid("sites", format!("unknown site {:?}", s.site)))?;
-        if s.nodes > 0 {
-            pinned.push((site.id, s.nodes));
-        }
+            .ok_or_else(|| ApiError::invalid("sites", format!("unknown site {site:?}")))?;
+        pinned.push((row.id, *nodes));
     }
     let reservation = reservation_for(&mut tx, &who, req.reservation).await?;
     let subnet = choose_subnet(
         &mut tx,
         app.config.subnet_pool,
-        req.subnet.as_deref(),
-        anywhere + pinned_total,
+        req.subnet,
+        req.total_nodes(),
     )
     .await?;
-    if ((anywhere + pinned_total) as u64) > max_index(subnet) as u64 {
-        return Err(ApiError::invalid(
-            "subnet",
-            format!(
-                "subnet {subnet} has addresses for only {} nodes",
-                max_index(subnet)
-            ),
-        ));
-    }
     let network_id = store::next_network_id(tx.conn(), app.config.first_network_id as i64).await?;
     if network_id > u32::MAX as i64 {
         return Err(ApiError::conflict("overlay network ids are used up"));
     }
-    let psk = random_psk();
     let subnet_text = subnet.to_string();
-    let id = match store::insert_cluster(
+    let inserted = store::insert_cluster(
         tx.conn(),
         NewCluster {
             name: &req.name,
             owner_id: who.user_id,
             network_id,
-            psk: &psk,
+            psk: &random_psk(),
             subnet: &subnet_text,
             reservation_id: reservation.as_ref().map(|r| r.id),
-            node_cpus,
-            node_memory_mib,
+            node_cpus: req.per_node.cpus,
+            node_memory_mib: req.per_node.memory_mib,
         },
         now,
     )
-    .await
-    {
-        Ok(id) => id,
+    .await;
+    let id = match inserted {
         Err(store::StoreError::Db(e)) if store::is_unique_violation(&e) => {
             return Err(
                 ApiError::conflict(format!("a cluster named {:?} exists", req.name))
                     .with_field("name"),
             );
         }
-        Err(e) => return Err(e.into()),
+        other => other?,
     };
     let row = store::cluster_by_id(tx.conn(), id)
         .await?
         .ok_or_else(|| ApiError::internal("cluster vanished"))?;
-    place_nodes(
-        &mut tx,
-        &app,
-        &row,
-        reservation.as_ref(),
-        anywhere,
+    let placement = Placement {
+        anywhere: req.anywhere,
         pinned,
-        strategy,
-        now,
-    )
-    .await?;
-    let kind = TaskKind::CreateCluster;
-    let task = start_task(
-        &mut tx,
-        &app,
-        &kind,
-        who.user_id,
-        &row.name,
-        &format!(
-            "{} asked for cluster {} of {} nodes",
-            who.name,
-            row.name,
-            anywhere + pinned_total
-        ),
-        now,
-    )
-    .await?;
-    let cluster = cluster_model(tx.conn(), &row).await?;
-    tx.commit().await?;
-    tracing::info!(cluster = %row.name, network = row.network_id, task = task.id, "cluster created");
-    tasks::spawn(app.clone(), task.clone(), row.id, kind);
-    Ok(accepted(Accepted {
-        task: task.to_model(),
-        cluster: Some(cluster),
-    }))
+        strategy: req.strategy,
+    };
+    place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    let what = format!(
+        "{} asked for cluster {} of {} nodes",
+        who.name,
+        row.name,
+        req.total_nodes()
+    );
+    run_as_task(&app, tx, id, Operation::CreateCluster, &what, now).await
 }
 
-fn require_state(row: &ClusterRow, allowed: &[&str], doing: &str) -> Result<(), ApiError> {
-    if allowed.contains(&row.state.as_str()) {
+fn require_state(row: &ClusterRow, allowed: &[ClusterState], doing: &str) -> Result<(), ApiError> {
+    if allowed.contains(&row.state) {
         Ok(())
     } else {
         Err(ApiError::conflict(format!(
@@ -542,60 +469,43 @@ pub async fn add_nodes(
     ApiJson(req): ApiJson<AddNodes>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
-    if req.count == 0 || req.count > MAX_NODE_INDEX {
-        return Err(ApiError::invalid(
-            "count",
-            format!("count must be between 1 and {MAX_NODE_INDEX}"),
-        ));
-    }
+    let count = req.validate()?;
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let row = visible_cluster(tx.conn(), &who, &cluster).await?;
-    require_state(&row, &["active"], "add nodes")?;
-    let pinned = match &req.site {
+    require_state(&row, &[ClusterState::Active], "add nodes")?;
+    let placement = match &req.site {
         Some(s) => {
             let site = store::site_by_key(tx.conn(), s)
                 .await?
                 .ok_or_else(|| ApiError::invalid("site", format!("unknown site {s:?}")))?;
-            vec![(site.id, req.count)]
+            Placement {
+                anywhere: 0,
+                pinned: vec![(site.id, count)],
+                strategy: req.strategy.unwrap_or(Strategy::Spread),
+            }
         }
-        None => vec![],
+        None => Placement {
+            anywhere: count,
+            pinned: vec![],
+            strategy: req.strategy.unwrap_or(Strategy::Spread),
+        },
     };
-    let anywhere = if pinned.is_empty() { req.count } else { 0 };
     let reservation = match row.reservation_id {
         Some(r) => store::reservation_by_id(tx.conn(), r).await?,
         None => None,
     };
-    let strategy = req.strategy.unwrap_or(Strategy::Spread);
-    let node_ids = place_nodes(
-        &mut tx,
+    let node_ids = place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    let what = format!("{} asked for {count} more nodes", who.name);
+    run_as_task(
         &app,
-        &row,
-        reservation.as_ref(),
-        anywhere,
-        pinned,
-        strategy,
+        tx,
+        row.id,
+        Operation::AddNodes { node_ids },
+        &what,
         now,
     )
-    .await?;
-    let kind = TaskKind::AddNodes { node_ids };
-    let task = start_task(
-        &mut tx,
-        &app,
-        &kind,
-        row.owner_id,
-        &row.name,
-        &format!("{} asked for {} more nodes", who.name, req.count),
-        now,
-    )
-    .await?;
-    let cluster = cluster_model(tx.conn(), &row).await?;
-    tx.commit().await?;
-    tasks::spawn(app.clone(), task.clone(), row.id, kind);
-    Ok(accepted(Accepted {
-        task: task.to_model(),
-        cluster: Some(cluster),
-    }))
+    .await
 }
 
 /// Removes one node (by name or index); the rest of the cluster keeps running.
@@ -612,14 +522,18 @@ pub async fn remove_node(
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let row = visible_cluster(tx.conn(), &who, &cluster).await?;
-    require_state(&row, &["active", "expired"], "remove nodes")?;
+    require_state(
+        &row,
+        &[ClusterState::Active, ClusterState::Expired],
+        "remove nodes",
+    )?;
     let nodes = store::nodes_of_cluster(tx.conn(), row.id).await?;
     let target = nodes
         .iter()
-        .find(|n| (n.name == node || n.idx.to_string() == node) && n.state() != NodeState::Deleted)
+        .find(|n| (n.name == node || n.idx.to_string() == node) && n.state != NodeState::Deleted)
         .ok_or_else(|| ApiError::not_found(format!("cluster {} has no node {node:?}", row.name)))?;
     if matches!(
-        target.state(),
+        target.state,
         NodeState::Requested | NodeState::Creating | NodeState::Stopping
     ) {
         return Err(ApiError::conflict(format!(
@@ -631,73 +545,44 @@ pub async fn remove_node(
         tx.conn(),
         target.id,
         NodeState::Stopping,
-        "deleted",
+        NodeTarget::Deleted,
         None,
         now,
     )
     .await?;
-    let kind = TaskKind::RemoveNode { node_id: target.id };
-    let task = start_task(
-        &mut tx,
-        &app,
-        &kind,
-        row.owner_id,
-        &row.name,
-        &format!("{} asked to remove node {}", who.name, target.name),
-        now,
-    )
-    .await?;
-    let cluster = cluster_model(tx.conn(), &row).await?;
-    tx.commit().await?;
-    tasks::spawn(app.clone(), task.clone(), row.id, kind);
-    Ok(accepted(Accepted {
-        task: task.to_model(),
-        cluster: Some(cluster),
-    }))
+    let what = format!("{} asked to remove node {}", who.name, target.name);
+    let op = Operation::RemoveNode { node_id: target.id };
+    run_as_task(&app, tx, row.id, op, &what, now).await
 }
 
 async fn set_overlay(
     app: App,
     who: Principal,
     cluster: String,
-    run: bool,
+    wanted: OverlayState,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let row = visible_cluster(tx.conn(), &who, &cluster).await?;
-    if run {
-        require_state(&row, &["active"], "start its overlay")?;
-    } else {
-        require_state(&row, &["active", "expired"], "stop its overlay")?;
-    }
-    let previous = row.overlay.clone();
-    let (state, kind) = if run {
-        ("running", TaskKind::StartOverlay { previous })
-    } else {
-        ("stopped", TaskKind::StopOverlay { previous })
+    let previous = row.overlay;
+    let op = match wanted {
+        OverlayState::Running => {
+            require_state(&row, &[ClusterState::Active], "start its overlay")?;
+            Operation::StartOverlay { previous }
+        }
+        OverlayState::Stopped => {
+            require_state(
+                &row,
+                &[ClusterState::Active, ClusterState::Expired],
+                "stop its overlay",
+            )?;
+            Operation::StopOverlay { previous }
+        }
     };
-    store::set_cluster_overlay(tx.conn(), row.id, state, now).await?;
-    let task = start_task(
-        &mut tx,
-        &app,
-        &kind,
-        row.owner_id,
-        &row.name,
-        &format!("{} asked for the overlay to be {state}", who.name),
-        now,
-    )
-    .await?;
-    let row = store::cluster_by_id(tx.conn(), row.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("cluster vanished"))?;
-    let cluster = cluster_model(tx.conn(), &row).await?;
-    tx.commit().await?;
-    tasks::spawn(app.clone(), task.clone(), row.id, kind);
-    Ok(accepted(Accepted {
-        task: task.to_model(),
-        cluster: Some(cluster),
-    }))
+    store::set_cluster_overlay(tx.conn(), row.id, wanted, now).await?;
+    let what = format!("{} asked for the overlay to be {wanted}", who.name);
+    run_as_task(&app, tx, row.id, op, &what, now).await
 }
 
 /// Starts the cluster's overlay network on every host it has nodes on.
@@ -709,7 +594,7 @@ pub async fn start_overlay(
     who: Principal,
     ApiPath(cluster): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    set_overlay(app, who, cluster, true).await
+    set_overlay(app, who, cluster, OverlayState::Running).await
 }
 
 /// Stops the cluster's overlay network on every host: nodes at different hosts can no
@@ -722,7 +607,7 @@ pub async fn stop_overlay(
     who: Principal,
     ApiPath(cluster): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    set_overlay(app, who, cluster, false).await
+    set_overlay(app, who, cluster, OverlayState::Stopped).await
 }
 
 /// Deletes the cluster: every node, the overlay network and the bridges on every host.
@@ -738,40 +623,29 @@ pub async fn delete_cluster(
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let row = visible_cluster(tx.conn(), &who, &cluster).await?;
-    require_state(&row, &["active", "expired", "failed"], "delete it again")?;
-    store::set_cluster_state(tx.conn(), row.id, "deleting", None, now).await?;
+    require_state(
+        &row,
+        &[
+            ClusterState::Active,
+            ClusterState::Expired,
+            ClusterState::Failed,
+        ],
+        "delete it again",
+    )?;
+    store::set_cluster_state(tx.conn(), row.id, ClusterState::Deleting, None, now).await?;
     for n in store::nodes_of_cluster(tx.conn(), row.id).await? {
-        if n.state() != NodeState::Deleted {
-            let state = if n.state() == NodeState::Failed {
+        if n.state != NodeState::Deleted {
+            let state = if n.state == NodeState::Failed {
                 NodeState::Failed
             } else {
                 NodeState::Stopping
             };
-            store::set_node_state(tx.conn(), n.id, state, "deleted", n.reason.as_deref(), now)
-                .await?;
+            let reason = n.reason.as_deref();
+            store::set_node_state(tx.conn(), n.id, state, NodeTarget::Deleted, reason, now).await?;
         }
     }
-    let kind = TaskKind::DeleteCluster;
-    let task = start_task(
-        &mut tx,
-        &app,
-        &kind,
-        row.owner_id,
-        &row.name,
-        &format!("{} asked to delete cluster {}", who.name, row.name),
-        now,
-    )
-    .await?;
-    let row = store::cluster_by_id(tx.conn(), row.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("cluster vanished"))?;
-    let cluster = cluster_model(tx.conn(), &row).await?;
-    tx.commit().await?;
-    tasks::spawn(app.clone(), task.clone(), row.id, kind);
-    Ok(accepted(Accepted {
-        task: task.to_model(),
-        cluster: Some(cluster),
-    }))
+    let what = format!("{} asked to delete cluster {}", who.name, row.name);
+    run_as_task(&app, tx, row.id, Operation::DeleteCluster, &what, now).await
 }
 
 #[cfg(test)]

@@ -2,14 +2,12 @@
 //! site, capacity, agent URL, overlay endpoint and vpnd public key), heartbeat, and read
 //! the host's desired state; admins list, disable and remove hosts.
 
-use std::net::SocketAddr;
+use crate::model::NodeState;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 
-use super::check_name;
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::desired;
@@ -124,7 +122,7 @@ pub async fn delete_host(
     let nodes = store::nodes_on_host(tx.conn(), row.id).await?;
     let live: Vec<&str> = nodes
         .iter()
-        .filter(|n| n.state != "deleted")
+        .filter(|n| n.state != NodeState::Deleted)
         .map(|n| n.name.as_str())
         .collect();
     if !live.is_empty() {
@@ -140,54 +138,6 @@ pub async fn delete_host(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn validate_registration(r: &RegisterHost) -> Result<(), ApiError> {
-    check_name("name", &r.name)?;
-    if r.site.is_empty() {
-        return Err(ApiError::invalid("site", "site is required"));
-    }
-    if r.cpus <= 0 || r.cpus > 100_000 {
-        return Err(ApiError::invalid(
-            "cpus",
-            "cpus must be between 1 and 100000",
-        ));
-    }
-    if r.memory_mib <= 0 || r.memory_mib > 1 << 40 {
-        return Err(ApiError::invalid(
-            "memory_mib",
-            "memory_mib must be positive",
-        ));
-    }
-    match r.agent_url.parse::<reqwest::Url>() {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => {
-            return Err(ApiError::invalid(
-                "agent_url",
-                format!("agent_url {:?} is not an http(s) URL", r.agent_url),
-            ));
-        }
-    }
-    if r.agent_secret.len() < 16 {
-        return Err(ApiError::invalid(
-            "agent_secret",
-            "agent_secret must be at least 16 characters",
-        ));
-    }
-    if r.overlay_endpoint.parse::<SocketAddr>().is_err() {
-        return Err(ApiError::invalid(
-            "overlay_endpoint",
-            format!("overlay_endpoint {:?} is not ip:port", r.overlay_endpoint),
-        ));
-    }
-    let key = base64::engine::general_purpose::STANDARD.decode(&r.public_key);
-    if !matches!(key, Ok(k) if k.len() == 32) {
-        return Err(ApiError::invalid(
-            "public_key",
-            "public_key must be 32 bytes in standard base64 (vpnd's public key)",
-        ));
-    }
-    Ok(())
-}
-
 /// A host agent registers its host (again, after a restart: the same name updates it).
 #[utoipa::path(post, path = "/v1/hosts/register", tag = "hosts", request_body = RegisterHost,
     responses((status = 200, body = Registered), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
@@ -197,7 +147,7 @@ pub async fn register_host(
     ApiJson(req): ApiJson<RegisterHost>,
 ) -> Result<ApiJson<Registered>, ApiError> {
     who.require_agent_or_admin()?;
-    validate_registration(&req)?;
+    req.validate()?;
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let site = store::site_by_key(tx.conn(), &req.site)

@@ -11,7 +11,7 @@ pub mod tasks;
 pub mod users;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 use super::App;
 use super::error::ApiError;
 use super::portal;
+use crate::model::MAX_BODY_BYTES;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -106,6 +107,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(portal::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(app.clone(), count_requests))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
@@ -129,7 +131,7 @@ async fn count_requests(State(app): State<App>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let resp = next.run(req).await;
     app.metrics.request(&method, &route, resp.status().as_u16());
     resp

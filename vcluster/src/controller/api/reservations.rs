@@ -3,6 +3,7 @@
 //! (see `capacity` for the rule), so concurrent requests can never double-book. Also
 //! "when can I get N nodes for D hours" and cancelling.
 
+use crate::model::{ClusterState, ReservationState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,15 +15,12 @@ use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::capacity::Refusal;
 use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::controller::requests::{EarliestQuery, EarliestRequest, ReservationRequest};
 use crate::controller::store::{
     self, NewEvent, NewReservation, ReservationRow, ms_to_time, now_ms,
 };
 use crate::controller::view::CapacityView;
-use crate::model::{ApiErrorBody, CreateReservation, EarliestSlot, Reservation, Resources};
-
-/// Leases start at most this far in the past (clock skew between client and controller).
-const START_SLACK_MS: i64 = 5 * 60_000;
-const MAX_LEASE_MS: i64 = 366 * 24 * 3_600_000;
+use crate::model::{ApiErrorBody, CreateReservation, EarliestSlot, Reservation};
 
 async fn reservation_model(
     conn: &mut sqlx::AnyConnection,
@@ -37,6 +35,7 @@ async fn reservation_model(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Admins: everyone's reservations (default); users always see their own.
     pub mine: Option<bool>,
@@ -65,63 +64,6 @@ pub async fn list_reservations(
     Ok(ApiJson(out))
 }
 
-/// Turns a request into the resources it asks for; `field` names what was wrong.
-fn requested_amount(req: &CreateReservation) -> Result<(Option<i64>, Resources), ApiError> {
-    match (req.nodes, req.cpus, req.memory_mib) {
-        (Some(n), None, None) => {
-            if !(1..=100_000).contains(&n) {
-                return Err(ApiError::invalid(
-                    "nodes",
-                    "nodes must be between 1 and 100000",
-                ));
-            }
-            let cpus = req.node_cpus.unwrap_or(1);
-            let mem = req.node_memory_mib.unwrap_or(512);
-            if !(1..=1024).contains(&cpus) {
-                return Err(ApiError::invalid(
-                    "node_cpus",
-                    "node_cpus must be between 1 and 1024",
-                ));
-            }
-            if mem < 16 {
-                return Err(ApiError::invalid(
-                    "node_memory_mib",
-                    "node_memory_mib must be at least 16",
-                ));
-            }
-            Ok((Some(n), Resources::new(cpus, mem).times(n)))
-        }
-        (None, cpus, mem) if cpus.is_some() || mem.is_some() => {
-            let cpus = cpus.unwrap_or(0);
-            let mem = mem.unwrap_or(0);
-            if cpus < 0 {
-                return Err(ApiError::invalid("cpus", "cpus must not be negative"));
-            }
-            if mem < 0 {
-                return Err(ApiError::invalid(
-                    "memory_mib",
-                    "memory_mib must not be negative",
-                ));
-            }
-            if cpus == 0 && mem == 0 {
-                return Err(ApiError::invalid(
-                    "cpus",
-                    "reserve at least one CPU or some memory",
-                ));
-            }
-            Ok((None, Resources::new(cpus, mem)))
-        }
-        (Some(_), _, _) => Err(ApiError::invalid(
-            "nodes",
-            "give either nodes or cpus/memory_mib, not both",
-        )),
-        _ => Err(ApiError::invalid(
-            "nodes",
-            "give nodes, or cpus and/or memory_mib",
-        )),
-    }
-}
-
 /// Asks for a lease. 201 with the reservation when accepted; 409 with the reason when refused.
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = CreateReservation,
     responses((status = 201, body = Reservation), (status = 409, body = ApiErrorBody, description = "refused: the reason says why"),
@@ -133,22 +75,18 @@ pub async fn create_reservation(
 ) -> Result<Response, ApiError> {
     who.require_person()?;
     let now = now_ms();
-    let start = req.start.timestamp_millis();
-    let end = req.end.timestamp_millis();
-    if end <= start {
-        return Err(ApiError::invalid("end", "end must be after start"));
-    }
-    if start < now - START_SLACK_MS {
-        return Err(ApiError::invalid("start", "start is in the past"));
-    }
-    if end - start > MAX_LEASE_MS {
-        return Err(ApiError::invalid("end", "a lease lasts at most 366 days"));
-    }
-    let (nodes, amount) = requested_amount(&req)?;
+    let ReservationRequest {
+        site,
+        nodes,
+        amount,
+        start,
+        end,
+        note,
+    } = req.validate(now)?;
 
     let mut tx = app.store.write().await?;
-    let site = match &req.site {
-        Some(s) if !s.is_empty() => Some(
+    let site = match &site {
+        Some(s) => Some(
             store::site_by_key(tx.conn(), s)
                 .await?
                 .ok_or_else(|| ApiError::invalid("site", format!("unknown site {s:?}")))?,
@@ -168,8 +106,10 @@ pub async fn create_reservation(
             for s in &view.sites {
                 let ledger = view.ledger(s.id);
                 if ledger.admit(amount, start, end, now).is_ok() {
-                    let room =
-                        ledger.capacity.cpus - ledger.peak_reserved(start.max(now), end).cpus;
+                    let room = ledger
+                        .capacity
+                        .cpus
+                        .saturating_sub(ledger.peak_reserved(start.max(now), end).cpus);
                     if best.is_none_or(|(r, _)| room > r) {
                         best = Some((room, s));
                     }
@@ -200,7 +140,7 @@ pub async fn create_reservation(
             resources: amount,
             starts_at: start,
             ends_at: end,
-            note: &req.note,
+            note: &note,
         },
         now,
     )
@@ -233,18 +173,6 @@ pub async fn create_reservation(
     Ok(created(model))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct EarliestQuery {
-    /// How many nodes.
-    pub nodes: i64,
-    /// For how long, in hours.
-    pub hours: f64,
-    /// Only this site (default: any).
-    pub site: Option<String>,
-    pub node_cpus: Option<i64>,
-    pub node_memory_mib: Option<i64>,
-}
-
 /// "When can I get N nodes for D hours": the earliest start at which such a reservation
 /// would be accepted, and where.
 #[utoipa::path(get, path = "/v1/reservations/earliest", tag = "reservations", params(EarliestQuery),
@@ -255,30 +183,16 @@ pub async fn earliest_slot(
     ApiQuery(q): ApiQuery<EarliestQuery>,
 ) -> Result<ApiJson<EarliestSlot>, ApiError> {
     who.require_person()?;
-    if !(1..=100_000).contains(&q.nodes) {
-        return Err(ApiError::invalid(
-            "nodes",
-            "nodes must be between 1 and 100000",
-        ));
-    }
-    if !(q.hours > 0.0 && q.hours <= 366.0 * 24.0) {
-        return Err(ApiError::invalid(
-            "hours",
-            "hours must be more than 0 and at most 8784",
-        ));
-    }
-    let per_node = Resources::new(q.node_cpus.unwrap_or(1), q.node_memory_mib.unwrap_or(512));
-    if per_node.cpus < 1 || per_node.memory_mib < 16 {
-        return Err(ApiError::invalid(
-            "node_cpus",
-            "nodes need at least 1 CPU and 16 MiB",
-        ));
-    }
-    let amount = per_node.times(q.nodes);
-    let duration = (q.hours * 3_600_000.0) as i64;
+    let EarliestRequest {
+        nodes,
+        per_node,
+        amount,
+        duration_ms: duration,
+        site,
+    } = q.validate()?;
     let now = now_ms();
     let mut rx = app.store.read().await?;
-    let only = match &q.site {
+    let only = match &site {
         Some(s) => Some(
             store::site_by_key(rx.conn(), s)
                 .await?
@@ -304,12 +218,12 @@ pub async fn earliest_slot(
         Some((start, site)) => Ok(ApiJson(EarliestSlot {
             site: site.name.clone(),
             start: ms_to_time(start),
-            end: ms_to_time(start + duration),
+            end: ms_to_time(start.saturating_add(duration)),
             resources: amount,
         })),
         None => Err(ApiError::conflict(format!(
             "no site can ever hold {} nodes of {} CPUs / {} MiB next to what runs outside reservations",
-            q.nodes, per_node.cpus, per_node.memory_mib
+            nodes, per_node.cpus, per_node.memory_mib
         ))),
     }
 }
@@ -348,7 +262,7 @@ pub async fn cancel_reservation(
         Some(r) if who.may_see(r.owner_id) => r,
         _ => return Err(ApiError::not_found(format!("no reservation {id}"))),
     };
-    if row.state != "accepted" {
+    if row.state != ReservationState::Accepted {
         return Err(ApiError::conflict(format!(
             "reservation {id} is already {}",
             row.state
@@ -357,7 +271,7 @@ pub async fn cancel_reservation(
     let users: Vec<String> = store::clusters_of_reservation(tx.conn(), id)
         .await?
         .into_iter()
-        .filter(|c| c.state != "failed")
+        .filter(|c| c.state != ClusterState::Failed)
         .map(|c| c.name)
         .collect();
     if !users.is_empty() {
@@ -366,7 +280,7 @@ pub async fn cancel_reservation(
             users.join(", ")
         )));
     }
-    store::set_reservation_state(tx.conn(), id, "cancelled").await?;
+    store::set_reservation_state(tx.conn(), id, ReservationState::Cancelled).await?;
     store::insert_event(
         tx.conn(),
         NewEvent {

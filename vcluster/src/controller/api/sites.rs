@@ -7,13 +7,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{check_name, created};
+use super::created;
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::store::{self, ms_to_time, now_ms};
 use crate::controller::view::CapacityView;
-use crate::model::{ApiErrorBody, CreateSite, Resources, Site, SiteTimeline, TimelinePoint};
+use crate::model::{
+    ApiErrorBody, CreateSite, ReservationState, Resources, Site, SiteTimeline, TimelinePoint,
+};
 
 async fn view(app: &App, conn: &mut sqlx::AnyConnection) -> Result<CapacityView, ApiError> {
     Ok(CapacityView::load(conn, now_ms(), app.config.overcommit, app.host_timeout_ms()).await?)
@@ -42,7 +44,7 @@ pub async fn create_site(
     ApiJson(req): ApiJson<CreateSite>,
 ) -> Result<Response, ApiError> {
     who.require_admin()?;
-    check_name("name", &req.name)?;
+    req.validate()?;
     let mut tx = app.store.write().await?;
     let row = match store::insert_site(tx.conn(), &req.name, &req.description, now_ms()).await {
         Ok(r) => r,
@@ -78,7 +80,8 @@ pub async fn get_site(
     Ok(ApiJson(v.site_model(&row)))
 }
 
-/// Deletes a site that has no hosts and no reservations (admin).
+/// Deletes a site that has no hosts and no accepted reservation (admin). Its cancelled and
+/// expired reservations go with it.
 #[utoipa::path(delete, path = "/v1/sites/{site}", tag = "sites",
     params(("site" = String, Path, description = "site name or id")),
     responses((status = 204), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
@@ -105,12 +108,37 @@ pub async fn delete_site(
             here.join(", ")
         )));
     }
-    let reservations = store::list_reservations(tx.conn(), None).await?;
-    if reservations.iter().any(|r| r.site_id == row.id) {
+    let reservations: Vec<_> = store::list_reservations(tx.conn(), None)
+        .await?
+        .into_iter()
+        .filter(|r| r.site_id == row.id)
+        .collect();
+    let accepted: Vec<String> = reservations
+        .iter()
+        .filter(|r| r.state == ReservationState::Accepted)
+        .map(|r| r.id.to_string())
+        .collect();
+    if !accepted.is_empty() {
         return Err(ApiError::conflict(format!(
-            "site {} has reservations",
-            row.name
+            "site {} has accepted reservations: {}; cancel them first",
+            row.name,
+            accepted.join(", ")
         )));
+    }
+    for r in &reservations {
+        let users: Vec<String> = store::clusters_of_reservation(tx.conn(), r.id)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "site {}'s reservation {} still has clusters: {}; delete them first",
+                row.name,
+                r.id,
+                users.join(", ")
+            )));
+        }
     }
     store::delete_site(tx.conn(), row.id).await?;
     tx.commit().await?;
@@ -118,6 +146,7 @@ pub async fn delete_site(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct TimelineQuery {
     /// How far back, in hours (default 24, at most 744).
     pub hours_back: Option<f64>,

@@ -12,6 +12,7 @@ use crate::controller::store;
 use crate::model::{ApiErrorBody, Event, Task};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this cluster's (by name).
     pub cluster: Option<String>,

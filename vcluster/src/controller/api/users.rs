@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{check_name, created};
+use super::created;
 use crate::controller::App;
 use crate::controller::auth::{self, Principal};
 use crate::controller::error::{ApiError, ApiJson, ApiPath};
@@ -47,7 +47,7 @@ pub async fn create_user(
     ApiJson(req): ApiJson<CreateUser>,
 ) -> Result<Response, ApiError> {
     who.require_admin()?;
-    check_name("name", &req.name)?;
+    req.validate()?;
     let (user, token) = auth::create_user_with_token(&app.store, &req.name, req.role, None).await?;
     tracing::info!(user = %user.name, role = %user.role, by = %who.name, "user created");
     Ok(created(IssuedToken {

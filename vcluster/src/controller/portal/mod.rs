@@ -14,6 +14,7 @@ use super::App;
 const INDEX: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const STYLE: &str = include_str!("style.css");
+const FAVICON: &str = include_str!("favicon.svg");
 
 pub fn router() -> Router<App> {
     Router::new()
@@ -32,6 +33,16 @@ pub fn router() -> Router<App> {
         .route(
             "/portal/style.css",
             get(|| async { page(STYLE, "text/css; charset=utf-8") }),
+        )
+        // The page links its icon; `/favicon.ico` answers too, for browsers and tools
+        // that ask there first (a 404 is a console error in every browser).
+        .route(
+            "/portal/favicon.svg",
+            get(|| async { page(FAVICON, "image/svg+xml") }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { page(FAVICON, "image/svg+xml") }),
         )
 }
 
