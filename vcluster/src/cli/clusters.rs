@@ -1,0 +1,166 @@
+//! Clusters: create (placed across sites or inside a reservation), list, show, delete.
+
+use clap::{Args, Subcommand};
+
+use super::tasks::accepted;
+use super::{ApiArgs, print};
+use crate::model::{Accepted, Cluster, CreateCluster, SiteCount, Strategy};
+
+#[derive(Debug, Args)]
+pub struct ClusterCmd {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub cmd: ClusterSub,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterSub {
+    /// Create a cluster of N nodes (anywhere, or pinned with --site NAME=COUNT).
+    Create {
+        name: String,
+        /// Nodes placed by the strategy.
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// NAME=COUNT, repeatable: nodes pinned to a site.
+        #[arg(long = "site", value_parser = parse_site_count)]
+        sites: Vec<SiteCount>,
+        /// spread or pack
+        #[arg(long)]
+        strategy: Option<String>,
+        /// Place the cluster inside this reservation.
+        #[arg(long)]
+        reservation: Option<i64>,
+        /// CPUs per node (default 1).
+        #[arg(long)]
+        node_cpus: Option<i64>,
+        /// Memory per node in MiB (default 512).
+        #[arg(long)]
+        node_memory_mib: Option<i64>,
+        /// The nodes' IPv4 subnet (default: a free one from the controller's pool).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Wait for the task to finish.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Your clusters (admins: all).
+    List,
+    /// A cluster and its nodes.
+    Show { cluster: String },
+    /// Delete the cluster and everything it made.
+    Delete {
+        cluster: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+fn parse_site_count(s: &str) -> Result<SiteCount, String> {
+    let (site, n) = s.split_once('=').ok_or("expected SITE=COUNT")?;
+    Ok(SiteCount {
+        site: site.to_string(),
+        nodes: n.parse().map_err(|_| format!("bad count in {s:?}"))?,
+    })
+}
+
+fn parse_strategy(s: Option<&str>) -> anyhow::Result<Option<Strategy>> {
+    match s {
+        None => Ok(None),
+        Some("spread") => Ok(Some(Strategy::Spread)),
+        Some("pack") => Ok(Some(Strategy::Pack)),
+        Some(o) => anyhow::bail!("unknown strategy {o:?}: spread or pack"),
+    }
+}
+
+pub(super) fn print_cluster(c: &Cluster) {
+    println!(
+        "cluster {} (id {}, owner {}): {:?}, overlay {:?}, network {}, subnet {}",
+        c.name, c.id, c.owner, c.state, c.overlay, c.network_id, c.subnet
+    );
+    if let Some(r) = &c.reason {
+        println!("  reason: {r}");
+    }
+    if let Some(r) = c.reservation {
+        println!("  reservation: {r}");
+    }
+    println!(
+        "  {:<24} {:<12} {:<10} {:<18} {:<18} STATE",
+        "NODE", "HOST", "SITE", "MAC", "ADDRESS"
+    );
+    for n in &c.nodes {
+        println!(
+            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:?}{}",
+            n.name,
+            n.host,
+            n.site,
+            n.mac,
+            n.address,
+            n.state,
+            n.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
+    let client = c.api.client()?;
+    let json = c.api.json;
+    match c.cmd {
+        ClusterSub::Create {
+            name,
+            nodes,
+            sites,
+            strategy,
+            reservation,
+            node_cpus,
+            node_memory_mib,
+            subnet,
+            wait,
+        } => {
+            let req = CreateCluster {
+                name,
+                nodes,
+                sites,
+                strategy: parse_strategy(strategy.as_deref())?,
+                reservation,
+                node_cpus,
+                node_memory_mib,
+                subnet,
+            };
+            let a: Accepted = client.post("/v1/clusters", &req).await?;
+            accepted(&client, json, a, wait).await?;
+        }
+        ClusterSub::List => {
+            let cs: Vec<Cluster> = client.get("/v1/clusters").await?;
+            print(json, &cs, |cs| {
+                println!(
+                    "{:<20} {:<10} {:<9} {:<9} {:>6} {:<18}",
+                    "CLUSTER", "OWNER", "STATE", "OVERLAY", "NODES", "SUBNET"
+                );
+                for c in cs {
+                    println!(
+                        "{:<20} {:<10} {:<9} {:<9} {:>6} {:<18}",
+                        c.name,
+                        c.owner,
+                        format!("{:?}", c.state).to_lowercase(),
+                        format!("{:?}", c.overlay).to_lowercase(),
+                        c.nodes.len(),
+                        c.subnet
+                    );
+                }
+            });
+        }
+        ClusterSub::Show { cluster } => {
+            let c: Cluster = client.get(&format!("/v1/clusters/{cluster}")).await?;
+            print(json, &c, print_cluster);
+        }
+        ClusterSub::Delete { cluster, wait } => {
+            let a: Accepted = client.delete(&format!("/v1/clusters/{cluster}")).await?;
+            accepted(&client, json, a, wait).await?;
+        }
+    }
+    Ok(())
+}
