@@ -48,8 +48,10 @@ struct ServeArgs {
     /// sqlite:PATH or postgres://user@host/db
     #[arg(long, default_value = "sqlite:vcluster.db", env = "VCLUSTER_STORE")]
     store: String,
+    /// CPUs a host offers per physical CPU (more than 0, at most 64).
     #[arg(long, default_value_t = 4.0)]
     cpu_overcommit: f64,
+    /// Memory a host offers per MiB it has (more than 0, at most 64).
     #[arg(long, default_value_t = 1.0)]
     memory_overcommit: f64,
     /// Seconds before a task fails and is rolled back.
@@ -69,7 +71,8 @@ struct ServeArgs {
     /// Token for the first admin user (created when the store has no admin).
     #[arg(long, env = "VCLUSTER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Where to write a generated first admin token.
+    /// Where to write a generated first admin token (default: admin.token in the working
+    /// directory; mode 0600).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
 }
@@ -180,7 +183,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.first_network_id = a.first_network_id.max(1);
     config.bootstrap_admin_token = a.admin_token;
     config.admin_token_file = a.admin_token_file;
-    controller::serve(config).await
+    Ok(controller::serve(config).await?)
 }
 
 async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {

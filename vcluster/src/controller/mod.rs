@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use ipnet::Ipv4Net;
+use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
@@ -61,9 +61,44 @@ pub struct ControllerConfig {
     pub first_network_id: u32,
     /// Creates an `admin` user with this token when the store has no admin.
     pub bootstrap_admin_token: Option<String>,
-    /// When the store has no admin and no token was given, a new one is written here.
+    /// When the store has no admin and no token was given, a new one is written here
+    /// (default: `admin.token` in the working directory), never to a log.
     pub admin_token_file: Option<PathBuf>,
 }
+
+/// Why the controller could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("opening store {url}: {source}")]
+    Store {
+        /// The store URL with any password removed.
+        url: String,
+        source: store::StoreError,
+    },
+    #[error("the overcommit ratios must be finite and in (0, 64]: cpu {cpu}, memory {memory}")]
+    Overcommit { cpu: f64, memory: f64 },
+    #[error("creating the first admin: {0}")]
+    Bootstrap(String),
+    #[error("writing the first admin's token to {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("recovering tasks left by the previous run: {0}")]
+    Recover(store::StoreError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The default place of the first admin's token when no token or file is given.
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The largest overcommit ratio: with the host bounds (`model::MAX_HOST_*`) it keeps a
+/// host's capacity far inside i64.
+pub const MAX_OVERCOMMIT: f64 = 64.0;
 
 impl ControllerConfig {
     pub fn new(listen: SocketAddr, store_url: impl Into<String>) -> ControllerConfig {
@@ -164,10 +199,17 @@ impl Drop for RunningController {
 }
 
 /// Opens the store, recovers from an earlier run, and serves until shut down.
-pub async fn start(config: ControllerConfig) -> anyhow::Result<RunningController> {
+pub async fn start(config: ControllerConfig) -> Result<RunningController, StartError> {
+    let Overcommit { cpu, memory } = config.overcommit;
+    if !(cpu > 0.0 && cpu <= MAX_OVERCOMMIT && memory > 0.0 && memory <= MAX_OVERCOMMIT) {
+        return Err(StartError::Overcommit { cpu, memory });
+    }
     let store = Store::open(&config.store_url)
         .await
-        .with_context(|| format!("opening store {}", redact(&config.store_url)))?;
+        .map_err(|source| StartError::Store {
+            url: redact(&config.store_url),
+            source,
+        })?;
     bootstrap_admin(&store, &config).await?;
     let app = App(Arc::new(AppInner {
         agents: AgentClient::new(config.task_timeout.min(Duration::from_secs(60))),
@@ -178,12 +220,16 @@ pub async fn start(config: ControllerConfig) -> anyhow::Result<RunningController
     }));
     housekeeping::recover_after_restart(&app)
         .await
-        .context("recovering tasks left by the previous run")?;
+        .map_err(StartError::Recover)?;
 
+    let bind = |source| StartError::Bind {
+        addr: app.config.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(app.config.listen)
         .await
-        .with_context(|| format!("binding {}", app.config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
     let (stop, mut stopped) = watch::channel(false);
     let router = api::router(app.clone());
     let keeper = tokio::spawn(housekeeping::run(app.clone(), stop.subscribe()));
@@ -206,7 +252,7 @@ pub async fn start(config: ControllerConfig) -> anyhow::Result<RunningController
 }
 
 /// `vcluster serve`: runs until Ctrl-C or SIGTERM.
-pub async fn serve(config: ControllerConfig) -> anyhow::Result<()> {
+pub async fn serve(config: ControllerConfig) -> Result<(), StartError> {
     let running = start(config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -223,28 +269,34 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn bootstrap_admin(store: &Store, config: &ControllerConfig) -> anyhow::Result<()> {
-    let mut conn = store.conn().await?;
-    if store::count_admins(&mut conn).await? > 0 {
+async fn bootstrap_admin(store: &Store, config: &ControllerConfig) -> Result<(), StartError> {
+    let mut conn = store.conn().await.map_err(StartError::Recover)?;
+    if store::count_admins(&mut conn)
+        .await
+        .map_err(StartError::Recover)?
+        > 0
+    {
         return Ok(());
     }
     drop(conn);
     let given = config.bootstrap_admin_token.as_deref();
     let (_, token) = auth::create_user_with_token(store, "admin", Role::Admin, given)
         .await
-        .map_err(|e| anyhow::anyhow!("creating the first admin: {}", e.message))?;
-    match (&config.admin_token_file, given) {
-        (_, Some(_)) => tracing::info!("created user admin with the given bootstrap token"),
-        (Some(path), None) => {
-            write_secret(path, &token)
-                .with_context(|| format!("writing the admin token to {}", path.display()))?;
-            tracing::info!(file = %path.display(), "created user admin; its token is in the file");
-        }
-        (None, None) => {
-            // Nowhere else to put it: the operator needs it once.
-            eprintln!("vcluster: created user admin, token: {token}");
-        }
+        .map_err(|e| StartError::Bootstrap(e.message))?;
+    if given.is_some() {
+        tracing::info!("created user admin with the given bootstrap token");
+        return Ok(());
     }
+    // The new token goes to a file only the controller's user can read, never to a log.
+    let path = config
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE));
+    write_secret(&path, &token).map_err(|source| StartError::TokenFile {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(file = %path.display(), "created user admin; its token is in the file (mode 0600)");
     Ok(())
 }
 
