@@ -237,17 +237,9 @@ pub async fn recover_after_restart(app: &App) -> Result<(), store::StoreError> {
                 store::set_node_state(tx.conn(), n.id, state, target, why, now).await?;
             }
         }
-        if cluster.state == ClusterState::Deleting {
-            store::set_cluster_state(
-                tx.conn(),
-                cluster.id,
-                ClusterState::Failed,
-                Some(reason),
-                now,
-            )
-            .await?;
-        }
-        if t.kind == TaskKind::CreateCluster && cluster.state == ClusterState::Active {
+        let interrupted = cluster.state == ClusterState::Deleting
+            || (t.kind == TaskKind::CreateCluster && cluster.state == ClusterState::Active);
+        if interrupted {
             store::set_cluster_state(
                 tx.conn(),
                 cluster.id,

@@ -58,17 +58,31 @@ fn node_shape(
     Ok(Resources::new(cpus, memory_mib))
 }
 
-/// `per_node` times `nodes`; the bounds make overflow impossible, and it is checked anyway.
-fn times(per_node: Resources, nodes: i64, field: &str) -> Result<Resources, ApiError> {
-    per_node.checked_mul(nodes).ok_or_else(|| {
+/// `nodes` (a reservation's count, field `nodes`) of the shape `node_cpus` x
+/// `node_memory_mib`: the shape and the total. The bounds make the product small; it is
+/// checked all the same.
+fn nodes_of_shape(
+    nodes: i64,
+    node_cpus: Option<i64>,
+    node_memory_mib: Option<i64>,
+) -> Result<(Resources, Resources), ApiError> {
+    if !(1..=MAX_RESERVATION_NODES).contains(&nodes) {
+        return Err(ApiError::invalid(
+            "nodes",
+            format!("nodes must be between 1 and {MAX_RESERVATION_NODES}; got {nodes}"),
+        ));
+    }
+    let per_node = node_shape(node_cpus, node_memory_mib, "node_cpus", "node_memory_mib")?;
+    let total = per_node.checked_mul(nodes).ok_or_else(|| {
         ApiError::invalid(
-            field,
+            "nodes",
             format!(
                 "{nodes} nodes of {} CPUs / {} MiB do not fit in a 64-bit count",
                 per_node.cpus, per_node.memory_mib
             ),
         )
-    })
+    })?;
+    Ok((per_node, total))
 }
 
 fn free_text(field: &str, text: &str) -> Result<(), ApiError> {
@@ -257,19 +271,8 @@ impl CreateReservation {
     fn amount(&self) -> Result<(Option<i64>, Resources), ApiError> {
         match (self.nodes, self.cpus, self.memory_mib) {
             (Some(n), None, None) => {
-                if !(1..=MAX_RESERVATION_NODES).contains(&n) {
-                    return Err(ApiError::invalid(
-                        "nodes",
-                        format!("nodes must be between 1 and {MAX_RESERVATION_NODES}; got {n}"),
-                    ));
-                }
-                let per_node = node_shape(
-                    self.node_cpus,
-                    self.node_memory_mib,
-                    "node_cpus",
-                    "node_memory_mib",
-                )?;
-                Ok((Some(n), times(per_node, n, "nodes")?))
+                let (_, total) = nodes_of_shape(n, self.node_cpus, self.node_memory_mib)?;
+                Ok((Some(n), total))
             }
             (None, cpus, mem) if cpus.is_some() || mem.is_some() => {
                 if self.node_cpus.is_some() || self.node_memory_mib.is_some() {
@@ -347,28 +350,17 @@ pub struct EarliestRequest {
 
 impl EarliestQuery {
     pub fn validate(&self) -> Result<EarliestRequest, ApiError> {
-        if !(1..=MAX_RESERVATION_NODES).contains(&self.nodes) {
-            return Err(ApiError::invalid(
-                "nodes",
-                format!("nodes must be between 1 and {MAX_RESERVATION_NODES}"),
-            ));
-        }
         if !(self.hours > 0.0 && self.hours <= MAX_LEASE_HOURS as f64) {
             return Err(ApiError::invalid(
                 "hours",
                 format!("hours must be more than 0 and at most {MAX_LEASE_HOURS}"),
             ));
         }
-        let per_node = node_shape(
-            self.node_cpus,
-            self.node_memory_mib,
-            "node_cpus",
-            "node_memory_mib",
-        )?;
+        let (per_node, amount) = nodes_of_shape(self.nodes, self.node_cpus, self.node_memory_mib)?;
         Ok(EarliestRequest {
             nodes: self.nodes,
             per_node,
-            amount: times(per_node, self.nodes, "nodes")?,
+            amount,
             // At most 8784 h: the product is far inside i64.
             duration_ms: (self.hours * HOUR_MS as f64) as i64,
             site: self.site.clone(),
