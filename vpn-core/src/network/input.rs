@@ -506,7 +506,7 @@ impl Network {
     }
 
     /// Moves a peer's waiting frames to the transmit queue. True if there were any.
-    pub(super) fn flush_waiting(&mut self, now: Instant, id: PeerId) -> bool {
+    fn flush_waiting(&mut self, now: Instant, id: PeerId) -> bool {
         let Some(peer) = self.peers.get_mut(&id) else {
             return false;
         };
