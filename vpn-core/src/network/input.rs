@@ -13,6 +13,7 @@ use crate::cookie::{constant_time_eq, mac2};
 use crate::frag::FrameKey;
 use crate::handshake::Noise;
 use crate::pool::FrameRef;
+use crate::ratelimit::Budget;
 use crate::session::{OpenError, Session};
 use crate::switch::Forward;
 use crate::types::{PeerId, Port};
@@ -241,20 +242,13 @@ impl Network {
         {
             return Err(DatagramError::BadMac);
         }
-        if !self.handshake_budget.try_take(now) {
-            // Under load: only initiators that proved their address may cost us work.
-            let rng = &mut self.rng;
-            let cookie = self.cookie_secret.cookie_for(now, || random32(rng), from);
-            let expected = mac2(&cookie, &bytes[..HandshakeInit::MAC2_AT]);
-            if !constant_time_eq(&expected, init.mac2()) {
-                if self.cookie_replies.try_take(now) {
-                    self.send_cookie_reply(from, init, &cookie);
-                }
+        match self.admit(now, from, init) {
+            Admission::Process => {}
+            Admission::CookieReply(cookie) => {
+                self.send_cookie_reply(from, init, &cookie);
                 return Err(DatagramError::UnderLoad);
             }
-            if !self.per_source.try_take(now, from.ip()) || !self.cookie_lane.try_take(now) {
-                return Err(DatagramError::RateLimited);
-            }
+            Admission::Refuse => return Err(DatagramError::RateLimited),
         }
         self.stats.initiations_processed += 1;
         let read = self
@@ -313,6 +307,31 @@ impl Network {
         roam(&mut self.events, self.config.limits.events, peer, from);
         self.push_control(from, &msg[..RESPONSE_LEN]);
         Ok(())
+    }
+
+    /// Decides what an initiation whose mac1 verified may cost (`Limits` explains the
+    /// budgets). The cheap answers come first: a source over every allowance costs one
+    /// table lookup, and the cookie (two more HMACs) is only computed for one that could
+    /// still be answered.
+    fn admit(&mut self, now: Instant, from: SocketAddr, init: HandshakeInit<'_>) -> Admission {
+        let mut source = self.sources.source(now, from.ip());
+        if source.take(Budget::Initiation) && self.handshake_budget.try_take(now) {
+            return Admission::Process;
+        }
+        if !source.has(Budget::Proven) && !source.has(Budget::CookieReply) {
+            return Admission::Refuse;
+        }
+        let rng = &mut self.rng;
+        let cookie = self.cookie_secret.cookie_for(now, || random32(rng), from);
+        let expected = mac2(&cookie, &init.bytes()[..HandshakeInit::MAC2_AT]);
+        if constant_time_eq(&expected, init.mac2()) {
+            if source.take(Budget::Proven) && self.cookie_lane.try_take(now) {
+                return Admission::Process;
+            }
+        } else if source.take(Budget::CookieReply) && self.cookie_replies.try_take(now) {
+            return Admission::CookieReply(cookie);
+        }
+        Admission::Refuse
     }
 
     fn send_cookie_reply(&mut self, to: SocketAddr, init: HandshakeInit<'_>, cookie: &[u8; 16]) {
@@ -535,4 +554,14 @@ impl Network {
             self.transmit.push_back(TxItem::Keepalive { peer: id });
         }
     }
+}
+
+/// What an initiation gets.
+enum Admission {
+    /// Diffie-Hellman work, and a response if it checks out.
+    Process,
+    /// A cookie reply carrying this cookie, to prove its sender's address with.
+    CookieReply([u8; 16]),
+    /// Nothing: its source, or the network, is over budget.
+    Refuse,
 }

@@ -40,7 +40,7 @@ use crate::handshake::Noise;
 use crate::key::PublicKey;
 use crate::peer::Peer;
 use crate::pool::{FramePool, FrameRef};
-use crate::ratelimit::{PerSourceLimiter, TokenBucket};
+use crate::ratelimit::{SourceLimits, TokenBucket};
 use crate::switch::Switch;
 use crate::types::{MacAddr, NetworkId, PeerId, Port};
 use crate::wire::{DATA_HEADER_LEN, DataHeader, INIT_LEN, WireError};
@@ -202,7 +202,7 @@ pub struct Network {
     handshake_budget: TokenBucket,
     cookie_lane: TokenBucket,
     cookie_replies: TokenBucket,
-    per_source: PerSourceLimiter,
+    sources: SourceLimits,
     stats: NetworkStats,
 }
 
@@ -268,10 +268,10 @@ impl Network {
                 limits.cookie_replies_per_second,
                 limits.cookie_replies_per_second,
             ),
-            per_source: PerSourceLimiter::new(
+            sources: SourceLimits::new(
                 limits.handshakes_per_source_per_second,
-                limits.handshakes_per_source_per_second,
-                4096,
+                limits.cookie_replies_per_source_per_second,
+                limits.sources_tracked,
                 hasher,
             ),
             rng,
