@@ -668,3 +668,38 @@ fn peer_config(spec: &PeerSpec) -> Result<PeerConfig, String> {
 fn not_found(id: u32) -> ControlError {
     ControlError::NotFound(format!("no network with id {id}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (up to 5 s) until the daemon's unroutable counter reaches `n`.
+    async fn unroutable_reaches(daemon: &Daemon, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = daemon.status().await.unroutable;
+            if seen >= n || Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn empty_datagrams_are_counted_with_the_other_unroutable_ones() {
+        let options = DataPathOptions {
+            workers: 1,
+            offload: false,
+            busy_poll: Duration::ZERO,
+        };
+        let listen = ["127.0.0.1:0".parse().unwrap()];
+        let daemon = Daemon::bind(PrivateKey::from_bytes([7; 32]), &listen, options).unwrap();
+        daemon.start_workers().unwrap();
+        let to = daemon.listen_addrs()[0];
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.send_to(&[], to).unwrap();
+        sock.send_to(&[0xff], to).unwrap();
+        sock.send_to(&[], to).unwrap();
+        assert_eq!(unroutable_reaches(&daemon, 3).await, 3);
+    }
+}
