@@ -874,7 +874,7 @@ fn vpnd_check_names_file_line_and_field_of_broken_configs() {
     let cases = [
         (
             "private_key = \"{key}\"\n[[network]]\nid = 1\ntap = \"vpn1\"\nmtu = 20000\n",
-            ":2: network 1: mtu",
+            ":5: network 1: mtu",
         ),
         (
             "private_key = \"{key}\"\n[[network]]\nid = 1\ntap = \"vpn1\"\n[[network.peer]]\npublic_key = \"short\"\n",
@@ -889,6 +889,10 @@ fn vpnd_check_names_file_line_and_field_of_broken_configs() {
             ":2: listen",
         ),
         ("[[network]]\nid = 1\ntap = \"x\"\n", "private_key: missing"),
+        (
+            "private_key_file = \"nowhere.key\"\n",
+            ":1: private_key_file: ",
+        ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let path = dir.join(format!("broken{i}.toml"));

@@ -221,7 +221,8 @@ impl Daemon {
         if spec.psk.is_none()
             && let Some(file) = &spec.psk_file
         {
-            spec.psk = Some(crate::config::Secret(read_key_file(file)?));
+            let field = format!("network {}: psk_file", spec.id);
+            spec.psk = Some(crate::config::Secret(read_key_file(&field, file)?));
         }
         if networks.contains_key(&spec.id) {
             return Err(ControlError::Conflict(format!(
