@@ -148,23 +148,53 @@ impl SourceLimits {
         }
     }
 
-    /// The budgets of the source `ip` belongs to, refilled up to `now`.
+    /// The budgets of the source `ip` belongs to, refilled up to `now`; a source the table
+    /// does not know starts with full allowances.
     pub(crate) fn source(&mut self, now: Instant, ip: IpAddr) -> Source<'_> {
         let key = SourceKey::of(ip);
-        let rates = &self.rates;
-        if !self.current.contains_key(&key) {
-            let carried = self.previous.remove(&key);
-            if self.current.len() >= self.generation {
-                std::mem::swap(&mut self.current, &mut self.previous);
-                self.current.clear();
-            }
+        if !self.promote(key) {
             let fresh = Allowance {
-                tokens: rates.burst,
+                tokens: self.rates.burst,
                 last: now,
             };
-            self.current.insert(key, carried.unwrap_or(fresh));
+            self.insert(key, fresh);
         }
-        let allowance = self.current.get_mut(&key).expect("inserted");
+        self.refreshed(now, key)
+    }
+
+    /// Like [`SourceLimits::source`] for a source the table knows; `None` for any other.
+    /// Never adds a source, so datagrams not yet authenticated may ask.
+    pub(crate) fn known(&mut self, now: Instant, ip: IpAddr) -> Option<Source<'_>> {
+        let key = SourceKey::of(ip);
+        self.promote(key).then(|| self.refreshed(now, key))
+    }
+
+    /// Moves `key` into the current generation if the table knows it; whether it does.
+    fn promote(&mut self, key: SourceKey) -> bool {
+        if self.current.contains_key(&key) {
+            return true;
+        }
+        match self.previous.remove(&key) {
+            Some(allowance) => {
+                self.insert(key, allowance);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds `key` to the current generation, starting a new one first if it is full.
+    fn insert(&mut self, key: SourceKey, allowance: Allowance) {
+        if self.current.len() >= self.generation {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.current.insert(key, allowance);
+    }
+
+    fn refreshed(&mut self, now: Instant, key: SourceKey) -> Source<'_> {
+        let rates = self.rates;
+        let allowance = self.current.get_mut(&key).expect("promoted or inserted");
         let elapsed = now.saturating_duration_since(allowance.last).as_secs_f32();
         for i in 0..BUDGETS {
             allowance.tokens[i] =
@@ -186,6 +216,11 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// Whether the source has spent every budget: nothing it sends can be answered now.
+    pub(crate) fn exhausted(&self) -> bool {
+        self.allowance.tokens.iter().all(|t| *t < 1.0)
+    }
+
     /// Whether the source may spend one of `budget` now.
     pub(crate) fn has(&self, budget: Budget) -> bool {
         self.allowance.tokens[budget.slot()] >= 1.0
@@ -291,6 +326,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn asking_about_unknown_sources_never_adds_them() {
+        let t0 = Instant::now();
+        let mut l = limits(8);
+        for i in 0..100u8 {
+            assert!(l.known(t0, IpAddr::from([10, 0, 1, i])).is_none());
+        }
+        assert_eq!(l.len(), 0);
+        let flooder = ip("203.0.113.66");
+        drain(&mut l, t0, flooder, Budget::Initiation);
+        drain(&mut l, t0, flooder, Budget::Proven);
+        assert!(!l.known(t0, flooder).unwrap().exhausted());
+        drain(&mut l, t0, flooder, Budget::CookieReply);
+        assert!(l.known(t0, flooder).unwrap().exhausted());
+        let later = t0 + Duration::from_millis(200);
+        assert!(!l.known(later, flooder).unwrap().exhausted());
     }
 
     #[test]

@@ -235,6 +235,17 @@ impl Network {
         if init.network_id() != self.id {
             return Err(DatagramError::WrongNetwork(init.network_id()));
         }
+        // A source that has spent every allowance is refused before its mac1 is checked:
+        // whatever it sends now gets no answer, so a flood from one address costs one
+        // table lookup per datagram (such a datagram counts as rate limited, even if its
+        // mac1 was bad). The lookup never adds a source: only verified ones are counted.
+        if self
+            .sources
+            .known(now, from.ip())
+            .is_some_and(|s| s.exhausted())
+        {
+            return Err(DatagramError::RateLimited);
+        }
         let bytes = init.bytes();
         if !self
             .own_mac_keys
