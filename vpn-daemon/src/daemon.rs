@@ -585,14 +585,36 @@ impl Daemon {
     }
 }
 
-/// A network's timers: sleeps until its next deadline (or until the data path says the
-/// deadline moved earlier), runs them, and sends what they produced (handshakes,
-/// keepalives) without blocking.
+/// A network's timers: runs those that are due, sends what they (and anything before
+/// them: the first handshakes of a network that just started) produced without blocking,
+/// then sleeps until the next deadline or until the data path says it moved earlier.
 async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut events = Vec::new();
     loop {
-        let deadline = net.state.lock().expect("network lock").poll_timeout();
+        let deadline = {
+            let now = Instant::now();
+            let mut state = net.state.lock().expect("network lock");
+            if state.poll_timeout().is_some_and(|t| t <= now) {
+                state.handle_timeout(now);
+            }
+            while let Some(t) = state.poll_transmit(now, &mut buf) {
+                let sent = sockets
+                    .for_dest(t.destination, 0)
+                    .map(|udp| udp.try_send(&buf[..t.len], t.destination));
+                if !matches!(sent, Some(Ok(_))) {
+                    net.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(network = net.id, dest = %t.destination, "timer send failed: {sent:?}");
+                }
+            }
+            while let Some(e) = state.poll_event() {
+                events.push(describe(&state, now, e));
+            }
+            state.poll_timeout()
+        };
+        for line in events.drain(..) {
+            info!(network = net.id, "{line}");
+        }
         let far = Instant::now() + Duration::from_secs(3600);
         let at = deadline.unwrap_or(far).min(far);
         net.timer_deadline.store(
@@ -602,27 +624,6 @@ async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
         tokio::select! {
             _ = tokio::time::sleep_until(at.into()) => {}
             _ = net.timer.notified() => {}
-        }
-        let now = Instant::now();
-        let mut state = net.state.lock().expect("network lock");
-        if state.poll_timeout().is_some_and(|t| t <= now) {
-            state.handle_timeout(now);
-        }
-        while let Some(t) = state.poll_transmit(now, &mut buf) {
-            let sent = sockets
-                .for_dest(t.destination, 0)
-                .map(|udp| udp.try_send(&buf[..t.len], t.destination));
-            if !matches!(sent, Some(Ok(_))) {
-                net.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                debug!(network = net.id, dest = %t.destination, "timer send failed: {sent:?}");
-            }
-        }
-        while let Some(e) = state.poll_event() {
-            events.push(describe(&state, now, e));
-        }
-        drop(state);
-        for line in events.drain(..) {
-            info!(network = net.id, "{line}");
         }
     }
 }
