@@ -216,9 +216,13 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    /// Whether the source has spent every budget: nothing it sends can be answered now.
-    pub(crate) fn exhausted(&self) -> bool {
-        self.allowance.tokens.iter().all(|t| *t < 1.0)
+    /// Whether anything the source sends now could still be answered: it has a token
+    /// of its initiation or cookie-reply budget, or of its proven one for an initiation
+    /// that `carries_cookie`.
+    pub(crate) fn can_be_answered(&self, carries_cookie: bool) -> bool {
+        self.has(Budget::Initiation)
+            || self.has(Budget::CookieReply)
+            || (carries_cookie && self.has(Budget::Proven))
     }
 
     /// Whether the source may spend one of `budget` now.
@@ -338,12 +342,15 @@ mod tests {
         assert_eq!(l.len(), 0);
         let flooder = ip("203.0.113.66");
         drain(&mut l, t0, flooder, Budget::Initiation);
-        drain(&mut l, t0, flooder, Budget::Proven);
-        assert!(!l.known(t0, flooder).unwrap().exhausted());
+        assert!(l.known(t0, flooder).unwrap().can_be_answered(false));
         drain(&mut l, t0, flooder, Budget::CookieReply);
-        assert!(l.known(t0, flooder).unwrap().exhausted());
+        let known = l.known(t0, flooder).unwrap();
+        assert!(!known.can_be_answered(false));
+        assert!(known.can_be_answered(true), "its proven allowance is left");
+        drain(&mut l, t0, flooder, Budget::Proven);
+        assert!(!l.known(t0, flooder).unwrap().can_be_answered(true));
         let later = t0 + Duration::from_millis(200);
-        assert!(!l.known(later, flooder).unwrap().exhausted());
+        assert!(l.known(later, flooder).unwrap().can_be_answered(false));
     }
 
     #[test]

@@ -235,14 +235,16 @@ impl Network {
         if init.network_id() != self.id {
             return Err(DatagramError::WrongNetwork(init.network_id()));
         }
-        // A source that has spent every allowance is refused before its mac1 is checked:
-        // whatever it sends now gets no answer, so a flood from one address costs one
-        // table lookup per datagram (such a datagram counts as rate limited, even if its
-        // mac1 was bad). The lookup never adds a source: only verified ones are counted.
+        // A source that has spent every allowance it could use is refused before its mac1
+        // is checked: nothing it sends can be answered now, so a flood from one address
+        // costs one table lookup per datagram (such a datagram counts as rate limited,
+        // even if its mac1 was bad). The lookup never adds a source: only verified
+        // initiations are counted.
+        let carries_cookie = carries_cookie(init);
         if self
             .sources
             .known(now, from.ip())
-            .is_some_and(|s| s.exhausted())
+            .is_some_and(|s| !s.can_be_answered(carries_cookie))
         {
             return Err(DatagramError::RateLimited);
         }
@@ -321,25 +323,34 @@ impl Network {
     }
 
     /// Decides what an initiation whose mac1 verified may cost (`Limits` explains the
-    /// budgets). The cheap answers come first: a source over every allowance costs one
-    /// table lookup, and the cookie (two more HMACs) is only computed for one that could
-    /// still be answered.
+    /// budgets). The cheap answers come first: the cookie (two more HMACs) is only
+    /// computed for an initiation that could still be answered.
     fn admit(&mut self, now: Instant, from: SocketAddr, init: HandshakeInit<'_>) -> Admission {
         let mut source = self.sources.source(now, from.ip());
         if source.take(Budget::Initiation) && self.handshake_budget.try_take(now) {
             return Admission::Process;
         }
-        if !source.has(Budget::Proven) && !source.has(Budget::CookieReply) {
+        // Over the source's share or the network's budget: only an initiation proving
+        // that its sender receives at `from` gets work, others a cookie to prove it with.
+        // Checking a cookie spends a token of the proven allowance, so a source sending
+        // bad ones runs out like any other.
+        let check_cookie = carries_cookie(init) && source.take(Budget::Proven);
+        if !check_cookie && !source.has(Budget::CookieReply) {
             return Admission::Refuse;
         }
         let rng = &mut self.rng;
         let cookie = self.cookie_secret.cookie_for(now, || random32(rng), from);
-        let expected = mac2(&cookie, &init.bytes()[..HandshakeInit::MAC2_AT]);
-        if constant_time_eq(&expected, init.mac2()) {
-            if source.take(Budget::Proven) && self.cookie_lane.try_take(now) {
-                return Admission::Process;
+        if check_cookie {
+            let expected = mac2(&cookie, &init.bytes()[..HandshakeInit::MAC2_AT]);
+            if constant_time_eq(&expected, init.mac2()) {
+                if self.cookie_lane.try_take(now) {
+                    return Admission::Process;
+                }
+                return Admission::Refuse;
             }
-        } else if source.take(Budget::CookieReply) && self.cookie_replies.try_take(now) {
+            // A stale or forged cookie: answered like an initiation without one.
+        }
+        if source.take(Budget::CookieReply) && self.cookie_replies.try_take(now) {
             return Admission::CookieReply(cookie);
         }
         Admission::Refuse
@@ -575,4 +586,10 @@ enum Admission {
     CookieReply([u8; 16]),
     /// Nothing: its source, or the network, is over budget.
     Refuse,
+}
+
+/// Whether an initiation carries a cookie's MAC: an initiator without a cookie leaves
+/// mac2 zero.
+fn carries_cookie(init: HandshakeInit<'_>) -> bool {
+    init.mac2().iter().any(|b| *b != 0)
 }
