@@ -132,9 +132,12 @@ impl Default for Timers {
 /// receives at its address) is processed, within a second per-source allowance of the
 /// same rate and a second network budget of `handshakes_per_second`; one without is
 /// answered with a cookie reply, within `cookie_replies_per_source_per_second` for its
-/// source and `cookie_replies_per_second` overall, or dropped. A flood from one address
-/// thus costs one source's share and cannot starve anyone else's handshakes; a flood
-/// from many spoofed addresses costs one HMAC per initiation beyond the network budget.
+/// source and `cookie_replies_per_second` overall, or dropped. Checking a cookie spends
+/// a token of the proven allowance, and a source with nothing left that it could use is
+/// refused before its mac1 is even checked. A flood from one address thus costs a table
+/// lookup per datagram and one source's share of work, and cannot starve anyone else's
+/// handshakes; a flood from many spoofed addresses costs at most two HMACs per
+/// initiation beyond the network budget.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Handshake initiations processed per second (Diffie-Hellman work) by the network
