@@ -14,6 +14,8 @@
 //! - [`Overlay`]: `vpnd` at every site of a topology, with keys, configs and status.
 //! - [`ControlPlane`]: the cluster layer on top: the controller on the WAN and a host
 //!   agent next to every site's `vpnd`, driven through the REST API.
+//! - [`handshake`]: hand-made handshake traffic against a real `vpnd`: a flooder
+//!   replaying one initiation, an initiator counting its answers.
 //! - [`udp_flow`]: a numbered UDP stream between namespaces, timed by one clock: loss,
 //!   duplicates, reordering, one-way latency, rate.
 //!
@@ -27,6 +29,7 @@ pub mod cluster;
 pub mod emulator;
 pub mod env;
 pub mod flow;
+pub mod handshake;
 pub mod netns;
 pub mod ping;
 pub mod process;

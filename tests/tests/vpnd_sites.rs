@@ -571,6 +571,25 @@ fn a_daemon_restart_at_one_site_heals_without_touching_the_others() {
 }
 
 #[test]
+fn a_restarted_daemon_sends_its_first_handshakes_at_once() {
+    if !require_root("a_restarted_daemon_sends_its_first_handshakes_at_once") {
+        return;
+    }
+    let topo = topology(2, 1);
+    let mut overlay = Overlay::start(&topo, &[NetworkOpts::new(1)]);
+    overlay.restart(&topo, 2);
+    let restarted = Instant::now();
+    // The first initiation goes out when the network starts: a session within a few
+    // round trips, not after the first retry (1 to 1.33 s).
+    let connected = try_wait_until(Duration::from_secs(5), || {
+        overlay.network(2, 1).peers.iter().all(|p| p.session)
+    });
+    let took = restarted.elapsed();
+    assert!(connected, "no session 5 s after the restart");
+    assert!(took < Duration::from_millis(700), "session after {took:?}");
+}
+
+#[test]
 fn a_host_with_a_wrong_key_gets_nothing_through() {
     if !require_root("a_host_with_a_wrong_key_gets_nothing_through") {
         return;
@@ -874,7 +893,7 @@ fn vpnd_check_names_file_line_and_field_of_broken_configs() {
     let cases = [
         (
             "private_key = \"{key}\"\n[[network]]\nid = 1\ntap = \"vpn1\"\nmtu = 20000\n",
-            ":2: network 1: mtu",
+            ":5: network 1: mtu",
         ),
         (
             "private_key = \"{key}\"\n[[network]]\nid = 1\ntap = \"vpn1\"\n[[network.peer]]\npublic_key = \"short\"\n",
@@ -889,6 +908,10 @@ fn vpnd_check_names_file_line_and_field_of_broken_configs() {
             ":2: listen",
         ),
         ("[[network]]\nid = 1\ntap = \"x\"\n", "private_key: missing"),
+        (
+            "private_key_file = \"nowhere.key\"\n",
+            ":1: private_key_file: ",
+        ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
         let path = dir.join(format!("broken{i}.toml"));

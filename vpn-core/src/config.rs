@@ -68,6 +68,9 @@ impl NetworkConfig {
         if self.limits.transmit_frames == 0 || self.limits.queued_frames_per_peer == 0 {
             return Err(ConfigError::Limits("queues must hold at least one frame"));
         }
+        if self.limits.sources_tracked < 2 {
+            return Err(ConfigError::Limits("sources_tracked must be at least 2"));
+        }
         if self.switch.mac_capacity == 0 {
             return Err(ConfigError::Limits("mac_capacity must be at least 1"));
         }
@@ -118,16 +121,39 @@ impl Default for Timers {
 }
 
 /// Bounds on work and memory.
+///
+/// Handshake initiations are the one input that costs real work (Diffie-Hellman) before
+/// the sender is authenticated, so they are budgeted twice: per source (an IPv4 address,
+/// or an IPv6 /64) and for the whole network. An initiation whose mac1 verifies is
+/// processed when its source has a token of `handshakes_per_source_per_second` and the
+/// network one of `handshakes_per_second`; so one source never spends more than its share
+/// of the network's budget, however fast it sends. Otherwise (its source or the network
+/// is over budget) only an initiation carrying a valid cookie (mac2, proving its sender
+/// receives at its address) is processed, within a second per-source allowance of the
+/// same rate and a second network budget of `handshakes_per_second`; one without is
+/// answered with a cookie reply, within `cookie_replies_per_source_per_second` for its
+/// source and `cookie_replies_per_second` overall, or dropped. Checking a cookie spends
+/// a token of the proven allowance, and a source with nothing left that it could use is
+/// refused before its mac1 is even checked. A flood from one address thus costs a table
+/// lookup per datagram and one source's share of work, and cannot starve anyone else's
+/// handshakes; a flood from many spoofed addresses costs at most two HMACs per
+/// initiation beyond the network budget.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Handshake initiations processed per second (Diffie-Hellman work), and the burst.
+    /// Handshake initiations processed per second (Diffie-Hellman work) by the network
+    /// as a whole, and the burst. Initiations proven by a cookie have a second budget of
+    /// the same size.
     pub handshakes_per_second: u32,
     pub handshake_burst: u32,
-    /// Under load, initiations carrying a valid cookie MAC are processed at this rate per
-    /// source address.
+    /// Initiations processed per second for one source (also its burst); initiations
+    /// proven by a cookie have a second allowance of the same rate.
     pub handshakes_per_source_per_second: u32,
-    /// Cookie replies sent per second under load.
+    /// Cookie replies sent per second by the network as a whole (also the burst).
     pub cookie_replies_per_second: u32,
+    /// Cookie replies sent per second to one source (also its burst).
+    pub cookie_replies_per_source_per_second: u32,
+    /// Sources whose spent allowances are remembered; older ones are forgotten first.
+    pub sources_tracked: usize,
     /// Frames held for transmission (sealed as the driver polls), across all peers.
     pub transmit_frames: usize,
     /// Frames held per peer while its session is being established.
@@ -146,6 +172,8 @@ impl Default for Limits {
             handshake_burst: 50,
             handshakes_per_source_per_second: 5,
             cookie_replies_per_second: 1000,
+            cookie_replies_per_source_per_second: 5,
+            sources_tracked: 4096,
             transmit_frames: 1024,
             queued_frames_per_peer: 64,
             reassembly_slots: 64,

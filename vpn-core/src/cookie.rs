@@ -3,11 +3,12 @@
 //! - `mac1`: every handshake message carries a MAC keyed by a hash of the *receiver's*
 //!   public key. Checking it costs one HMAC, so datagrams from anyone who does not even
 //!   know whom they address are dropped before any Diffie-Hellman work.
-//! - Under load (the network's handshake budget is spent), an initiation is answered with
-//!   a cookie reply instead of being processed: an encrypted value bound to the sender's
-//!   address and a secret that rotates every two minutes. The initiator puts the cookie's
-//!   MAC (`mac2`) in its next initiation, proving it can receive at that address; such
-//!   initiations are then processed under a per-source rate limit. Spoofed floods thus
+//! - Under load (the initiation's source, or the network, has spent its handshake budget:
+//!   `Limits` in `config.rs`), an initiation is answered with a cookie reply instead of
+//!   being processed: an encrypted value bound to the sender's address and a secret that
+//!   rotates every two minutes. The initiator puts the cookie's MAC (`mac2`) in its next
+//!   initiation, proving it can receive at that address; such initiations are then
+//!   processed within budgets of their own, per source and overall. Spoofed floods thus
 //!   cost one HMAC each and never reach the Diffie-Hellman operations.
 //!
 //! HMAC-SHA256 (truncated to 16 bytes) and ChaCha20-Poly1305 come from ring. This module

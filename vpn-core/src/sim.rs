@@ -4,7 +4,9 @@
 //! through it without a socket, a thread or a real second passing.
 //!
 //! Datagrams travel by destination address: site `i` lives at `192.0.2.<i+1>:51820`
-//! (moveable, for roaming) and a datagram to an address nobody has is lost. The event
+//! (moveable, for roaming) and a datagram to an address nobody has is lost, unless a test
+//! registered it as an outside host (an attacker's, a hand-made initiator's): then the
+//! datagram waits there for the test to take it. The event
 //! loop always advances to the earliest of the next datagram arrival and the earliest
 //! network deadline, so time only moves when something happens.
 
@@ -94,6 +96,8 @@ pub struct Sim {
     configure: Configure,
     /// Every datagram put on the wire, when recording (for replay tests).
     pub recorded: Option<Vec<(usize, usize, Vec<u8>)>>,
+    /// Mailboxes of outside hosts: datagrams sites sent them, with the sending site.
+    outside: HashMap<SocketAddr, Vec<(usize, Vec<u8>)>>,
     buf: Vec<u8>,
 }
 
@@ -122,6 +126,7 @@ impl Sim {
             seq: 0,
             configure: Box::new(configure),
             recorded: None,
+            outside: HashMap::new(),
             buf: vec![0u8; 65536],
         };
         for (i, key) in keys.into_iter().enumerate() {
@@ -260,6 +265,22 @@ impl Sim {
         result
     }
 
+    /// Makes `addr` an outside host: a host that is no site (its datagrams come through
+    /// [`Sim::inject`]) but receives what sites send it, at once, for
+    /// [`Sim::take_received`].
+    pub fn add_outside_host(&mut self, addr: SocketAddr) {
+        self.outside.entry(addr).or_default();
+    }
+
+    /// Takes the datagrams sites sent to outside host `addr` so far, each with the site
+    /// that sent it.
+    pub fn take_received(&mut self, addr: SocketAddr) -> Vec<(usize, Vec<u8>)> {
+        self.outside
+            .get_mut(&addr)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Loses every datagram `site` has on the wire now; returns how many.
     pub fn lose_in_flight(&mut self, site: usize) -> usize {
         let before = self.in_flight.len();
@@ -387,7 +408,12 @@ impl Sim {
             let bytes = self.buf[..t.len].to_vec();
             let to = self.sites.iter().position(|s| s.addr == t.destination);
             let source = self.sites[site].addr;
-            let Some(to) = to else { continue };
+            let Some(to) = to else {
+                if let Some(mailbox) = self.outside.get_mut(&t.destination) {
+                    mailbox.push((site, bytes));
+                }
+                continue;
+            };
             if let Some(rec) = &mut self.recorded {
                 rec.push((site, to, bytes.clone()));
             }

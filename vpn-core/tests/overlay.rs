@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use vpn_core::sim::frames::{self, DHCP_ACK, DHCP_DISCOVER, DHCP_OFFER, DHCP_REQUEST};
 use vpn_core::sim::{LinkParams, Sim};
+use vpn_core::wire::{self, Message};
 use vpn_core::{
     DatagramError, Event, MacAddr, Network, NetworkConfig, NetworkId, PeerConfig, Port,
     PresharedKey, PrivateKey, SiteLocalAddr,
@@ -630,37 +631,61 @@ fn a_roaming_site_is_followed_by_authenticated_packets_only() {
     assert_eq!(sim.take_delivered(1).len(), 1);
 }
 
+/// Whether sites 0 and 1 have a session with each other (other peers aside).
+fn sites_0_and_1_connected(sim: &Sim) -> bool {
+    let has = |at: usize, of: usize| {
+        let info = sim.site(at).net.peer(sim.peer_id(at, of), sim.now);
+        info.is_some_and(|p| p.has_session)
+    };
+    has(0, 1) && has(1, 0)
+}
+
+/// A handshake initiation from `key` to site 0 of `sim`, as a fresh network sends it:
+/// mac1 valid, timestamp taken from `unix` (the initiator's wall clock). Returns the
+/// datagram and its sender index.
+fn initiation_to_site0(sim: &Sim, key: PrivateKey, unix: Duration, seed: u8) -> (Vec<u8>, u32) {
+    let now = sim.now;
+    let mut initiator =
+        Network::new(NetworkConfig::new(NetworkId(1), key), now, unix, [seed; 32]).unwrap();
+    initiator
+        .add_peer(
+            now,
+            PeerConfig {
+                public_key: sim.site(0).key.public_key(),
+                endpoint: Some(Sim::default_addr(0)),
+                name: None,
+            },
+        )
+        .unwrap();
+    let mut buf = vec![0u8; 1500];
+    let t = initiator.poll_transmit(now, &mut buf).unwrap();
+    let Ok(Message::HandshakeInit(init)) = wire::parse(&buf[..t.len]) else {
+        panic!("not an initiation")
+    };
+    let sender = init.sender_index();
+    (buf[..t.len].to_vec(), sender)
+}
+
+/// The index a handshake response or cookie reply answers, if it is one.
+fn answered_index(datagram: &[u8]) -> Option<u32> {
+    match wire::parse(datagram) {
+        Ok(Message::HandshakeResponse(r)) => Some(r.receiver_index()),
+        Ok(Message::CookieReply(c)) => Some(c.receiver_index()),
+        _ => None,
+    }
+}
+
 #[test]
 fn a_handshake_flood_is_bounded_and_real_peers_still_connect() {
     let mut sim = mesh(2, 19);
-    let target = sim.site(0).key.public_key();
-    let now = sim.now;
     // Valid-looking initiations (correct mac1) from 200 unknown keys.
     let mut floods = Vec::new();
     for i in 0..200u32 {
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(&i.to_le_bytes());
         key[31] = 0x77;
-        let mut attacker = Network::new(
-            NetworkConfig::new(NetworkId(1), PrivateKey::from_bytes(key)),
-            now,
-            Duration::from_secs(1_800_000_000),
-            [i as u8; 32],
-        )
-        .unwrap();
-        attacker
-            .add_peer(
-                now,
-                PeerConfig {
-                    public_key: target,
-                    endpoint: Some(Sim::default_addr(0)),
-                    name: None,
-                },
-            )
-            .unwrap();
-        let mut buf = vec![0u8; 1500];
-        let t = attacker.poll_transmit(now, &mut buf).unwrap();
-        floods.push(buf[..t.len].to_vec());
+        let unix = Duration::from_secs(1_800_000_000);
+        floods.push(initiation_to_site0(&sim, PrivateKey::from_bytes(key), unix, i as u8).0);
     }
     // Site 1 restarts in the middle of the flood and must reconnect.
     sim.restart_site(1);
@@ -691,6 +716,98 @@ fn a_handshake_flood_is_bounded_and_real_peers_still_connect() {
         all_connected(&sim),
         "the restarted site reconnected during the flood"
     );
+}
+
+/// A host that knows site 0's public key replays one valid-mac1 initiation from one
+/// address at 20,000 a second, far beyond every budget, while three well-behaved
+/// initiators at other addresses start a fresh handshake four times a second each and
+/// site 1 restarts: the flood costs site 0 only one source's share of work and cookie
+/// replies, and everyone else is answered.
+#[test]
+fn a_flood_from_one_address_does_not_starve_other_initiators() {
+    let mut sim = mesh(2, 23);
+    let unix = |sim: &Sim| Duration::from_secs(1_800_000_000) + sim.elapsed();
+    let flooder = SocketAddr::from(([203, 0, 113, 66], 40000));
+    let (flood, _) = initiation_to_site0(&sim, PrivateKey::from_bytes([0x66; 32]), unix(&sim), 1);
+    sim.add_outside_host(flooder);
+    // The honest initiators are peers of site 0 that contact it (no endpoint configured).
+    let honest: Vec<(PrivateKey, SocketAddr)> = (0..3u8)
+        .map(|i| {
+            let key = PrivateKey::from_bytes([0x70 + i; 32]);
+            (key, SocketAddr::from(([198, 51, 100, 10 + i], 51820)))
+        })
+        .collect();
+    let now = sim.now;
+    for (key, addr) in &honest {
+        let peer = PeerConfig {
+            public_key: key.public_key(),
+            endpoint: None,
+            name: None,
+        };
+        sim.site_mut(0).net.add_peer(now, peer).unwrap();
+        sim.add_outside_host(*addr);
+    }
+    let processed_before = sim.site(0).net.stats().initiations_processed;
+    let mut sent: Vec<Vec<u32>> = vec![Vec::new(); honest.len()];
+    let mut answered: Vec<std::collections::HashSet<u32>> = vec![Default::default(); 3];
+    let mut reconnected_after = None;
+    let mut flood_sent = 0u64;
+    let flood_ms = 10_000u32;
+    for ms in 0..flood_ms {
+        for _ in 0..20 {
+            let _ = sim.inject(0, flooder, &flood);
+            flood_sent += 1;
+        }
+        if ms % 250 == 100 {
+            for (i, (key, addr)) in honest.iter().enumerate() {
+                let seed = (ms / 250) as u8 ^ (i as u8) << 6;
+                let (init, index) = initiation_to_site0(&sim, key.clone(), unix(&sim), seed);
+                let _ = sim.inject(0, *addr, &init);
+                sent[i].push(index);
+            }
+        }
+        if ms == 3000 {
+            sim.restart_site(1);
+        }
+        sim.run_for(Duration::from_millis(1));
+        if ms > 3000 && reconnected_after.is_none() && sites_0_and_1_connected(&sim) {
+            reconnected_after = Some(ms - 3000);
+        }
+        for (i, (_, addr)) in honest.iter().enumerate() {
+            for (_, d) in sim.take_received(*addr) {
+                answered[i].extend(answered_index(&d));
+            }
+        }
+    }
+    let secs = f64::from(flood_ms) / 1000.0;
+    assert!(flood_sent >= 200_000);
+    for i in 0..honest.len() {
+        let got = sent[i].iter().filter(|x| answered[i].contains(x)).count();
+        assert_eq!(sent[i].len(), 40);
+        assert!(
+            got * 10 >= sent[i].len() * 9,
+            "initiator {i}: {got} of {} initiations answered",
+            sent[i].len()
+        );
+    }
+    let limits = vpn_core::Limits::default();
+    let per_source = f64::from(limits.handshakes_per_source_per_second);
+    // Work: the honest initiations, site 1's handshakes, and at most one source's share
+    // (plus its burst) for the flood.
+    let processed = sim.site(0).net.stats().initiations_processed - processed_before;
+    let bound = 120.0 + 10.0 + per_source * (secs + 1.0);
+    assert!(
+        (processed as f64) <= bound,
+        "{processed} initiations processed, bound {bound}"
+    );
+    let cookies_to_flooder = sim.take_received(flooder).len() as f64;
+    let cookie_bound = f64::from(limits.cookie_replies_per_source_per_second) * (secs + 1.0);
+    assert!(
+        cookies_to_flooder <= cookie_bound,
+        "{cookies_to_flooder} cookie replies to the flooder, bound {cookie_bound}"
+    );
+    let took = reconnected_after.expect("site 1 reconnected during the flood");
+    assert!(took <= 1000, "site 1 took {took} ms to reconnect");
 }
 
 #[test]

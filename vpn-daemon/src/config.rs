@@ -3,9 +3,10 @@
 //! [`NetworkSpec`] type.
 //!
 //! Values are parsed while they are deserialised (keys, addresses, MACs, ciphers), so a
-//! bad value is reported by toml with its line, column and text; checks across fields
-//! (duplicate ids, key files) name the file, the line of the `[[network]]` table and the
-//! field. Nothing here touches the network: it only reads the config and key files.
+//! bad value is reported by toml with its line, column and text; checks made after
+//! parsing (ranges, duplicate ids, key files) name the file, the line of the field they
+//! are about and the field. Nothing here touches the network: it only reads the config
+//! and key files.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -236,17 +237,22 @@ impl DaemonConfig {
             }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let lines = KeyLines::new(text);
+        let at = |key: &str| {
+            let line = lines.top(key);
+            move |e: ConfigError| e.at(path, line)
+        };
         let private_key = match (file.private_key, &file.private_key_file) {
             (Some(k), None) => k.0,
             (None, Some(key_file)) => {
-                read_key_file::<PrivateKey>(&base.join(key_file)).map_err(|e| e.at(path, None))?
+                read_key_file::<PrivateKey>("private_key_file", &base.join(key_file))
+                    .map_err(at("private_key_file"))?
             }
             (Some(_), Some(_)) => {
-                return Err(ConfigError::field(
-                    "private_key",
+                return Err(at("private_key_file")(ConfigError::field(
+                    "private_key_file",
                     "set private_key or private_key_file, not both",
-                )
-                .at(path, None));
+                )));
             }
             (None, None) => {
                 return Err(ConfigError::field(
@@ -260,14 +266,18 @@ impl DaemonConfig {
             .listen
             .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("default")]);
         if listen.is_empty() {
-            return Err(ConfigError::field("listen", "needs at least one address").at(path, None));
+            return Err(at("listen")(ConfigError::field(
+                "listen",
+                "needs at least one address",
+            )));
         }
         let mut data_path = crate::daemon::DataPathOptions::default();
         if let Some(w) = file.workers {
             if !(1..=64).contains(&w) {
-                return Err(
-                    ConfigError::field("workers", format!("{w} is outside 1..=64")).at(path, None),
-                );
+                return Err(at("workers")(ConfigError::field(
+                    "workers",
+                    format!("{w} is outside 1..=64"),
+                )));
             }
             data_path.workers = w;
         }
@@ -276,11 +286,10 @@ impl DaemonConfig {
         }
         if let Some(us) = file.busy_poll_us {
             if us > MAX_BUSY_POLL_US {
-                return Err(ConfigError::field(
+                return Err(at("busy_poll_us")(ConfigError::field(
                     "busy_poll_us",
                     format!("{us} is above {MAX_BUSY_POLL_US} (1 s)"),
-                )
-                .at(path, None));
+                )));
             }
             data_path.busy_poll = Duration::from_micros(us);
         }
@@ -288,28 +297,36 @@ impl DaemonConfig {
         let mut seen_ids = HashSet::new();
         let mut seen_taps = HashSet::new();
         let mut networks = Vec::with_capacity(file.networks.len());
-        for spanned in file.networks {
-            let line = line_of(text, spanned.span().start);
+        for (n, spanned) in file.networks.into_iter().enumerate() {
+            let table_line = line_of(text, spanned.span().start);
             let mut spec = spanned.into_inner();
-            let at = |e: ConfigError| e.at(path, Some(line));
+            // The line of the field an error is about, or of the table if the field is
+            // not written (a default).
+            let at = |field: NetworkField| {
+                let line = lines.network(n, field).unwrap_or(table_line);
+                move |e: ConfigError| e.at(path, Some(line))
+            };
+            let psk_field = NetworkField::Key("psk_file");
             if let Some(psk_file) = &spec.psk_file {
+                let name = format!("network {}: psk_file", spec.id);
                 if spec.psk.is_some() {
-                    return Err(at(ConfigError::field(
-                        format!("network {}: psk", spec.id),
+                    return Err(at(psk_field)(ConfigError::field(
+                        name,
                         "set psk or psk_file, not both",
                     )));
                 }
-                spec.psk = Some(Secret(read_key_file(&base.join(psk_file)).map_err(at)?));
+                let psk = read_key_file(&name, &base.join(psk_file)).map_err(at(psk_field))?;
+                spec.psk = Some(Secret(psk));
             }
-            spec.validate(&own_key).map_err(at)?;
+            spec.check(&own_key).map_err(|(field, e)| at(field)(e))?;
             if !seen_ids.insert(spec.id) {
-                return Err(at(ConfigError::field(
+                return Err(at(NetworkField::Key("id"))(ConfigError::field(
                     format!("network {}: id", spec.id),
                     "another network has the same id",
                 )));
             }
             if !seen_taps.insert(spec.tap.clone()) {
-                return Err(at(ConfigError::field(
+                return Err(at(NetworkField::Key("tap"))(ConfigError::field(
                     format!("network {}: tap", spec.id),
                     format!("TAP {:?} is used by another network", spec.tap),
                 )));
@@ -332,10 +349,19 @@ impl DaemonConfig {
 impl NetworkSpec {
     /// Checks the network on its own (the daemon checks it against the others).
     pub fn validate(&self, own_key: &PublicKey) -> Result<(), ConfigError> {
-        let field = |name: &str| format!("network {}: {name}", self.id);
+        self.check(own_key).map_err(|(_, e)| e)
+    }
+
+    /// [`NetworkSpec::validate`], telling which field is wrong so that a config file's
+    /// error can name its line.
+    fn check(&self, own_key: &PublicKey) -> Result<(), (NetworkField, ConfigError)> {
+        let error = |name: &'static str, message: String| {
+            let field = format!("network {}: {name}", self.id);
+            (NetworkField::Key(name), ConfigError::field(field, message))
+        };
         if !valid_ifname(&self.tap) {
-            return Err(ConfigError::field(
-                field("tap"),
+            return Err(error(
+                "tap",
                 format!(
                     "{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)",
                     self.tap
@@ -345,20 +371,20 @@ impl NetworkSpec {
         if let Some(bridge) = &self.bridge
             && !valid_ifname(bridge)
         {
-            return Err(ConfigError::field(
-                field("bridge"),
+            return Err(error(
+                "bridge",
                 format!("{bridge:?} is not a valid interface name"),
             ));
         }
         if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
-            return Err(ConfigError::field(
-                field("mtu"),
+            return Err(error(
+                "mtu",
                 format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu),
             ));
         }
         if self.path_mtu < vpn_core::config::MIN_PATH_MTU {
-            return Err(ConfigError::field(
-                field("path_mtu"),
+            return Err(error(
+                "path_mtu",
                 format!(
                     "{} is below the minimum {}",
                     self.path_mtu,
@@ -367,35 +393,29 @@ impl NetworkSpec {
             ));
         }
         if self.mac_ageing_secs == 0 {
-            return Err(ConfigError::field(
-                field("mac_ageing_secs"),
-                "must be at least 1",
-            ));
+            return Err(error("mac_ageing_secs", "must be at least 1".into()));
         }
         let mut keys = HashSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
-            let peer_field = |name: &str| {
-                format!(
+            let error = |name: &'static str, message: String| {
+                let field = format!(
                     "network {}: peer {}: {name}",
                     self.id,
                     peer.name.clone().unwrap_or_else(|| (i + 1).to_string())
+                );
+                (
+                    NetworkField::Peer(i, name),
+                    ConfigError::field(field, message),
                 )
             };
             if peer.public_key == *own_key {
-                return Err(ConfigError::field(
-                    peer_field("public_key"),
-                    "is this host's own key",
-                ));
+                return Err(error("public_key", "is this host's own key".into()));
             }
             if !keys.insert(peer.public_key) {
-                return Err(ConfigError::field(
-                    peer_field("public_key"),
-                    "appears twice in this network",
-                ));
+                return Err(error("public_key", "appears twice in this network".into()));
             }
             if let Some(endpoint) = &peer.endpoint {
-                check_endpoint_syntax(endpoint)
-                    .map_err(|m| ConfigError::field(peer_field("endpoint"), m))?;
+                check_endpoint_syntax(endpoint).map_err(|m| error("endpoint", m))?;
             }
         }
         Ok(())
@@ -462,29 +482,78 @@ fn valid_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-/// Reads a base64 key from a file that only its owner may read.
-pub fn read_key_file<T: FromStr>(path: &Path) -> Result<T, ConfigError>
+/// Reads a base64 key from a file that only its owner may read. Errors name `field`
+/// (the setting that names the file) and the file.
+pub fn read_key_file<T: FromStr>(field: &str, path: &Path) -> Result<T, ConfigError>
 where
     T::Err: fmt::Display,
 {
-    let field = format!("key file {}", path.display());
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigError::field(&field, format!("cannot read: {e}")))?;
+    let error =
+        |message: String| ConfigError::field(field, format!("{}: {message}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| error(format!("cannot read: {e}")))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(ConfigError::field(
-            &field,
-            format!(
-                "mode {mode:04o} lets others read a secret key; run: chmod 600 {}",
-                path.display()
-            ),
-        ));
+        return Err(error(format!(
+            "mode {mode:04o} lets others read a secret key; run: chmod 600 {}",
+            path.display()
+        )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::field(&field, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
     text.trim()
         .parse()
-        .map_err(|e| ConfigError::field(&field, format!("invalid key: {e}")))
+        .map_err(|e| error(format!("invalid key: {e}")))
+}
+
+/// A field of a `[[network]]` table, as a config file has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetworkField {
+    Key(&'static str),
+    /// A field of the network's peer with this index.
+    Peer(usize, &'static str),
+}
+
+/// The lines of a parsed file's keys, so that errors found after parsing name the line of
+/// their field (toml reports its own errors with their lines).
+struct KeyLines<'i> {
+    text: &'i str,
+    root: Option<toml::de::DeTable<'i>>,
+}
+
+impl<'i> KeyLines<'i> {
+    fn new(text: &'i str) -> KeyLines<'i> {
+        KeyLines {
+            text,
+            root: toml::de::DeTable::parse(text).ok().map(|t| t.into_inner()),
+        }
+    }
+
+    /// The line of a top-level key.
+    fn top(&self, key: &str) -> Option<usize> {
+        self.key_line(self.root.as_ref()?, key)
+    }
+
+    /// The line of a field of the `n`th `[[network]]` table.
+    fn network(&self, n: usize, field: NetworkField) -> Option<usize> {
+        let networks = self.root.as_ref()?.get("network")?.get_ref().as_array()?;
+        let table = networks.get(n)?.get_ref().as_table()?;
+        match field {
+            NetworkField::Key(key) => self.key_line(table, key),
+            NetworkField::Peer(i, key) => {
+                let peers = ["peer", "peers"]
+                    .iter()
+                    .find_map(|k| table.get(*k))?
+                    .get_ref()
+                    .as_array()?;
+                let peer = peers.get(i)?.get_ref().as_table()?;
+                self.key_line(peer, key)
+            }
+        }
+    }
+
+    fn key_line(&self, table: &toml::de::DeTable<'_>, key: &str) -> Option<usize> {
+        let (k, _) = table.get_key_value(key)?;
+        Some(line_of(self.text, k.span().start))
+    }
 }
 
 /// The text of a line, to name the field an error is about; secret values are hidden.
@@ -608,37 +677,204 @@ endpoint = "198.51.100.2:51820"
         }
     }
 
-    #[test]
-    fn cross_field_errors_name_the_network_table_line() {
-        let dup = format!("{}\n[[network]]\nid = 1\ntap = \"vpn2\"\n", ok_config());
-        let e = error_of(&dup);
-        assert!(e.contains(":20: network 1: id"), "{e}");
-        let dup_tap = format!("{}\n[[network]]\nid = 2\ntap = \"vpn1\"\n", ok_config());
-        assert!(error_of(&dup_tap).contains("network 2: tap"));
-        let own_key = KEY.parse::<PrivateKey>().unwrap().public_key().to_string();
-        let own = ok_config().replace(PEER, &own_key);
-        let e = error_of(&own);
-        assert!(
-            e.contains("peer site2: public_key: is this host's own key"),
-            "{e}"
+    /// Asserts that `text` (parsed as `path`) fails with an error starting with the file,
+    /// `line` and `field`, followed by `message`.
+    fn assert_error_at(text: &str, path: &Path, line: usize, field: &str, message: &str) {
+        let e = DaemonConfig::parse(text, path).unwrap_err();
+        let shown = e.to_string();
+        assert_eq!(
+            (e.file.as_deref(), e.line, e.field.as_str()),
+            (Some(path), Some(line), field),
+            "{shown}"
         );
+        let prefix = format!("{}:{line}: {field}: ", path.display());
+        assert!(shown.starts_with(&prefix), "{shown}");
+        assert!(shown.contains(message), "{shown}");
     }
 
     #[test]
-    fn out_of_range_values_are_refused() {
-        for (from, to, field) in [
-            ("tap = \"vpn1\"", "tap = \"a/b\"", "tap"),
-            ("tap = \"vpn1\"", "tap = \"a-very-long-interface\"", "tap"),
-            ("cipher =", "mtu = 9000\ncipher =", "mtu"),
-            ("cipher =", "path_mtu = 100\ncipher =", "path_mtu"),
-            ("198.51.100.2:51820", "198.51.100.2", "endpoint"),
-        ] {
-            let e = error_of(&ok_config().replace(from, to));
-            assert!(
-                e.contains(&format!("network 1: {field}")) || e.contains(&format!(": {field}:")),
-                "{to}: {e}"
-            );
+    fn errors_found_after_parsing_name_the_line_of_their_own_field() {
+        let path = Path::new("/etc/vpnd/vpnd.toml");
+        let own_key = KEY.parse::<PrivateKey>().unwrap().public_key().to_string();
+        let append = |extra: &str| format!("{}{extra}", ok_config());
+        let edit = |from: &str, to: &str| {
+            let text = ok_config();
+            assert!(text.contains(from), "{from}");
+            text.replace(from, to)
+        };
+        let cases = [
+            (
+                edit(
+                    "listen = [\"0.0.0.0:51820\", \"[::]:51820\"]",
+                    "listen = []",
+                ),
+                3,
+                "listen",
+                "needs at least one address",
+            ),
+            (
+                edit("listen =", "workers = 0\nlisten ="),
+                3,
+                "workers",
+                "0 is outside 1..=64",
+            ),
+            (
+                edit("listen =", "busy_poll_us = 2000000\nlisten ="),
+                3,
+                "busy_poll_us",
+                "is above",
+            ),
+            (
+                edit("tap = \"vpn1\"", "tap = \"a/b\""),
+                7,
+                "network 1: tap",
+                "not a valid interface name",
+            ),
+            (
+                edit("bridge = \"br0\"", "bridge = \"b r\""),
+                8,
+                "network 1: bridge",
+                "not a valid interface name",
+            ),
+            (
+                edit("cipher =", "mtu = 9000\ncipher ="),
+                9,
+                "network 1: mtu",
+                "9000 is outside",
+            ),
+            (
+                edit("cipher =", "path_mtu = 100\ncipher ="),
+                9,
+                "network 1: path_mtu",
+                "below the minimum",
+            ),
+            (
+                edit("cipher =", "mac_ageing_secs = 0\ncipher ="),
+                9,
+                "network 1: mac_ageing_secs",
+                "at least 1",
+            ),
+            (
+                edit(
+                    "cipher =",
+                    &format!("psk = \"{KEY}\"\npsk_file = \"a.psk\"\ncipher ="),
+                ),
+                10,
+                "network 1: psk_file",
+                "set psk or psk_file, not both",
+            ),
+            (
+                edit(PEER, &own_key),
+                17,
+                "network 1: peer site2: public_key",
+                "is this host's own key",
+            ),
+            (
+                edit(
+                    "endpoint = \"198.51.100.2:51820\"",
+                    "endpoint = \"198.51.100.2\"",
+                ),
+                18,
+                "network 1: peer site2: endpoint",
+                "is not host:port",
+            ),
+            (
+                append(&format!("\n[[network.peer]]\npublic_key = \"{PEER}\"\n")),
+                21,
+                "network 1: peer 2: public_key",
+                "appears twice in this network",
+            ),
+            (
+                append("\n[[network]]\nid = 1\ntap = \"vpn2\"\n"),
+                21,
+                "network 1: id",
+                "another network has the same id",
+            ),
+            (
+                append("\n[[network]]\nid = 2\ntap = \"vpn1\"\n"),
+                22,
+                "network 2: tap",
+                "TAP \"vpn1\" is used by another network",
+            ),
+        ];
+        for (text, line, field, message) in cases {
+            assert_error_at(&text, path, line, field, message);
         }
+    }
+
+    #[test]
+    fn key_file_errors_name_the_line_and_field_that_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vpnd.toml");
+        let write = |name: &str, content: &str, mode: u32| {
+            let file = dir.path().join(name);
+            std::fs::write(&file, content).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("private.key", KEY, 0o600);
+        write("open.key", KEY, 0o644);
+        write("broken.key", "not base64", 0o600);
+        let with_key_file = |name: &str| {
+            ok_config().replace(
+                &format!("private_key = \"{KEY}\""),
+                &format!("private_key_file = \"{name}\""),
+            )
+        };
+        let with_psk_file = |name: &str| {
+            with_key_file("private.key")
+                .replace("cipher =", &format!("psk_file = \"{name}\"\ncipher ="))
+        };
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let cases = [
+            (
+                with_key_file("missing.key"),
+                2,
+                "private_key_file",
+                format!("{}: cannot read", file("missing.key")),
+            ),
+            (
+                with_key_file("open.key"),
+                2,
+                "private_key_file",
+                format!("{}: mode 0644 lets others read", file("open.key")),
+            ),
+            (
+                with_key_file("broken.key"),
+                2,
+                "private_key_file",
+                format!("{}: invalid key", file("broken.key")),
+            ),
+            (
+                format!("private_key = \"{KEY}\"\n{}", with_key_file("private.key")),
+                3,
+                "private_key_file",
+                "set private_key or private_key_file, not both".to_string(),
+            ),
+            (
+                with_psk_file("missing.key"),
+                9,
+                "network 1: psk_file",
+                format!("{}: cannot read", file("missing.key")),
+            ),
+            (
+                with_psk_file("open.key"),
+                9,
+                "network 1: psk_file",
+                format!("{}: mode 0644 lets others read", file("open.key")),
+            ),
+            (
+                with_psk_file("broken.key"),
+                9,
+                "network 1: psk_file",
+                format!("{}: invalid key", file("broken.key")),
+            ),
+        ];
+        for (text, line, field, message) in cases {
+            assert_error_at(&text, &path, line, field, &message);
+        }
+        let c = DaemonConfig::parse(&with_psk_file("private.key"), &path).unwrap();
+        assert_eq!(c.private_key.to_base64(), KEY);
+        assert!(c.networks[0].psk.is_some());
     }
 
     #[test]
@@ -674,21 +910,6 @@ endpoint = "198.51.100.2:51820"
     fn a_missing_key_is_reported() {
         let e = error_of("listen = [\"0.0.0.0:1\"]\n");
         assert!(e.contains("private_key: missing"), "{e}");
-    }
-
-    #[test]
-    fn a_key_file_readable_by_others_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("private.key");
-        std::fs::write(&key, KEY).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let text = "private_key_file = \"private.key\"\n".to_string();
-        let path = dir.path().join("vpnd.toml");
-        let e = DaemonConfig::parse(&text, &path).unwrap_err().to_string();
-        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let c = DaemonConfig::parse(&text, &path).unwrap();
-        assert_eq!(c.private_key.to_base64(), KEY);
     }
 
     #[test]

@@ -221,7 +221,8 @@ impl Daemon {
         if spec.psk.is_none()
             && let Some(file) = &spec.psk_file
         {
-            spec.psk = Some(crate::config::Secret(read_key_file(file)?));
+            let field = format!("network {}: psk_file", spec.id);
+            spec.psk = Some(crate::config::Secret(read_key_file(&field, file)?));
         }
         if networks.contains_key(&spec.id) {
             return Err(ControlError::Conflict(format!(
@@ -584,14 +585,36 @@ impl Daemon {
     }
 }
 
-/// A network's timers: sleeps until its next deadline (or until the data path says the
-/// deadline moved earlier), runs them, and sends what they produced (handshakes,
-/// keepalives) without blocking.
+/// A network's timers: runs those that are due, sends what they (and anything before
+/// them: the first handshakes of a network that just started) produced without blocking,
+/// then sleeps until the next deadline or until the data path says it moved earlier.
 async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut events = Vec::new();
     loop {
-        let deadline = net.state.lock().expect("network lock").poll_timeout();
+        let deadline = {
+            let now = Instant::now();
+            let mut state = net.state.lock().expect("network lock");
+            if state.poll_timeout().is_some_and(|t| t <= now) {
+                state.handle_timeout(now);
+            }
+            while let Some(t) = state.poll_transmit(now, &mut buf) {
+                let sent = sockets
+                    .for_dest(t.destination, 0)
+                    .map(|udp| udp.try_send(&buf[..t.len], t.destination));
+                if !matches!(sent, Some(Ok(_))) {
+                    net.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(network = net.id, dest = %t.destination, "timer send failed: {sent:?}");
+                }
+            }
+            while let Some(e) = state.poll_event() {
+                events.push(describe(&state, now, e));
+            }
+            state.poll_timeout()
+        };
+        for line in events.drain(..) {
+            info!(network = net.id, "{line}");
+        }
         let far = Instant::now() + Duration::from_secs(3600);
         let at = deadline.unwrap_or(far).min(far);
         net.timer_deadline.store(
@@ -601,27 +624,6 @@ async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
         tokio::select! {
             _ = tokio::time::sleep_until(at.into()) => {}
             _ = net.timer.notified() => {}
-        }
-        let now = Instant::now();
-        let mut state = net.state.lock().expect("network lock");
-        if state.poll_timeout().is_some_and(|t| t <= now) {
-            state.handle_timeout(now);
-        }
-        while let Some(t) = state.poll_transmit(now, &mut buf) {
-            let sent = sockets
-                .for_dest(t.destination, 0)
-                .map(|udp| udp.try_send(&buf[..t.len], t.destination));
-            if !matches!(sent, Some(Ok(_))) {
-                net.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                debug!(network = net.id, dest = %t.destination, "timer send failed: {sent:?}");
-            }
-        }
-        while let Some(e) = state.poll_event() {
-            events.push(describe(&state, now, e));
-        }
-        drop(state);
-        for line in events.drain(..) {
-            info!(network = net.id, "{line}");
         }
     }
 }
@@ -667,4 +669,39 @@ fn peer_config(spec: &PeerSpec) -> Result<PeerConfig, String> {
 
 fn not_found(id: u32) -> ControlError {
     ControlError::NotFound(format!("no network with id {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (up to 5 s) until the daemon's unroutable counter reaches `n`.
+    async fn unroutable_reaches(daemon: &Daemon, n: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = daemon.status().await.unroutable;
+            if seen >= n || Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn empty_datagrams_are_counted_with_the_other_unroutable_ones() {
+        let options = DataPathOptions {
+            workers: 1,
+            offload: false,
+            busy_poll: Duration::ZERO,
+        };
+        let listen = ["127.0.0.1:0".parse().unwrap()];
+        let daemon = Daemon::bind(PrivateKey::from_bytes([7; 32]), &listen, options).unwrap();
+        daemon.start_workers().unwrap();
+        let to = daemon.listen_addrs()[0];
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.send_to(&[], to).unwrap();
+        sock.send_to(&[0xff], to).unwrap();
+        sock.send_to(&[], to).unwrap();
+        assert_eq!(unroutable_reaches(&daemon, 3).await, 3);
+    }
 }

@@ -463,6 +463,9 @@ impl Worker {
         for m in 0..n {
             let received = self.recv.received[m];
             if received.len == 0 {
+                // An empty datagram names no network: dropped and counted like any
+                // other datagram too short to route.
+                self.router.unroutable();
                 continue;
             }
             let segment = received.segment;

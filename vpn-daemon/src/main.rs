@@ -126,22 +126,29 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
     runtime()?.block_on(async move {
         let daemon = Daemon::bind(config.private_key.clone(), &config.listen, config.data_path)?;
         info!(public_key = %daemon.public_key(), listen = ?daemon.listen_addrs(), "vpnd starting");
-        let listener = control::bind(&control_path).await?;
-        daemon.start_workers()?;
-        for spec in config.networks {
-            let id = spec.id;
-            daemon
-                .add_network(spec)
-                .await
-                .with_context(|| format!("starting network {id}"))?;
-        }
-        let api = tokio::spawn(serve_control(listener, Arc::clone(&daemon)));
+        // Everything that can fail without leaving a trace comes first.
         let metrics = match config.metrics {
-            Some(addr) => Some(tokio::spawn(
-                serve_metrics(addr, Arc::clone(&daemon)).await?,
-            )),
+            Some(addr) => Some(bind_metrics(addr).await?),
             None => None,
         };
+        let mut made = MadeOnHost::before_binding(&control_path);
+        let listener = match control::bind(&control_path).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                made.remove();
+                return Err(e);
+            }
+        };
+        made.socket = Some(control_path.clone());
+        if let Err(e) = start_networks(&daemon, config.networks).await {
+            // Networks that did start are stopped: their TAP devices go with them.
+            daemon.shutdown().await;
+            made.remove();
+            return Err(e);
+        }
+        let api = tokio::spawn(serve_control(listener, Arc::clone(&daemon)));
+        let metrics =
+            metrics.map(|listener| tokio::spawn(serve_metrics(listener, Arc::clone(&daemon))));
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
@@ -159,20 +166,70 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
     })
 }
 
+/// Starts the data path and the configured networks.
+async fn start_networks(
+    daemon: &Arc<Daemon>,
+    networks: Vec<vpn_daemon::config::NetworkSpec>,
+) -> Result<()> {
+    daemon.start_workers()?;
+    for spec in networks {
+        let id = spec.id;
+        daemon
+            .add_network(spec)
+            .await
+            .with_context(|| format!("starting network {id}"))?;
+    }
+    Ok(())
+}
+
+/// What `vpnd up` made in the file system for its control socket, to remove again when
+/// the start fails: nothing of a failed start may remain. (TAP devices go with their
+/// networks, UDP sockets and listeners with the process.)
+struct MadeOnHost {
+    socket: Option<PathBuf>,
+    /// Directories above the socket that did not exist yet, deepest first.
+    dirs: Vec<PathBuf>,
+}
+
+impl MadeOnHost {
+    fn before_binding(socket: &std::path::Path) -> MadeOnHost {
+        let dirs = socket
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .take_while(|d| !d.exists())
+            .map(|d| d.to_path_buf())
+            .collect();
+        MadeOnHost { socket: None, dirs }
+    }
+
+    fn remove(self) {
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+        for dir in &self.dirs {
+            // Only if empty: never anything someone else put there meanwhile.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 async fn serve_control(listener: tokio::net::UnixListener, daemon: Arc<Daemon>) {
     if let Err(e) = axum::serve(listener, control::router(daemon)).await {
         error!("control API stopped: {e}");
     }
 }
 
-async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    daemon: Arc<Daemon>,
-) -> Result<impl std::future::Future<Output = ()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
+async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding metrics address {addr}"))?;
-    info!(%addr, "serving Prometheus metrics on /metrics");
+        .with_context(|| format!("binding metrics address {addr}"))
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, daemon: Arc<Daemon>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving Prometheus metrics on /metrics");
+    }
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -185,11 +242,9 @@ async fn serve_metrics(
             }
         }),
     );
-    Ok(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!("metrics server stopped: {e}");
-        }
-    })
+    if let Err(e) = axum::serve(listener, app).await {
+        error!("metrics server stopped: {e}");
+    }
 }
 
 fn status(json: bool, control: PathBuf) -> Result<()> {
