@@ -70,13 +70,14 @@
 //! (shorter than 14 bytes is a runt) and the EtherType, [`ArpPacketSlice`] for untagged
 //! ARP, and [`ArpEthIpv4Packet`] for the IPv4-over-Ethernet ARP the switch learns from
 //! and answers; the reply is written with [`Ethernet2Header`] and
-//! [`ArpEthIpv4Packet::to_bytes`]. One exception, measured with the switch-alone table of
-//! `cargo bench -p vpn-core --bench datapath` (CPU ns per frame, medians of 6 alternated
-//! runs of 41 repetitions, 2026-12-06): the two MAC addresses are copied out of the
-//! checked header, because etherparse's `destination()`/`source()` assemble them byte by
-//! byte and made a unicast frame cost 15.3-15.9 ns instead of 14.4 (hand-written before).
-//! Copied, it costs 13.9-14.2 ns. ARP through etherparse costs an answered request
-//! 40.1 ns instead of 36.7, a cost only ARP pays; it is kept for its clarity.
+//! [`ArpEthIpv4Packet::to_bytes`]. Measured against the hand-written parsing this
+//! replaced, with the switch-alone table of `cargo bench -p vpn-core --bench datapath`
+//! (CPU ns per frame, medians of 10 alternated runs, 2026-12-06, hand -> etherparse):
+//! - unicast to a peer 14.6 -> 14.3, from a peer 14.5 -> 13.9, tagged 14.6 -> 14.4. That
+//!   is with the two MAC addresses copied out of the checked header: etherparse's
+//!   `destination()`/`source()` assemble them byte by byte, which made these 15.3-16.1;
+//! - an answered ARP request 37.0 -> 40.2: a real 3 ns, kept because only ARP pays it (a
+//!   few requests a second per host, not the data path) and the ARP code reads better.
 //!
 //! # Driving it
 //!
