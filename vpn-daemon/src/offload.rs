@@ -39,9 +39,10 @@
 //! cutting a TSO super-frame, 92.8 -> 91.8 (IPv4) and 83.1 -> 82.3 (IPv6); coalescing
 //! TCP/IPv6 97.1 -> 97.0, UDP/IPv4 73.5 -> 74.2, TCP/IPv4 101.0 -> 102.5. The last is the
 //! only difference outside the runs' spread: 1.5 ns, about 0.2% of the microsecond a
-//! receiving vpnd spends on a 1448-byte segment (730-790 CPU ms per GB), and
-//! `bench/overlay/cpu-ab` (8 rounds) saw no difference inside its ±15% noise. So
-//! etherparse stays everywhere it reads.
+//! receiving vpnd spends on a 1448-byte segment (730-830 CPU ms per GB), and
+//! `bench/overlay/cpu-ab` saw no difference inside its noise (new ÷ base 0.92-0.96 over 8
+//! and 6 rounds, each binary's runs spreading over ±15%). So etherparse stays everywhere
+//! it reads. Figures: `bench/results/etherparse-2026-12-06.md`.
 
 use etherparse::{
     EtherType, Ethernet2Header, Ethernet2Slice, IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6Header,
