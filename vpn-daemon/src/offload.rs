@@ -25,9 +25,10 @@
 //!   sequence number, flags and checksum; a super-frame's lengths and pseudo-header sums.
 //!   etherparse 0.21 has no mutable header slices, and its header structs would have to
 //!   be decoded, changed and encoded again whole, TCP options included, for every segment;
-//! - whether a segment continues its flow (`Flow::continues`): the headers must equal
-//!   the flow's but for the fields that change, which is a few byte ranges compared in one
-//!   go, shorter and cheaper than a dozen fields compared one by one;
+//! - whether a segment continues its flow (`Flow::continues`), or shares a held flow's
+//!   addresses and ports (`Coalescer::flush_matching`): the headers must equal the flow's
+//!   but for the fields that change, which is a few byte ranges compared in one go,
+//!   shorter and cheaper than a dozen fields compared one by one;
 //! - the TCP flags test of a coalescible segment: one mask on the flags byte instead of
 //!   seven of etherparse's flag reads;
 //! - checksums (`sum`), which cover payloads as much as headers and are tuned on their
@@ -38,7 +39,8 @@
 //! `OFFLOAD_REPS=201 cargo bench -p vpn-daemon --bench offload`, hand -> etherparse):
 //! cutting a TSO super-frame, 92.8 -> 91.8 (IPv4) and 83.1 -> 82.3 (IPv6); coalescing
 //! TCP/IPv6 97.1 -> 97.0, UDP/IPv4 73.5 -> 74.2, TCP/IPv4 101.0 -> 102.5. The last is the
-//! only difference outside the runs' spread: 1.5 ns, about 0.2% of the microsecond a
+//! only difference that showed in every comparison (with disjoint spreads in an earlier
+//! one of 8 runs, 99.2 -> 100.8): 1.5 ns, about 0.2% of the microsecond a
 //! receiving vpnd spends on a 1448-byte segment (730-830 CPU ms per GB), and
 //! `bench/overlay/cpu-ab` saw no difference inside its noise (new ÷ base 0.92-0.96 over 8
 //! and 6 rounds, each binary's runs spreading over ±15%). So etherparse stays everywhere
