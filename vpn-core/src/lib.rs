@@ -21,7 +21,8 @@
 //! - `tests/no_alloc.rs` proves with a counting allocator that the steady-state data path
 //!   (frames, fragments, keepalives) allocates nothing;
 //! - `cargo bench -p vpn-core --bench datapath` measures encapsulation + decapsulation of
-//!   1400-byte frames on one core against ring's raw AEAD, for both ciphers;
+//!   1400-byte frames on one core against ring's raw AEAD, for both ciphers, and the
+//!   switch alone per frame;
 //! - `fuzz/` holds cargo-fuzz targets for every parser and state-machine input
 //!   (`scripts/fuzz-brief` runs each briefly; `cargo +nightly fuzz run <target>` from here
 //!   runs one for as long as you like).

@@ -607,6 +607,8 @@ impl RandomF64 for ChaCha20Rng {
 pub mod frames {
     use std::net::Ipv4Addr;
 
+    use etherparse::{SlicedPacket, TransportSlice};
+
     use crate::types::MacAddr;
 
     pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -723,16 +725,15 @@ pub mod frames {
 
     /// The DHCP message type (option 53) and transaction id of a frame, if it is DHCP.
     pub fn dhcp_type(frame: &[u8]) -> Option<(u8, u32)> {
-        if frame.len() < 14 + 20 + 8 + 244 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
+        let packet = SlicedPacket::from_ethernet(frame).ok()?;
+        let Some(TransportSlice::Udp(udp)) = packet.transport else {
+            return None;
+        };
+        if !matches!(udp.destination_port(), 67 | 68) {
             return None;
         }
-        let udp = &frame[14 + 20..];
-        let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
-        if dst_port != 67 && dst_port != 68 {
-            return None;
-        }
-        let b = &udp[8..];
-        if b[236..240] != [99, 130, 83, 99] || b[240] != 53 {
+        let b = udp.payload();
+        if b.len() < 244 || b[236..240] != [99, 130, 83, 99] || b[240] != 53 {
             return None;
         }
         Some((b[242], u32::from_be_bytes([b[4], b[5], b[6], b[7]])))
