@@ -450,7 +450,7 @@ impl ControlPlane {
                 .status(i)
                 .networks
                 .iter()
-                .any(|n| n.id == cluster.network_id)
+                .any(|n| n.id.0 == cluster.network_id)
             {
                 left.push(format!("vpnd network {} at site{i}", cluster.network_id));
             }

@@ -58,7 +58,7 @@ fn assert_vpnd_networks(overlay: &Overlay, c: &Cluster, running: bool) {
         assert_eq!(n.peers.len(), 1, "site{site}: {:?}", n.peers);
         assert_eq!(
             n.peers[0].public_key,
-            overlay.daemons[other - 1].public_key().to_string(),
+            overlay.daemons[other - 1].public_key(),
             "site{site}'s peer is site{other}'s vpnd"
         );
         assert_eq!(

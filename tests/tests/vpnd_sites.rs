@@ -728,12 +728,9 @@ fn the_control_api_adds_starts_stops_and_removes_networks_and_peers_at_runtime()
     let peer = vpn_core::PrivateKey::from_bytes([9; 32]).public_key();
     let req =
         |method: &str, path: &str, body: Option<String>| overlay.request(1, method, path, body);
-    let err = |r: anyhow::Result<Vec<u8>>| {
-        let e = r.expect_err("request should fail");
-        let e = e
-            .downcast::<vpn_daemon::control::ClientError>()
-            .expect("an API error");
-        (e.status, e.message)
+    let err = |r: Result<Vec<u8>, vpnd_api::ClientError>| match r {
+        Err(vpnd_api::ClientError::Api { status, message }) => (status.as_u16(), message),
+        other => panic!("expected an error answer, got {other:?}"),
     };
 
     let body = format!(

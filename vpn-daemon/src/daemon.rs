@@ -21,27 +21,18 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use vpn_core::wire::Route;
 use vpn_core::{Event, Network, PeerConfig, PeerId, Port, PrivateKey, PublicKey};
 
-use crate::config::{ConfigError, NetworkSpec, PeerSpec, read_key_file, resolve_endpoint};
+use vpnd_api::{
+    ControlError, Counters, DaemonStatus, MacEntry, MacPort, NetworkSpec, NetworkStatus, PeerSpec,
+    PeerStatus,
+};
+
+use crate::config::{ConfigError, NetworkSpecExt, read_key_file, resolve_endpoint};
 use crate::datapath::{NetPath, PathCounters, Router, Sockets, Workers};
-use crate::status::{Counters, DaemonStatus, MacEntryStatus, NetworkStatus, PeerStatus};
 use crate::tap::Tap;
 use crate::udp::Udp;
 
 /// Space for one datagram (path MTUs above this are refused).
 pub const MAX_DATAGRAM: usize = 9216;
-
-/// Why a control-plane request failed; the control API maps these to status codes.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    System(String),
-}
 
 impl From<ConfigError> for ControlError {
     fn from(e: ConfigError) -> Self {
@@ -221,9 +212,9 @@ impl Daemon {
         if spec.psk.is_none()
             && let Some(file) = &spec.psk_file
         {
-            spec.psk = Some(crate::config::Secret(read_key_file(file)?));
+            spec.psk = Some(read_key_file(file)?);
         }
-        if networks.contains_key(&spec.id) {
+        if networks.contains_key(&spec.id.0) {
             return Err(ControlError::Conflict(format!(
                 "network {} already exists",
                 spec.id
@@ -238,7 +229,7 @@ impl Daemon {
         let tag = (0..1u16 << vpn_core::config::INDEX_TAG_BITS)
             .find(|t| networks.values().all(|e| e.tag != *t))
             .ok_or_else(|| ControlError::Conflict("no free network slot (4096 networks)".into()))?;
-        let id = spec.id;
+        let id = spec.id.0;
         let mut entry = Entry {
             spec,
             tag,
@@ -329,7 +320,7 @@ impl Daemon {
             .network_status(entry, Instant::now())
             .peers
             .into_iter()
-            .find(|p| p.public_key == peer.public_key.to_string())
+            .find(|p| p.public_key == peer.public_key)
             .expect("just added");
         info!(network = id, peer = %peer.public_key, "peer added");
         Ok(status)
@@ -361,8 +352,8 @@ impl Daemon {
         let networks = self.networks.lock().await;
         let now = Instant::now();
         DaemonStatus {
-            public_key: self.public_key.to_string(),
-            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            public_key: self.public_key,
+            listen: self.listen.clone(),
             networks: networks
                 .values()
                 .map(|e| self.network_status(e, now))
@@ -377,7 +368,7 @@ impl Daemon {
         Ok(self.network_status(entry, Instant::now()))
     }
 
-    pub async fn mac_table(&self, id: u32) -> Result<Vec<MacEntryStatus>, ControlError> {
+    pub async fn mac_table(&self, id: u32) -> Result<Vec<MacEntry>, ControlError> {
         let networks = self.networks.lock().await;
         let entry = networks.get(&id).ok_or_else(|| not_found(id))?;
         let Some(run) = &entry.running else {
@@ -390,50 +381,23 @@ impl Daemon {
             .switch()
             .mac_table()
             .filter(|e| now.saturating_duration_since(e.last_seen) < ageing)
-            .map(|e| MacEntryStatus {
-                mac: e.mac.to_string(),
-                port: match e.port {
-                    Port::Local => "local".to_string(),
-                    Port::Peer(p) => net
-                        .peer(p, now)
-                        .map(|i| i.public_key.to_string())
-                        .unwrap_or_else(|| p.to_string()),
-                },
-                age_secs: now.saturating_duration_since(e.last_seen).as_secs_f64(),
+            .filter_map(|e| {
+                let port = match e.port {
+                    Port::Local => MacPort::Local,
+                    // An address behind a peer that is gone is as good as forgotten.
+                    Port::Peer(p) => MacPort::Peer(net.peer(p, now)?.public_key),
+                };
+                Some(MacEntry {
+                    mac: e.mac,
+                    port,
+                    age_secs: now.saturating_duration_since(e.last_seen).as_secs_f64(),
+                })
             })
             .collect())
     }
 
     fn network_status(&self, entry: &Entry, now: Instant) -> NetworkStatus {
-        let spec = &entry.spec;
-        let mut status = NetworkStatus {
-            id: spec.id,
-            name: spec.name.clone(),
-            tap: spec.tap.clone(),
-            bridge: spec.bridge.clone(),
-            running: entry.running.is_some(),
-            mtu: spec.mtu,
-            path_mtu: spec.path_mtu,
-            cipher: spec.cipher.to_string(),
-            mac_table_size: 0,
-            counters: Counters::default(),
-            peers: spec
-                .peers
-                .iter()
-                .map(|p| PeerStatus {
-                    public_key: p.public_key.to_string(),
-                    name: p.name.clone(),
-                    endpoint: p.endpoint.clone(),
-                    last_handshake_secs_ago: None,
-                    session: false,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    rx_packets: 0,
-                    tx_packets: 0,
-                    handshakes: 0,
-                })
-                .collect(),
-        };
+        let mut status = NetworkStatus::configured(&entry.spec, entry.running.is_some());
         let Some(run) = &entry.running else {
             return status;
         };
@@ -488,7 +452,7 @@ impl Daemon {
         };
         for p in &mut status.peers {
             let Some(info) = net
-                .peer_by_key(&p.public_key.parse().expect("our own key text"))
+                .peer_by_key(&p.public_key)
                 .and_then(|id| net.peer(id, now))
             else {
                 continue;
@@ -552,7 +516,7 @@ impl Daemon {
                 .map_err(|e| ControlError::Invalid(format!("network {}: {e}", spec.id)))?;
         }
         let path = Arc::new(NetPath {
-            id: spec.id,
+            id: spec.id.0,
             tag,
             state: Mutex::new(net),
             tap,
@@ -561,14 +525,14 @@ impl Daemon {
             epoch: now,
             counters: PathCounters::default(),
         });
-        self.by_id.insert(spec.id, Arc::clone(&path));
+        self.by_id.insert(spec.id.0, Arc::clone(&path));
         self.by_tag.insert(tag, Arc::clone(&path));
         if let Err(e) = workers.add(&path) {
             workers.remove(&path);
-            self.unroute(spec.id, tag);
+            self.unroute(spec.id.0, tag);
             return Err(ControlError::System(format!("network {}: {e}", spec.id)));
         }
-        let span = info_span!("network", id = spec.id);
+        let span = info_span!("network", id = spec.id.0);
         let timer =
             tokio::spawn(timer_loop(Arc::clone(&path), Arc::clone(&self.sockets)).instrument(span));
         Ok(RunningHandle {

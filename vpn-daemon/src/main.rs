@@ -13,9 +13,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 use vpn_core::PrivateKey;
 use vpn_daemon::config::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
-use vpn_daemon::control::{self, Client};
+use vpn_daemon::control;
 use vpn_daemon::daemon::Daemon;
-use vpn_daemon::status::DaemonStatus;
+use vpn_daemon::status::{render_metrics, render_table};
+use vpnd_api::Client;
 
 #[derive(Parser)]
 #[command(
@@ -180,7 +181,7 @@ async fn serve_metrics(
             async move {
                 (
                     [("content-type", "text/plain; version=0.0.4")],
-                    daemon.status().await.render_metrics(),
+                    render_metrics(&daemon.status().await),
                 )
             }
         }),
@@ -196,11 +197,12 @@ fn status(json: bool, control: PathBuf) -> Result<()> {
     runtime()?.block_on(async move {
         let client = Client::new(control);
         if json {
-            let body = client.request("GET", "/v1/status", None).await?;
+            let body = client
+                .request(axum::http::Method::GET, "/v1/status", None)
+                .await?;
             println!("{}", String::from_utf8_lossy(&body));
         } else {
-            let status: DaemonStatus = client.get_json("/v1/status").await?;
-            print!("{}", status.render_table());
+            print!("{}", render_table(&client.status().await?));
         }
         Ok(())
     })
