@@ -14,7 +14,7 @@ use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, Topology, in_netns, node_ip,
     node_reaches, require_command, require_root, unique_name, wait_all_pairs_reach,
 };
-use vcluster::model::{Cluster, Node, NodeState, OverlayState, TaskState};
+use vcluster::model::{Cluster, NetworkDevices, Node, NodeState, OverlayState, TaskState};
 
 fn can_run(test: &str) -> bool {
     require_root(test) && require_command(test, "nsenter") && require_command(test, "ethtool")
