@@ -214,18 +214,7 @@ impl Daemon {
         {
             spec.psk = Some(read_key_file(file)?);
         }
-        if networks.contains_key(&spec.id.0) {
-            return Err(ControlError::Conflict(format!(
-                "network {} already exists",
-                spec.id
-            )));
-        }
-        if let Some(other) = networks.values().find(|e| e.spec.tap == spec.tap) {
-            return Err(ControlError::Conflict(format!(
-                "TAP {:?} is used by network {}",
-                spec.tap, other.spec.id
-            )));
-        }
+        spec.check_unique(networks.values().map(|e| &e.spec))?;
         let tag = (0..1u16 << vpn_core::config::INDEX_TAG_BITS)
             .find(|t| networks.values().all(|e| e.tag != *t))
             .ok_or_else(|| ControlError::Conflict("no free network slot (4096 networks)".into()))?;

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use vpn_core::{Cipher, MacAddr, NetworkId, PresharedKey, PublicKey};
 
+use crate::server::ControlError;
+
 /// One overlay network, as in a `[[network]]` table or a `POST /v1/networks` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +113,30 @@ impl NetworkSpec {
             peers: Vec::new(),
             running: yes(),
         }
+    }
+}
+
+impl NetworkSpec {
+    /// The 409 of a network whose id or TAP one of `others` already has.
+    pub fn check_unique<'a>(
+        &self,
+        others: impl IntoIterator<Item = &'a NetworkSpec>,
+    ) -> Result<(), ControlError> {
+        for other in others {
+            if other.id == self.id {
+                return Err(ControlError::Conflict(format!(
+                    "network {} already exists",
+                    self.id
+                )));
+            }
+            if other.tap == self.tap {
+                return Err(ControlError::Conflict(format!(
+                    "TAP {:?} is used by network {}",
+                    self.tap, other.id
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -105,18 +105,7 @@ impl Control for MemoryVpnd {
         spec: NetworkSpec,
     ) -> Result<NetworkStatus, ControlError> {
         let mut networks = self.lock();
-        if networks.contains_key(&spec.id) {
-            return Err(ControlError::Conflict(format!(
-                "network {} already exists",
-                spec.id
-            )));
-        }
-        if let Some(other) = networks.values().find(|n| n.spec.tap == spec.tap) {
-            return Err(ControlError::Conflict(format!(
-                "TAP {:?} is used by network {}",
-                spec.tap, other.spec.id
-            )));
-        }
+        spec.check_unique(networks.values().map(|n| &n.spec))?;
         for (i, p) in spec.peers.iter().enumerate() {
             if spec.peers[..i].iter().any(|q| q.public_key == p.public_key) {
                 return Err(ControlError::Invalid(format!(
