@@ -855,11 +855,15 @@ fn vpnd_status_prints_a_table_and_json_and_metrics_are_served() {
     let metrics = topo
         .host(1)
         .ok(&["curl", "-sf", "http://127.0.0.1:9701/metrics"]);
+    let site2 = overlay.daemons[1].public_key();
     assert!(
-        metrics.contains("vpnd_peer_session_up{network=\"1\",peer=\"site2\"} 1"),
+        metrics.contains(&format!(
+            "vpnd_peer_session_up{{network=\"1\",peer=\"{site2}\",peer_name=\"site2\"}} 1"
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains("# TYPE vpnd_peer_received_bytes_total counter"));
+    assert!(metrics.contains("# TYPE vpnd_peer_received_bytes counter"));
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics text: {metrics}");
 }
 
 #[test]

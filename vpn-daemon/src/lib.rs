@@ -11,12 +11,14 @@
 //! - [`datapath`]: the threads that move frames between TAPs and sockets;
 //! - [`daemon`]: the networks, their timer tasks and the control-plane operations;
 //! - [`control`]: the control socket, and the daemon behind `vpnd-api`'s routes;
-//! - [`status`]: the `vpnd status` table and the metrics text of a status snapshot.
+//! - [`status`]: the `vpnd status` table of a status snapshot;
+//! - [`metrics`]: the Prometheus endpoint.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod metrics;
 pub mod offload;
 pub mod status;
 pub mod tap;

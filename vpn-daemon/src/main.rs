@@ -13,9 +13,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 use vpn_core::PrivateKey;
 use vpn_daemon::config::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
-use vpn_daemon::control;
 use vpn_daemon::daemon::Daemon;
-use vpn_daemon::status::{render_metrics, render_table};
+use vpn_daemon::status::render_table;
+use vpn_daemon::{control, metrics};
 use vpnd_api::Client;
 
 #[derive(Parser)]
@@ -174,18 +174,7 @@ async fn serve_metrics(
         .await
         .with_context(|| format!("binding metrics address {addr}"))?;
     info!(%addr, "serving Prometheus metrics on /metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let daemon = Arc::clone(&daemon);
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    render_metrics(&daemon.status().await),
-                )
-            }
-        }),
-    );
+    let app = metrics::router(daemon);
     Ok(async move {
         if let Err(e) = axum::serve(listener, app).await {
             error!("metrics server stopped: {e}");

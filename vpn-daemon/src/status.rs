@@ -1,10 +1,9 @@
-//! What the daemon shows of its status snapshot ([`vpnd_api::DaemonStatus`], the JSON of
-//! the control API): the table `vpnd status` prints, and the Prometheus text the metrics
-//! endpoint serves.
+//! The table `vpnd status` prints of a status snapshot ([`vpnd_api::DaemonStatus`], the
+//! JSON of the control API), in the spirit of `wg show`.
 
 use std::fmt::Write as _;
 
-use vpnd_api::{DaemonStatus, NetworkStatus, PeerStatus};
+use vpnd_api::DaemonStatus;
 
 /// The human table of `vpnd status`, in the spirit of `wg show`.
 pub fn render_table(status: &DaemonStatus) -> String {
@@ -100,193 +99,6 @@ pub fn render_table(status: &DaemonStatus) -> String {
     out
 }
 
-/// The Prometheus text exposition of this snapshot.
-pub fn render_metrics(status: &DaemonStatus) -> String {
-    let mut m = Metrics::default();
-    m.family("vpnd_networks", "gauge", "Overlay networks configured.");
-    m.sample("vpnd_networks", &[], status.networks.len() as f64);
-    m.family(
-        "vpnd_unroutable_datagrams_total",
-        "counter",
-        "Datagrams that matched no network.",
-    );
-    m.sample(
-        "vpnd_unroutable_datagrams_total",
-        &[],
-        status.unroutable as f64,
-    );
-    type Get = fn(&NetworkStatus) -> f64;
-    let network_metrics: [(&str, &str, &str, Get); 10] = [
-        (
-            "vpnd_network_up",
-            "gauge",
-            "1 if the network is running.",
-            |n| f64::from(u8::from(n.running)),
-        ),
-        (
-            "vpnd_mac_table_entries",
-            "gauge",
-            "MAC addresses learned.",
-            |n| n.mac_table_size as f64,
-        ),
-        (
-            "vpnd_received_bytes_total",
-            "counter",
-            "Bytes of datagrams received.",
-            |n| n.counters.rx_bytes as f64,
-        ),
-        (
-            "vpnd_sent_bytes_total",
-            "counter",
-            "Bytes of datagrams sent.",
-            |n| n.counters.tx_bytes as f64,
-        ),
-        (
-            "vpnd_received_datagrams_total",
-            "counter",
-            "Datagrams received.",
-            |n| n.counters.rx_datagrams as f64,
-        ),
-        (
-            "vpnd_sent_datagrams_total",
-            "counter",
-            "Datagrams sent.",
-            |n| n.counters.tx_datagrams as f64,
-        ),
-        (
-            "vpnd_handshake_initiations_sent_total",
-            "counter",
-            "Handshake initiations sent.",
-            |n| n.counters.handshakes_initiated as f64,
-        ),
-        (
-            "vpnd_handshake_initiations_processed_total",
-            "counter",
-            "Handshake initiations whose key exchange was computed.",
-            |n| n.counters.initiations_processed as f64,
-        ),
-        (
-            "vpnd_sessions_established_total",
-            "counter",
-            "Sessions established.",
-            |n| n.counters.sessions_established as f64,
-        ),
-        (
-            "vpnd_arp_replies_total",
-            "counter",
-            "ARP requests answered locally.",
-            |n| n.counters.arp_replies as f64,
-        ),
-    ];
-    for (name, kind, help, get) in network_metrics {
-        m.family(name, kind, help);
-        for n in &status.networks {
-            m.sample(name, &[("network", &n.id.to_string())], get(n));
-        }
-    }
-    m.family(
-        "vpnd_dropped_total",
-        "counter",
-        "Datagrams and frames dropped, by reason.",
-    );
-    for n in &status.networks {
-        for (reason, count) in &n.counters.drops {
-            m.sample(
-                "vpnd_dropped_total",
-                &[("network", &n.id.to_string()), ("reason", reason)],
-                *count as f64,
-            );
-        }
-    }
-    type PeerGet = fn(&PeerStatus) -> Option<f64>;
-    let peer_metrics: [(&str, &str, &str, PeerGet); 7] = [
-        (
-            "vpnd_peer_received_bytes_total",
-            "counter",
-            "Bytes received from the peer.",
-            |p| Some(p.rx_bytes as f64),
-        ),
-        (
-            "vpnd_peer_sent_bytes_total",
-            "counter",
-            "Bytes sent to the peer.",
-            |p| Some(p.tx_bytes as f64),
-        ),
-        (
-            "vpnd_peer_received_packets_total",
-            "counter",
-            "Datagrams received from the peer.",
-            |p| Some(p.rx_packets as f64),
-        ),
-        (
-            "vpnd_peer_sent_packets_total",
-            "counter",
-            "Datagrams sent to the peer.",
-            |p| Some(p.tx_packets as f64),
-        ),
-        (
-            "vpnd_peer_handshakes_total",
-            "counter",
-            "Sessions established with the peer.",
-            |p| Some(p.handshakes as f64),
-        ),
-        (
-            "vpnd_peer_session_up",
-            "gauge",
-            "1 if a session with the peer can carry traffic.",
-            |p| Some(f64::from(u8::from(p.session))),
-        ),
-        (
-            "vpnd_peer_last_handshake_age_seconds",
-            "gauge",
-            "Seconds since the last handshake.",
-            |p| p.last_handshake_secs_ago,
-        ),
-    ];
-    for (name, kind, help, get) in peer_metrics {
-        m.family(name, kind, help);
-        for n in &status.networks {
-            for p in &n.peers {
-                if let Some(v) = get(p) {
-                    let peer = p.name.clone().unwrap_or_else(|| p.public_key.to_string());
-                    m.sample(name, &[("network", &n.id.to_string()), ("peer", &peer)], v);
-                }
-            }
-        }
-    }
-    m.out
-}
-
-#[derive(Default)]
-struct Metrics {
-    out: String,
-}
-
-impl Metrics {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let escaped = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.out, "{k}=\"{escaped}\"");
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
 fn short_key(key: &vpnd_api::PublicKey) -> String {
     key.to_string().chars().take(8).chain("…".chars()).collect()
 }
@@ -319,7 +131,7 @@ fn human_secs(s: f64) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use vpnd_api::{Cipher, Counters, NetworkId};
+    use vpnd_api::{Cipher, Counters, NetworkId, NetworkStatus, PeerStatus};
 
     use super::*;
 
@@ -376,26 +188,6 @@ mod tests {
             "4 dropped",
         ] {
             assert!(t.contains(needle), "missing {needle:?} in\n{t}");
-        }
-    }
-
-    #[test]
-    fn metrics_follow_prometheus_conventions() {
-        let m = render_metrics(&sample());
-        assert!(m.contains("# TYPE vpnd_peer_received_bytes_total counter"));
-        assert!(
-            m.contains("vpnd_peer_received_bytes_total{network=\"7\",peer=\"site\\\"2\"} 1234"),
-            "{m}"
-        );
-        assert!(m.contains("vpnd_dropped_total{network=\"7\",reason=\"replay\"} 4"));
-        assert!(m.contains("vpnd_mac_table_entries{network=\"7\"} 3"));
-        for line in m.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
-            assert!(name.starts_with("vpnd_"), "{line}");
-            assert!(
-                line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
-                "{line}"
-            );
         }
     }
 }
