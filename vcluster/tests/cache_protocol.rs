@@ -357,3 +357,59 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
         "{table}"
     );
 }
+
+/// The series of an OpenMetrics text: each sample's name and labels, without its value.
+fn series(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').expect("name and value").0.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_add_no_metrics_series() {
+    let up = Upstream::start(Pacing::default()).await;
+    let cache = TestCache::start(&up, |_| {}).await;
+    let scrape = || async {
+        client()
+            .get(cache.url("/_cache/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let requests = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("vcluster_cache_requests_total "))
+            .expect("the requests counter");
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    let before_text = scrape().await;
+    let before = series(&before_text);
+    for (method, path) in [
+        ("BREW", "/debian/pool/made-up.deb"),
+        ("PUT", "/debian/pool/made-up.deb"),
+        ("DELETE", "/_cache/metrics"),
+        ("GET", "/_cache/made-up"),
+        ("GET", "/not-a-mirror/x"),
+        ("GET", "/debian/pool/absent-1.deb?x=1"),
+        ("HEAD", "/%2e%2e/%2e%2e/etc/passwd"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = client()
+            .request(method.clone(), cache.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 500, "{method} {path}");
+    }
+    let after = scrape().await;
+    assert_eq!(series(&after), before, "{after}");
+    assert!(
+        requests(&after) >= requests(&before_text) + 7,
+        "the requests were counted, in the existing series: {after}"
+    );
+}
