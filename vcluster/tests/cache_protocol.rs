@@ -330,14 +330,7 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
     assert_eq!(v["bytes_served"], 3000);
     assert_eq!(v["objects"], 1);
     assert_eq!(v["in_flight"], 0);
-    let text = client()
-        .get(cache.url("/_cache/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&cache).await;
     assert!(text.contains("vcluster_cache_hits_total 2\n"), "{text}");
     assert!(
         text.contains("vcluster_cache_upstream_bytes_total 1000\n"),
@@ -358,6 +351,17 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
     );
 }
 
+async fn metrics_text(cache: &TestCache) -> String {
+    client()
+        .get(cache.url("/_cache/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The series of an OpenMetrics text: each sample's name and labels, without its value.
 fn series(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
@@ -370,16 +374,6 @@ fn series(text: &str) -> std::collections::BTreeSet<String> {
 async fn made_up_methods_and_paths_add_no_metrics_series() {
     let up = Upstream::start(Pacing::default()).await;
     let cache = TestCache::start(&up, |_| {}).await;
-    let scrape = || async {
-        client()
-            .get(cache.url("/_cache/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let requests = |text: &str| -> u64 {
         let line = text
             .lines()
@@ -387,7 +381,7 @@ async fn made_up_methods_and_paths_add_no_metrics_series() {
             .expect("the requests counter");
         line.rsplit_once(' ').unwrap().1.parse().unwrap()
     };
-    let before_text = scrape().await;
+    let before_text = metrics_text(&cache).await;
     let before = series(&before_text);
     for (method, path) in [
         ("BREW", "/debian/pool/made-up.deb"),
@@ -406,7 +400,7 @@ async fn made_up_methods_and_paths_add_no_metrics_series() {
             .unwrap();
         assert_ne!(r.status(), 500, "{method} {path}");
     }
-    let after = scrape().await;
+    let after = metrics_text(&cache).await;
     assert_eq!(series(&after), before, "{after}");
     assert!(
         requests(&after) >= requests(&before_text) + 7,

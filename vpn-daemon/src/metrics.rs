@@ -240,52 +240,12 @@ pub fn render(status: &DaemonStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
-    use vpnd_api::{Cipher, Counters, NetworkId, PeerSpec, PublicKey};
+    use vpnd_api::PublicKey;
 
     use super::*;
-
-    const KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
-
-    fn peer(byte: u8, name: &str) -> PeerStatus {
-        PeerStatus {
-            last_handshake_secs_ago: Some(75.5),
-            session: true,
-            rx_bytes: 1234,
-            rx_packets: 10,
-            handshakes: 2,
-            ..PeerStatus::configured(&PeerSpec {
-                name: Some(name.into()),
-                ..PeerSpec::new(PublicKey([byte; 32]))
-            })
-        }
-    }
-
-    fn sample() -> DaemonStatus {
-        DaemonStatus {
-            public_key: KEY.parse().unwrap(),
-            listen: vec!["0.0.0.0:51820".parse().unwrap()],
-            unroutable: 2,
-            networks: vec![NetworkStatus {
-                id: NetworkId(7),
-                name: Some("cluster-a".into()),
-                tap: "vc7".into(),
-                bridge: Some("br0".into()),
-                running: true,
-                mtu: 1500,
-                path_mtu: 1500,
-                cipher: Cipher::Aes256Gcm,
-                mac_table_size: 3,
-                counters: Counters {
-                    rx_bytes: 5 << 20,
-                    drops: BTreeMap::from([("replay".into(), 4), ("auth".into(), 0)]),
-                    ..Counters::default()
-                },
-                peers: vec![peer(1, "site\"2"), peer(2, "site3")],
-            }],
-        }
-    }
+    use crate::status::tests::{peer, sample};
 
     /// The sample lines (not `#` lines) of an exposition.
     fn series(text: &str) -> Vec<&str> {
