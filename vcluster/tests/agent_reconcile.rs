@@ -297,3 +297,24 @@ async fn an_operators_vpnd_network_with_a_clusters_id_is_never_changed_or_remove
     assert!(errors.is_empty(), "{errors:?}");
     keep("after a full reconcile");
 }
+
+#[tokio::test]
+async fn a_bad_key_from_the_controller_is_named_and_nothing_reaches_vpnd() {
+    let rig = rig().await;
+    let mut bad = share(5, 7, &[1], &[1, 2], true);
+    bad.network.peers[1].public_key = "not-a-key".into();
+    let err = rig.r.apply(&bad).await.unwrap_err().to_string();
+    assert!(
+        err.contains("network 7") && err.contains("peer host-2: public_key \"not-a-key\""),
+        "{err}"
+    );
+    let mut bad = share(6, 7, &[1], &[1], true);
+    bad.network.psk = "short".into();
+    let err = rig.r.apply(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("psk") && !err.contains("short"), "{err}");
+    assert!(
+        !rig.vpnd.log().iter().any(|l| l.starts_with("POST")),
+        "{:?}",
+        rig.vpnd.log()
+    );
+}

@@ -619,5 +619,5 @@ fn peer_config(spec: &PeerSpec) -> Result<PeerConfig, String> {
 }
 
 fn not_found(id: u32) -> ControlError {
-    ControlError::NotFound(format!("no network with id {id}"))
+    ControlError::no_network(vpn_core::NetworkId(id))
 }
