@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vcluster::cli::client::ApiClient;
-use vcluster::model::{Accepted, Cluster, Host, IssuedToken, Node, Task, TaskState};
+use vcluster::model::{
+    Accepted, Cluster, Host, IssuedToken, NetworkDevices, Node, Task, TaskState,
+};
 
 use crate::netns::{CmdOutput, in_netns, list_namespaces, netns_exec, run};
 use crate::ping::{PingOpts, ping_in, try_wait_until};
@@ -450,7 +452,7 @@ impl ControlPlane {
                 .status(i)
                 .networks
                 .iter()
-                .any(|n| n.id == cluster.network_id)
+                .any(|n| n.id.0 == cluster.network_id)
             {
                 left.push(format!("vpnd network {} at site{i}", cluster.network_id));
             }

@@ -1,6 +1,6 @@
 //! `vpnd` at every site of a [`Topology`]: keys, config files, one daemon per host
-//! namespace with its TAP on the site's `br0`, and the daemon's own control-API client to
-//! read status. Integration tests of the overlay and of everything above it start here.
+//! namespace with its TAP on the site's `br0`, and the control API's client (`vpnd-api`)
+//! to read status. Integration tests of the overlay and of everything above it start here.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,8 +9,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use vpn_core::{PrivateKey, PublicKey};
-use vpn_daemon::control::Client;
-use vpn_daemon::status::{DaemonStatus, NetworkStatus};
+use vpnd_api::{Client, DaemonStatus, NetworkStatus};
 
 use crate::{Process, Topology, bin_path, try_wait_until};
 
@@ -186,32 +185,33 @@ impl Overlay {
         Client::new(&self.daemons[site - 1].control)
     }
 
-    /// A control-API request to the daemon of `site`.
+    /// A control-API request to the daemon of `site`, sent as given.
     pub fn request(
         &self,
         site: usize,
         method: &str,
         path: &str,
         body: Option<String>,
-    ) -> anyhow::Result<Vec<u8>> {
+    ) -> Result<Vec<u8>, vpnd_api::ClientError> {
         let client = self.client(site);
+        let method = method.parse().expect("an HTTP method");
         self.rt
-            .block_on(client.request(method, path, body))
+            .block_on(client.request(method, path, body.map(String::into_bytes)))
             .map(|b| b.to_vec())
     }
 
     pub fn status(&self, site: usize) -> DaemonStatus {
         let client = self.client(site);
         self.rt
-            .block_on(client.get_json("/v1/status"))
-            .unwrap_or_else(|e| panic!("status of vpnd at site {site}: {e:#}"))
+            .block_on(client.status())
+            .unwrap_or_else(|e| panic!("status of vpnd at site {site}: {e}"))
     }
 
     pub fn network(&self, site: usize, id: u32) -> NetworkStatus {
         self.status(site)
             .networks
             .into_iter()
-            .find(|n| n.id == id)
+            .find(|n| n.id.0 == id)
             .unwrap_or_else(|| panic!("site {site} has no network {id}"))
     }
 

@@ -14,7 +14,7 @@ use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, Topology, in_netns, node_ip,
     node_reaches, require_command, require_root, unique_name, wait_all_pairs_reach,
 };
-use vcluster::model::{Cluster, Node, NodeState, OverlayState, TaskState};
+use vcluster::model::{Cluster, NetworkDevices, Node, NodeState, OverlayState, TaskState};
 
 fn can_run(test: &str) -> bool {
     require_root(test) && require_command(test, "nsenter") && require_command(test, "ethtool")
@@ -58,7 +58,7 @@ fn assert_vpnd_networks(overlay: &Overlay, c: &Cluster, running: bool) {
         assert_eq!(n.peers.len(), 1, "site{site}: {:?}", n.peers);
         assert_eq!(
             n.peers[0].public_key,
-            overlay.daemons[other - 1].public_key().to_string(),
+            overlay.daemons[other - 1].public_key(),
             "site{site}'s peer is site{other}'s vpnd"
         );
         assert_eq!(

@@ -747,12 +747,9 @@ fn the_control_api_adds_starts_stops_and_removes_networks_and_peers_at_runtime()
     let peer = vpn_core::PrivateKey::from_bytes([9; 32]).public_key();
     let req =
         |method: &str, path: &str, body: Option<String>| overlay.request(1, method, path, body);
-    let err = |r: anyhow::Result<Vec<u8>>| {
-        let e = r.expect_err("request should fail");
-        let e = e
-            .downcast::<vpn_daemon::control::ClientError>()
-            .expect("an API error");
-        (e.status, e.message)
+    let err = |r: Result<Vec<u8>, vpnd_api::ClientError>| match r {
+        Err(vpnd_api::ClientError::Api { status, message }) => (status.as_u16(), message),
+        other => panic!("expected an error answer, got {other:?}"),
     };
 
     let body = format!(
@@ -877,11 +874,15 @@ fn vpnd_status_prints_a_table_and_json_and_metrics_are_served() {
     let metrics = topo
         .host(1)
         .ok(&["curl", "-sf", "http://127.0.0.1:9701/metrics"]);
+    let site2 = overlay.daemons[1].public_key();
     assert!(
-        metrics.contains("vpnd_peer_session_up{network=\"1\",peer=\"site2\"} 1"),
+        metrics.contains(&format!(
+            "vpnd_peer_session_up{{network=\"1\",peer=\"{site2}\",peer_name=\"site2\"}} 1"
+        )),
         "{metrics}"
     );
-    assert!(metrics.contains("# TYPE vpnd_peer_received_bytes_total counter"));
+    assert!(metrics.contains("# TYPE vpnd_peer_received_bytes counter"));
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics text: {metrics}");
 }
 
 #[test]

@@ -7,43 +7,46 @@
 //! cluster's overlay network id and the node's index, so an agent that lost its memory can
 //! still tell which devices are its own. It never does I/O and never talks to a store.
 
-use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The id of a cluster's overlay network: the same at every host, unique per controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NetworkId(pub u32);
+/// The id of a cluster's overlay network (the same at every host, unique per controller)
+/// and an Ethernet address: `vpn-core`'s types, as the vpnd control API carries them.
+pub use vpnd_api::{MacAddr, NetworkId};
 
-impl fmt::Display for NetworkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl NetworkId {
+/// The host devices named after a cluster's overlay network.
+pub trait NetworkDevices: Sized {
     /// The Linux bridge a cluster's nodes and its overlay TAP sit on at each host.
     /// `vcbr` + the id in hex: at most 12 characters (the kernel allows 15).
-    pub fn bridge_name(self) -> String {
+    fn bridge_name(self) -> String;
+
+    /// The TAP device `vpnd` creates for this network: at most 13 characters.
+    fn tap_name(self) -> String;
+
+    /// Parses a name made by [`NetworkDevices::bridge_name`].
+    fn from_bridge_name(name: &str) -> Option<Self>;
+
+    /// Parses a name made by [`NetworkDevices::tap_name`].
+    fn from_tap_name(name: &str) -> Option<Self>;
+}
+
+impl NetworkDevices for NetworkId {
+    fn bridge_name(self) -> String {
         format!("vcbr{:x}", self.0)
     }
 
-    /// The TAP device `vpnd` creates for this network: at most 13 characters.
-    pub fn tap_name(self) -> String {
+    fn tap_name(self) -> String {
         format!("vctap{:x}", self.0)
     }
 
-    /// Parses a name made by [`NetworkId::bridge_name`].
-    pub fn from_bridge_name(name: &str) -> Option<NetworkId> {
+    fn from_bridge_name(name: &str) -> Option<NetworkId> {
         parse_hex_id(name.strip_prefix("vcbr")?)
     }
 
-    /// Parses a name made by [`NetworkId::tap_name`].
-    pub fn from_tap_name(name: &str) -> Option<NetworkId> {
+    fn from_tap_name(name: &str) -> Option<NetworkId> {
         parse_hex_id(name.strip_prefix("vctap")?)
     }
 }
@@ -96,55 +99,6 @@ impl NodeSlot {
     }
 }
 
-/// An Ethernet address, written `02:00:00:00:00:01`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut out {
-            let part = parts
-                .next()
-                .ok_or_else(|| format!("bad MAC address {s:?}"))?;
-            if part.len() != 2 {
-                return Err(format!("bad MAC address {s:?}"));
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address {s:?}"))?;
-        }
-        if parts.next().is_some() {
-            return Err(format!("bad MAC address {s:?}"));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// A node's name in its cluster: `<cluster>-node-<index>`. Stable for the node's life.
 pub fn node_name(cluster: &str, index: u32) -> String {
     format!("{cluster}-node-{index}")
@@ -190,8 +144,8 @@ macro_rules! closed_set {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::json;
 use vcluster::agent::driver::{HostBridges, VmDriver};
 use vcluster::agent::netns::{LinuxBridges, NetnsDriver};
-use vcluster::model::{Accepted, NetworkId, NodeSlot, NodeSpec};
+use vcluster::model::{Accepted, NetworkDevices, NetworkId, NodeSlot, NodeSpec};
 
 use common::{TestController, expect_success, get_cluster};
 
@@ -288,7 +288,7 @@ async fn the_host_agent_builds_real_nodes_and_converges_after_a_restart() {
             );
         }
     }
-    assert!(vpnd.networks()[&c.network_id].config.bridge.as_deref() == Some(bridge.as_str()));
+    assert!(vpnd.networks()[&c.network_id].spec.bridge.as_deref() == Some(bridge.as_str()));
 
     // The agent goes down; meanwhile a node's namespace is lost and a bridge of a cluster
     // the store does not know appears. Back up, the agent converges.
@@ -462,7 +462,11 @@ async fn host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster(
     let hosts: Vec<vcluster::model::Host> = ctl.admin.get("/v1/hosts").await.unwrap();
     for (h, s) in hosts.iter().zip(&sites) {
         assert_eq!(h.agent_url, format!("http://{}:7300", s.site_ip));
-        assert_eq!(h.public_key, s.vpnd.public_key, "read from vpnd's status");
+        assert_eq!(
+            h.public_key,
+            s.vpnd.public_key.to_string(),
+            "read from vpnd's status"
+        );
         assert_eq!(h.driver, "netns");
     }
 
@@ -506,12 +510,12 @@ async fn host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster(
         );
         let net = &s.vpnd.networks()[&c.network_id];
         let other = sites.iter().find(|o| o.netns != s.netns).unwrap();
-        assert_eq!(net.peers.len(), 1);
+        assert_eq!(net.spec.peers.len(), 1);
         assert_eq!(
-            net.peers[0].endpoint.as_deref(),
+            net.spec.peers[0].endpoint.as_deref(),
             Some(format!("{}:51820", other.site_ip).as_str())
         );
-        assert_eq!(net.peers[0].public_key, other.vpnd.public_key);
+        assert_eq!(net.spec.peers[0].public_key, other.vpnd.public_key);
     }
 
     let d: Accepted = user

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use common::{FakeVpnd, MemBridges, MemDriver};
 use vcluster::agent::reconcile::Reconciler;
 use vcluster::agent::state::StateStore;
-use vcluster::agent::vpnd::{NetworkConfig, VpndClient};
 use vcluster::model::{
     ClusterOnHost, HostDesired, NetworkId, NetworkSpec, NodeSlot, NodeSpec, PeerSpec,
 };
@@ -71,7 +70,7 @@ async fn rig() -> Rig {
     let r = Reconciler::new(
         driver.clone(),
         bridges.clone(),
-        VpndClient::new(&vpnd.socket),
+        vpnd_api::Client::new(&vpnd.socket),
         StateStore::open(dir.path()).unwrap(),
     );
     Rig {
@@ -103,10 +102,10 @@ async fn applying_a_share_builds_bridge_vpnd_network_and_nodes() {
     assert_eq!(applied.nodes.len(), 2);
     assert!(rig.bridges.snapshot().contains("vcbr7"));
     let net = &rig.vpnd.networks()[&7];
-    assert_eq!(net.config.tap, "vctap7");
-    assert_eq!(net.config.bridge.as_deref(), Some("vcbr7"));
-    assert_eq!(net.config.psk.as_deref(), Some(key(42).as_str()));
-    assert_eq!(net.peers.len(), 2);
+    assert_eq!(net.spec.tap, "vctap7");
+    assert_eq!(net.spec.bridge.as_deref(), Some("vcbr7"));
+    assert_eq!(net.spec.psk, Some(key(42).parse().unwrap()));
+    assert_eq!(net.spec.peers.len(), 2);
     assert!(net.running);
     for n in rig.driver.snapshot().values() {
         assert_eq!(n.bridge, "vcbr7", "nodes sit on their cluster's bridge");
@@ -125,11 +124,16 @@ async fn peers_and_running_follow_the_newest_share() {
         .await
         .unwrap();
     let net = &rig.vpnd.networks()[&7];
-    let mut keys: Vec<&str> = net.peers.iter().map(|p| p.public_key.as_str()).collect();
+    let mut keys: Vec<String> = net
+        .spec
+        .peers
+        .iter()
+        .map(|p| p.public_key.to_string())
+        .collect();
     keys.sort();
     let mut want = [key(2), key(3)];
     want.sort();
-    assert_eq!(keys, want.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(keys, want);
     assert!(!net.running, "stopped");
     let log = rig.vpnd.log();
     assert!(
@@ -190,12 +194,8 @@ async fn a_full_reconcile_removes_what_is_not_desired_and_leaves_the_operators_n
     rig.r.apply(&share(2, 8, &[1], &[], true)).await.unwrap();
     // things of ours the controller never mentioned, and one of the operator's
     rig.bridges.names.lock().unwrap().insert("vcbr9".into());
-    let client = VpndClient::new(&rig.vpnd.socket);
-    let own = |id: u32, tap: &str| NetworkConfig {
-        id,
-        tap: tap.into(),
-        ..Default::default()
-    };
+    let client = vpnd_api::Client::new(&rig.vpnd.socket);
+    let own = |id: u32, tap: &str| vpnd_api::NetworkSpec::new(NetworkId(id), tap);
     client.add_network(&own(10, "vctapa")).await.unwrap();
     client.add_network(&own(11, "site0")).await.unwrap();
     let desired = HostDesired {
@@ -256,12 +256,10 @@ async fn a_broken_cluster_does_not_stop_the_others_from_converging() {
 #[tokio::test]
 async fn an_operators_vpnd_network_with_a_clusters_id_is_never_changed_or_removed() {
     let rig = rig().await;
-    let client = VpndClient::new(&rig.vpnd.socket);
-    let operators = NetworkConfig {
-        id: 7,
-        tap: "vpn7".into(),
+    let client = vpnd_api::Client::new(&rig.vpnd.socket);
+    let operators = vpnd_api::NetworkSpec {
         bridge: Some("br0".into()),
-        ..Default::default()
+        ..vpnd_api::NetworkSpec::new(NetworkId(7), "vpn7")
     };
     client.add_network(&operators).await.unwrap();
 
@@ -276,9 +274,9 @@ async fn an_operators_vpnd_network_with_a_clusters_id_is_never_changed_or_remove
     );
     let keep = |what: &str| {
         let nets = rig.vpnd.networks();
-        assert_eq!(nets[&7].config.tap, "vpn7", "{what}");
-        assert_eq!(nets[&7].config.bridge.as_deref(), Some("br0"), "{what}");
-        assert!(nets[&7].peers.is_empty(), "{what}: no peers added");
+        assert_eq!(nets[&7].spec.tap, "vpn7", "{what}");
+        assert_eq!(nets[&7].spec.bridge.as_deref(), Some("br0"), "{what}");
+        assert!(nets[&7].spec.peers.is_empty(), "{what}: no peers added");
     };
     keep("after the push");
 
@@ -298,4 +296,25 @@ async fn an_operators_vpnd_network_with_a_clusters_id_is_never_changed_or_remove
         .unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     keep("after a full reconcile");
+}
+
+#[tokio::test]
+async fn a_bad_key_from_the_controller_is_named_and_nothing_reaches_vpnd() {
+    let rig = rig().await;
+    let mut bad = share(5, 7, &[1], &[1, 2], true);
+    bad.network.peers[1].public_key = "not-a-key".into();
+    let err = rig.r.apply(&bad).await.unwrap_err().to_string();
+    assert!(
+        err.contains("network 7") && err.contains("peer host-2: public_key \"not-a-key\""),
+        "{err}"
+    );
+    let mut bad = share(6, 7, &[1], &[1], true);
+    bad.network.psk = "short".into();
+    let err = rig.r.apply(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("psk") && !err.contains("short"), "{err}");
+    assert!(
+        !rig.vpnd.log().iter().any(|l| l.starts_with("POST")),
+        "{:?}",
+        rig.vpnd.log()
+    );
 }

@@ -330,14 +330,7 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
     assert_eq!(v["bytes_served"], 3000);
     assert_eq!(v["objects"], 1);
     assert_eq!(v["in_flight"], 0);
-    let text = client()
-        .get(cache.url("/_cache/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&cache).await;
     assert!(text.contains("vcluster_cache_hits_total 2\n"), "{text}");
     assert!(
         text.contains("vcluster_cache_upstream_bytes_total 1000\n"),
@@ -355,5 +348,62 @@ async fn stats_json_and_prometheus_metrics_count_hits_misses_and_bytes() {
             .lines()
             .any(|l| l.starts_with("hits") && l.ends_with(" 2")),
         "{table}"
+    );
+}
+
+async fn metrics_text(cache: &TestCache) -> String {
+    client()
+        .get(cache.url("/_cache/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The series of an OpenMetrics text: each sample's name and labels, without its value.
+fn series(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.rsplit_once(' ').expect("name and value").0.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_add_no_metrics_series() {
+    let up = Upstream::start(Pacing::default()).await;
+    let cache = TestCache::start(&up, |_| {}).await;
+    let requests = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("vcluster_cache_requests_total "))
+            .expect("the requests counter");
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    };
+    let before_text = metrics_text(&cache).await;
+    let before = series(&before_text);
+    for (method, path) in [
+        ("BREW", "/debian/pool/made-up.deb"),
+        ("PUT", "/debian/pool/made-up.deb"),
+        ("DELETE", "/_cache/metrics"),
+        ("GET", "/_cache/made-up"),
+        ("GET", "/not-a-mirror/x"),
+        ("GET", "/debian/pool/absent-1.deb?x=1"),
+        ("HEAD", "/%2e%2e/%2e%2e/etc/passwd"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = client()
+            .request(method.clone(), cache.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 500, "{method} {path}");
+    }
+    let after = metrics_text(&cache).await;
+    assert_eq!(series(&after), before, "{after}");
+    assert!(
+        requests(&after) >= requests(&before_text) + 7,
+        "the requests were counted, in the existing series: {after}"
     );
 }

@@ -120,7 +120,7 @@ async fn roles_are_enforced_and_errors_are_json(b: Backend) {
     let hosts: Vec<Host> = w.ctl.admin.get("/v1/hosts").await.unwrap();
     assert_eq!(hosts.len(), 1);
     assert!(hosts[0].online);
-    assert_eq!(hosts[0].public_key, w.agents[0].vpnd.public_key);
+    assert_eq!(hosts[0].public_key, w.agents[0].vpnd.public_key.to_string());
     let me: Value = w.user.get("/v1/whoami").await.unwrap();
     assert_eq!(me["role"], "user");
 }
@@ -254,15 +254,22 @@ async fn a_cluster_spreads_across_sites_and_its_overlay_links_the_hosts(b: Backe
             .get(&c.network_id)
             .expect("vpnd network on every host of the cluster");
         assert!(net.running);
-        assert_eq!(net.config.psk.as_deref(), Some(c.psk.as_str()));
+        assert_eq!(net.spec.psk, Some(c.psk.parse().unwrap()));
         assert_eq!(
-            net.config.bridge.as_deref(),
+            net.spec.bridge.as_deref(),
             Some(format!("vcbr{:x}", c.network_id).as_str())
         );
-        assert_eq!(net.peers.len(), 1, "peers are the cluster's other hosts");
-        assert_eq!(net.peers[0].public_key, w.agents[other].vpnd.public_key);
         assert_eq!(
-            net.peers[0].endpoint.as_deref(),
+            net.spec.peers.len(),
+            1,
+            "peers are the cluster's other hosts"
+        );
+        assert_eq!(
+            net.spec.peers[0].public_key,
+            w.agents[other].vpnd.public_key
+        );
+        assert_eq!(
+            net.spec.peers[0].endpoint.as_deref(),
             Some(w.agents[other].vpnd.endpoint.as_str())
         );
         assert!(
@@ -315,7 +322,10 @@ async fn nodes_come_and_go_with_stable_names_and_macs(b: Backend) {
     assert!(gone_host.bridges.snapshot().is_empty());
     let stays = &w.agents[east_idx];
     assert!(
-        stays.vpnd.networks()[&before.network_id].peers.is_empty(),
+        stays.vpnd.networks()[&before.network_id]
+            .spec
+            .peers
+            .is_empty(),
         "the gone host is no longer a peer"
     );
 
@@ -338,7 +348,10 @@ async fn nodes_come_and_go_with_stable_names_and_macs(b: Backend) {
     assert_eq!(back.mac, node2.mac);
     assert_eq!(back.address, node2.address);
     assert_eq!(back.state, NodeState::Running);
-    assert_eq!(stays.vpnd.networks()[&before.network_id].peers.len(), 1);
+    assert_eq!(
+        stays.vpnd.networks()[&before.network_id].spec.peers.len(),
+        1
+    );
 
     let events: Vec<Event> = w.user.get("/v1/events?cluster=grow").await.unwrap();
     assert!(events.iter().any(|e| e.kind == "remove-node"), "{events:?}");
@@ -760,23 +773,19 @@ async fn agent_and_controller_restarts_converge(b: Backend) {
     let lost = *east.driver.snapshot().keys().next().unwrap();
     east.driver.nodes.lock().unwrap().remove(&lost);
     east.bridges.names.lock().unwrap().insert("vcbrbeef".into());
-    vcluster::agent::vpnd::VpndClient::new(&east.vpnd.socket)
-        .add_network(&vcluster::agent::vpnd::NetworkConfig {
-            id: 0xbeef,
-            tap: "vctapbeef".into(),
-            bridge: Some("vcbrbeef".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    east.vpnd.state.lock().unwrap().networks.insert(
-        999,
-        common::fake_vpnd::FakeNetwork {
-            config: serde_json::from_value(json!({"id": 999, "tap": "operator0"})).unwrap(),
-            running: true,
-            peers: vec![],
-        },
-    );
+    let vpnd = vpnd_api::Client::new(&east.vpnd.socket);
+    vpnd.add_network(&vpnd_api::NetworkSpec {
+        bridge: Some("vcbrbeef".into()),
+        ..vpnd_api::NetworkSpec::new(vpnd_api::NetworkId(0xbeef), "vctapbeef")
+    })
+    .await
+    .unwrap();
+    vpnd.add_network(&vpnd_api::NetworkSpec::new(
+        vpnd_api::NetworkId(999),
+        "operator0",
+    ))
+    .await
+    .unwrap();
     east.restart().await;
     assert!(
         east.driver.snapshot().contains_key(&lost),

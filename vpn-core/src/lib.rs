@@ -17,6 +17,9 @@
 //! - [`frag`]: fragmentation for paths smaller than a frame, bounded reassembly;
 //! - [`network`]: the state machine tying them together, with its timers.
 //!
+//! With the `serde` feature the value types (network ids, MACs, keys, ciphers) serialise as
+//! the text people write, for the crates that carry them in config files and APIs.
+//!
 //! Beyond the unit, property and simulation tests (`tests/overlay.rs`):
 //! - `tests/no_alloc.rs` proves with a counting allocator that the steady-state data path
 //!   (frames, fragments, keepalives) allocates nothing;
@@ -33,6 +36,8 @@ mod peer;
 mod pool;
 mod ratelimit;
 mod replay;
+#[cfg(feature = "serde")]
+mod serde_text;
 
 pub mod config;
 pub mod frag;

@@ -1,6 +1,6 @@
-//! The daemon's configuration: the TOML file (`docs/config.md` documents every field) and
-//! the JSON a control-API client sends to add a network, which share the
-//! [`NetworkSpec`] type.
+//! The daemon's configuration: the TOML file (`docs/config.md` documents every field),
+//! whose `[[network]]` tables are the control API's [`NetworkSpec`] (from `vpnd-api`: a
+//! network added at runtime is read and checked exactly like one in the file).
 //!
 //! Values are parsed while they are deserialised (keys, addresses, MACs, ciphers), so a
 //! bad value is reported by toml with its line, column and text; checks made after
@@ -10,14 +10,15 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use vpn_core::{Cipher, MacAddr, PresharedKey, PrivateKey, PublicKey};
+use serde::{Deserialize, Deserializer};
+use vpn_core::{PrivateKey, PublicKey};
+use vpnd_api::NetworkSpec;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:51820";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vpnd/control.sock";
@@ -89,66 +90,6 @@ struct FileConfig {
     networks: Vec<toml::Spanned<NetworkSpec>>,
 }
 
-/// One overlay network, as in a `[[network]]` table or a control-API request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkSpec {
-    pub id: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub tap: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
-    #[serde(default = "default_mtu")]
-    pub path_mtu: u16,
-    #[serde(
-        default,
-        deserialize_with = "de_from_str",
-        serialize_with = "ser_display"
-    )]
-    pub cipher: Cipher,
-    #[serde(default, skip_serializing)]
-    pub psk: Option<Secret<PresharedKey>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub psk_file: Option<PathBuf>,
-    #[serde(default = "yes")]
-    pub arp_suppression: bool,
-    #[serde(default = "default_ageing")]
-    pub mac_ageing_secs: u64,
-    /// Seconds between keepalives on an idle link; 0 turns them off.
-    #[serde(default = "default_keepalive")]
-    pub persistent_keepalive_secs: u64,
-    #[serde(default)]
-    pub site_local: Vec<SiteLocalSpec>,
-    #[serde(default, rename = "peer", alias = "peers")]
-    pub peers: Vec<PeerSpec>,
-    /// Only in control-API requests: add the network stopped.
-    #[serde(default = "yes", skip_serializing)]
-    pub running: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerSpec {
-    #[serde(deserialize_with = "de_from_str", serialize_with = "ser_display")]
-    pub public_key: PublicKey,
-    /// `host:port`; a name is resolved when the network starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteLocalSpec {
-    pub ip: Ipv4Addr,
-    #[serde(deserialize_with = "de_from_str", serialize_with = "ser_display")]
-    pub mac: MacAddr,
-}
-
 /// A secret value parsed from base64; never printed.
 #[derive(Clone)]
 pub struct Secret<T>(pub T);
@@ -169,32 +110,6 @@ where
             .map(Secret)
             .map_err(|e| serde::de::Error::custom(format!("invalid key: {e}")))
     }
-}
-
-fn de_from_str<'de, D: Deserializer<'de>, T: FromStr>(d: D) -> Result<T, D::Error>
-where
-    T::Err: fmt::Display,
-{
-    let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|e| serde::de::Error::custom(format!("invalid value {s:?}: {e}")))
-}
-
-fn ser_display<S: Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-fn default_mtu() -> u16 {
-    1500
-}
-fn yes() -> bool {
-    true
-}
-fn default_ageing() -> u64 {
-    300
-}
-fn default_keepalive() -> u64 {
-    25
 }
 
 /// A validated configuration, ready to run.
@@ -315,10 +230,9 @@ impl DaemonConfig {
                         "set psk or psk_file, not both",
                     )));
                 }
-                let psk = read_key_file(&name, &base.join(psk_file)).map_err(at(psk_field))?;
-                spec.psk = Some(Secret(psk));
+                spec.psk = Some(read_key_file(&name, &base.join(psk_file)).map_err(at(psk_field))?);
             }
-            spec.check(&own_key).map_err(|(field, e)| at(field)(e))?;
+            check(&spec, &own_key).map_err(|(field, e)| at(field)(e))?;
             if !seen_ids.insert(spec.id) {
                 return Err(at(NetworkField::Key("id"))(ConfigError::field(
                     format!("network {}: id", spec.id),
@@ -346,86 +260,24 @@ impl DaemonConfig {
     }
 }
 
-impl NetworkSpec {
+/// What the daemon does with a network spec beyond reading it: check it, and build
+/// `vpn-core`'s configuration from it.
+pub trait NetworkSpecExt {
     /// Checks the network on its own (the daemon checks it against the others).
-    pub fn validate(&self, own_key: &PublicKey) -> Result<(), ConfigError> {
-        self.check(own_key).map_err(|(_, e)| e)
-    }
-
-    /// [`NetworkSpec::validate`], telling which field is wrong so that a config file's
-    /// error can name its line.
-    fn check(&self, own_key: &PublicKey) -> Result<(), (NetworkField, ConfigError)> {
-        let error = |name: &'static str, message: String| {
-            let field = format!("network {}: {name}", self.id);
-            (NetworkField::Key(name), ConfigError::field(field, message))
-        };
-        if !valid_ifname(&self.tap) {
-            return Err(error(
-                "tap",
-                format!(
-                    "{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)",
-                    self.tap
-                ),
-            ));
-        }
-        if let Some(bridge) = &self.bridge
-            && !valid_ifname(bridge)
-        {
-            return Err(error(
-                "bridge",
-                format!("{bridge:?} is not a valid interface name"),
-            ));
-        }
-        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
-            return Err(error(
-                "mtu",
-                format!("{} is outside {MIN_MTU}..={MAX_MTU}", self.mtu),
-            ));
-        }
-        if self.path_mtu < vpn_core::config::MIN_PATH_MTU {
-            return Err(error(
-                "path_mtu",
-                format!(
-                    "{} is below the minimum {}",
-                    self.path_mtu,
-                    vpn_core::config::MIN_PATH_MTU
-                ),
-            ));
-        }
-        if self.mac_ageing_secs == 0 {
-            return Err(error("mac_ageing_secs", "must be at least 1".into()));
-        }
-        let mut keys = HashSet::new();
-        for (i, peer) in self.peers.iter().enumerate() {
-            let error = |name: &'static str, message: String| {
-                let field = format!(
-                    "network {}: peer {}: {name}",
-                    self.id,
-                    peer.name.clone().unwrap_or_else(|| (i + 1).to_string())
-                );
-                (
-                    NetworkField::Peer(i, name),
-                    ConfigError::field(field, message),
-                )
-            };
-            if peer.public_key == *own_key {
-                return Err(error("public_key", "is this host's own key".into()));
-            }
-            if !keys.insert(peer.public_key) {
-                return Err(error("public_key", "appears twice in this network".into()));
-            }
-            if let Some(endpoint) = &peer.endpoint {
-                check_endpoint_syntax(endpoint).map_err(|m| error("endpoint", m))?;
-            }
-        }
-        Ok(())
-    }
-
+    fn validate(&self, own_key: &PublicKey) -> Result<(), ConfigError>;
     /// The `vpn-core` configuration of this network.
-    pub fn core_config(&self, private_key: PrivateKey, index_tag: u16) -> vpn_core::NetworkConfig {
-        let mut c = vpn_core::NetworkConfig::new(vpn_core::NetworkId(self.id), private_key);
+    fn core_config(&self, private_key: PrivateKey, index_tag: u16) -> vpn_core::NetworkConfig;
+}
+
+impl NetworkSpecExt for NetworkSpec {
+    fn validate(&self, own_key: &PublicKey) -> Result<(), ConfigError> {
+        check(self, own_key).map_err(|(_, e)| e)
+    }
+
+    fn core_config(&self, private_key: PrivateKey, index_tag: u16) -> vpn_core::NetworkConfig {
+        let mut c = vpn_core::NetworkConfig::new(self.id, private_key);
         c.cipher = self.cipher;
-        c.psk = self.psk.as_ref().map(|p| p.0.clone());
+        c.psk = self.psk.clone();
         c.path_mtu = self.path_mtu;
         c.index_tag = index_tag;
         c.switch.arp_suppression = self.arp_suppression;
@@ -442,6 +294,75 @@ impl NetworkSpec {
             .then(|| Duration::from_secs(self.persistent_keepalive_secs));
         c
     }
+}
+
+/// [`NetworkSpecExt::validate`], telling which field is wrong so that a config file's
+/// error can name its line.
+fn check(spec: &NetworkSpec, own_key: &PublicKey) -> Result<(), (NetworkField, ConfigError)> {
+    let error = |name: &'static str, message: String| {
+        let field = format!("network {}: {name}", spec.id);
+        (NetworkField::Key(name), ConfigError::field(field, message))
+    };
+    if !valid_ifname(&spec.tap) {
+        return Err(error(
+            "tap",
+            format!(
+                "{:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)",
+                spec.tap
+            ),
+        ));
+    }
+    if let Some(bridge) = &spec.bridge
+        && !valid_ifname(bridge)
+    {
+        return Err(error(
+            "bridge",
+            format!("{bridge:?} is not a valid interface name"),
+        ));
+    }
+    if !(MIN_MTU..=MAX_MTU).contains(&spec.mtu) {
+        return Err(error(
+            "mtu",
+            format!("{} is outside {MIN_MTU}..={MAX_MTU}", spec.mtu),
+        ));
+    }
+    if spec.path_mtu < vpn_core::config::MIN_PATH_MTU {
+        return Err(error(
+            "path_mtu",
+            format!(
+                "{} is below the minimum {}",
+                spec.path_mtu,
+                vpn_core::config::MIN_PATH_MTU
+            ),
+        ));
+    }
+    if spec.mac_ageing_secs == 0 {
+        return Err(error("mac_ageing_secs", "must be at least 1".into()));
+    }
+    let mut keys = HashSet::new();
+    for (i, peer) in spec.peers.iter().enumerate() {
+        let error = |name: &'static str, message: String| {
+            let field = format!(
+                "network {}: peer {}: {name}",
+                spec.id,
+                peer.name.clone().unwrap_or_else(|| (i + 1).to_string())
+            );
+            (
+                NetworkField::Peer(i, name),
+                ConfigError::field(field, message),
+            )
+        };
+        if peer.public_key == *own_key {
+            return Err(error("public_key", "is this host's own key".into()));
+        }
+        if !keys.insert(peer.public_key) {
+            return Err(error("public_key", "appears twice in this network".into()));
+        }
+        if let Some(endpoint) = &peer.endpoint {
+            check_endpoint_syntax(endpoint).map_err(|m| error("endpoint", m))?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves a `host:port` endpoint (a literal address needs no lookup).
@@ -576,6 +497,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vpn_core::Cipher;
 
     const KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const PEER: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
@@ -901,7 +823,7 @@ endpoint = "198.51.100.2:51820"
             );
         let c = parse(&example).unwrap_or_else(|e| panic!("docs/config.md example: {e}"));
         let n = &c.networks[0];
-        assert_eq!((n.id, n.peers.len(), n.site_local.len()), (1, 2, 1));
+        assert_eq!((n.id.0, n.peers.len(), n.site_local.len()), (1, 2, 1));
         assert!(n.psk.is_some());
         assert_eq!(c.metrics, Some("127.0.0.1:9720".parse().unwrap()));
     }
@@ -910,21 +832,5 @@ endpoint = "198.51.100.2:51820"
     fn a_missing_key_is_reported() {
         let e = error_of("listen = [\"0.0.0.0:1\"]\n");
         assert!(e.contains("private_key: missing"), "{e}");
-    }
-
-    #[test]
-    fn network_specs_round_trip_through_json_without_secrets() {
-        let c =
-            parse(&ok_config().replace("cipher =", &format!("psk = \"{KEY}\"\ncipher ="))).unwrap();
-        let json = serde_json::to_string(&c.networks[0]).unwrap();
-        assert!(!json.contains(KEY), "secret leaked: {json}");
-        let back: NetworkSpec = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.peers, c.networks[0].peers);
-        let api: NetworkSpec = serde_json::from_str(&format!(
-            r#"{{"id": 7, "tap": "vc7", "peers": [{{"public_key": "{PEER}"}}], "running": false}}"#
-        ))
-        .unwrap();
-        assert!(!api.running);
-        assert_eq!(api.peers.len(), 1);
     }
 }

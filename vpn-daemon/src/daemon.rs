@@ -21,27 +21,18 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use vpn_core::wire::Route;
 use vpn_core::{Event, Network, PeerConfig, PeerId, Port, PrivateKey, PublicKey};
 
-use crate::config::{ConfigError, NetworkSpec, PeerSpec, read_key_file, resolve_endpoint};
+use vpnd_api::{
+    ControlError, Counters, DaemonStatus, MacEntry, MacPort, NetworkSpec, NetworkStatus, PeerSpec,
+    PeerStatus,
+};
+
+use crate::config::{ConfigError, NetworkSpecExt, read_key_file, resolve_endpoint};
 use crate::datapath::{NetPath, PathCounters, Router, Sockets, Workers};
-use crate::status::{Counters, DaemonStatus, MacEntryStatus, NetworkStatus, PeerStatus};
 use crate::tap::Tap;
 use crate::udp::Udp;
 
 /// Space for one datagram (path MTUs above this are refused).
 pub const MAX_DATAGRAM: usize = 9216;
-
-/// Why a control-plane request failed; the control API maps these to status codes.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    System(String),
-}
 
 impl From<ConfigError> for ControlError {
     fn from(e: ConfigError) -> Self {
@@ -222,24 +213,13 @@ impl Daemon {
             && let Some(file) = &spec.psk_file
         {
             let field = format!("network {}: psk_file", spec.id);
-            spec.psk = Some(crate::config::Secret(read_key_file(&field, file)?));
+            spec.psk = Some(read_key_file(&field, file)?);
         }
-        if networks.contains_key(&spec.id) {
-            return Err(ControlError::Conflict(format!(
-                "network {} already exists",
-                spec.id
-            )));
-        }
-        if let Some(other) = networks.values().find(|e| e.spec.tap == spec.tap) {
-            return Err(ControlError::Conflict(format!(
-                "TAP {:?} is used by network {}",
-                spec.tap, other.spec.id
-            )));
-        }
+        spec.check_unique(networks.values().map(|e| &e.spec))?;
         let tag = (0..1u16 << vpn_core::config::INDEX_TAG_BITS)
             .find(|t| networks.values().all(|e| e.tag != *t))
             .ok_or_else(|| ControlError::Conflict("no free network slot (4096 networks)".into()))?;
-        let id = spec.id;
+        let id = spec.id.0;
         let mut entry = Entry {
             spec,
             tag,
@@ -330,7 +310,7 @@ impl Daemon {
             .network_status(entry, Instant::now())
             .peers
             .into_iter()
-            .find(|p| p.public_key == peer.public_key.to_string())
+            .find(|p| p.public_key == peer.public_key)
             .expect("just added");
         info!(network = id, peer = %peer.public_key, "peer added");
         Ok(status)
@@ -362,8 +342,8 @@ impl Daemon {
         let networks = self.networks.lock().await;
         let now = Instant::now();
         DaemonStatus {
-            public_key: self.public_key.to_string(),
-            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            public_key: self.public_key,
+            listen: self.listen.clone(),
             networks: networks
                 .values()
                 .map(|e| self.network_status(e, now))
@@ -378,7 +358,7 @@ impl Daemon {
         Ok(self.network_status(entry, Instant::now()))
     }
 
-    pub async fn mac_table(&self, id: u32) -> Result<Vec<MacEntryStatus>, ControlError> {
+    pub async fn mac_table(&self, id: u32) -> Result<Vec<MacEntry>, ControlError> {
         let networks = self.networks.lock().await;
         let entry = networks.get(&id).ok_or_else(|| not_found(id))?;
         let Some(run) = &entry.running else {
@@ -391,50 +371,23 @@ impl Daemon {
             .switch()
             .mac_table()
             .filter(|e| now.saturating_duration_since(e.last_seen) < ageing)
-            .map(|e| MacEntryStatus {
-                mac: e.mac.to_string(),
-                port: match e.port {
-                    Port::Local => "local".to_string(),
-                    Port::Peer(p) => net
-                        .peer(p, now)
-                        .map(|i| i.public_key.to_string())
-                        .unwrap_or_else(|| p.to_string()),
-                },
-                age_secs: now.saturating_duration_since(e.last_seen).as_secs_f64(),
+            .filter_map(|e| {
+                let port = match e.port {
+                    Port::Local => MacPort::Local,
+                    // An address behind a peer that is gone is as good as forgotten.
+                    Port::Peer(p) => MacPort::Peer(net.peer(p, now)?.public_key),
+                };
+                Some(MacEntry {
+                    mac: e.mac,
+                    port,
+                    age_secs: now.saturating_duration_since(e.last_seen).as_secs_f64(),
+                })
             })
             .collect())
     }
 
     fn network_status(&self, entry: &Entry, now: Instant) -> NetworkStatus {
-        let spec = &entry.spec;
-        let mut status = NetworkStatus {
-            id: spec.id,
-            name: spec.name.clone(),
-            tap: spec.tap.clone(),
-            bridge: spec.bridge.clone(),
-            running: entry.running.is_some(),
-            mtu: spec.mtu,
-            path_mtu: spec.path_mtu,
-            cipher: spec.cipher.to_string(),
-            mac_table_size: 0,
-            counters: Counters::default(),
-            peers: spec
-                .peers
-                .iter()
-                .map(|p| PeerStatus {
-                    public_key: p.public_key.to_string(),
-                    name: p.name.clone(),
-                    endpoint: p.endpoint.clone(),
-                    last_handshake_secs_ago: None,
-                    session: false,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    rx_packets: 0,
-                    tx_packets: 0,
-                    handshakes: 0,
-                })
-                .collect(),
-        };
+        let mut status = NetworkStatus::configured(&entry.spec, entry.running.is_some());
         let Some(run) = &entry.running else {
             return status;
         };
@@ -489,7 +442,7 @@ impl Daemon {
         };
         for p in &mut status.peers {
             let Some(info) = net
-                .peer_by_key(&p.public_key.parse().expect("our own key text"))
+                .peer_by_key(&p.public_key)
                 .and_then(|id| net.peer(id, now))
             else {
                 continue;
@@ -553,7 +506,7 @@ impl Daemon {
                 .map_err(|e| ControlError::Invalid(format!("network {}: {e}", spec.id)))?;
         }
         let path = Arc::new(NetPath {
-            id: spec.id,
+            id: spec.id.0,
             tag,
             state: Mutex::new(net),
             tap,
@@ -562,14 +515,14 @@ impl Daemon {
             epoch: now,
             counters: PathCounters::default(),
         });
-        self.by_id.insert(spec.id, Arc::clone(&path));
+        self.by_id.insert(spec.id.0, Arc::clone(&path));
         self.by_tag.insert(tag, Arc::clone(&path));
         if let Err(e) = workers.add(&path) {
             workers.remove(&path);
-            self.unroute(spec.id, tag);
+            self.unroute(spec.id.0, tag);
             return Err(ControlError::System(format!("network {}: {e}", spec.id)));
         }
-        let span = info_span!("network", id = spec.id);
+        let span = info_span!("network", id = spec.id.0);
         let timer =
             tokio::spawn(timer_loop(Arc::clone(&path), Arc::clone(&self.sockets)).instrument(span));
         Ok(RunningHandle {
@@ -668,7 +621,7 @@ fn peer_config(spec: &PeerSpec) -> Result<PeerConfig, String> {
 }
 
 fn not_found(id: u32) -> ControlError {
-    ControlError::NotFound(format!("no network with id {id}"))
+    ControlError::no_network(vpn_core::NetworkId(id))
 }
 
 #[cfg(test)]

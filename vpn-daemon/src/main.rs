@@ -13,9 +13,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 use vpn_core::PrivateKey;
 use vpn_daemon::config::{DEFAULT_CONTROL_SOCKET, DaemonConfig};
-use vpn_daemon::control::{self, Client};
 use vpn_daemon::daemon::Daemon;
-use vpn_daemon::status::DaemonStatus;
+use vpn_daemon::status::render_table;
+use vpn_daemon::{control, metrics};
+use vpnd_api::Client;
 
 #[derive(Parser)]
 #[command(
@@ -169,7 +170,7 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
 /// Starts the data path and the configured networks.
 async fn start_networks(
     daemon: &Arc<Daemon>,
-    networks: Vec<vpn_daemon::config::NetworkSpec>,
+    networks: Vec<vpnd_api::NetworkSpec>,
 ) -> Result<()> {
     daemon.start_workers()?;
     for spec in networks {
@@ -230,19 +231,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, daemon: Arc<Daemon>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving Prometheus metrics on /metrics");
     }
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let daemon = Arc::clone(&daemon);
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    daemon.status().await.render_metrics(),
-                )
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener, metrics::router(daemon)).await {
         error!("metrics server stopped: {e}");
     }
 }
@@ -251,11 +240,12 @@ fn status(json: bool, control: PathBuf) -> Result<()> {
     runtime()?.block_on(async move {
         let client = Client::new(control);
         if json {
-            let body = client.request("GET", "/v1/status", None).await?;
+            let body = client
+                .request(axum::http::Method::GET, "/v1/status", None)
+                .await?;
             println!("{}", String::from_utf8_lossy(&body));
         } else {
-            let status: DaemonStatus = client.get_json("/v1/status").await?;
-            print!("{}", status.render_table());
+            print!("{}", render_table(&client.status().await?));
         }
         Ok(())
     })

@@ -6,14 +6,14 @@
 //! exists on the host and what the store says meet again.
 //!
 //! Nodes are made by a [`driver::VmDriver`] (`netns` today), bridges by
-//! [`driver::HostBridges`], overlay networks by the local `vpnd` ([`vpnd::VpndClient`]).
+//! [`driver::HostBridges`], overlay networks by the local `vpnd` (through
+//! [`vpnd_api::Client`], the control API's one client).
 //! The agent never decides placement or policy; it does what the store says.
 
 pub mod driver;
 pub mod netns;
 pub mod reconcile;
 pub mod state;
-pub mod vpnd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +38,6 @@ use crate::model::{
 use driver::{HostBridges, VmDriver};
 use reconcile::Reconciler;
 use state::StateStore;
-use vpnd::VpndClient;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -112,7 +111,7 @@ pub async fn start(
     let state = StateStore::open(&config.state_dir)
         .with_context(|| format!("opening the state in {}", config.state_dir.display()))?;
     let secret = state.state.agent_secret.clone();
-    let vpnd = VpndClient::new(&config.vpnd_socket);
+    let vpnd = vpnd_api::Client::new(&config.vpnd_socket);
     let public_key = wait_for_vpnd(&vpnd).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -201,11 +200,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn wait_for_vpnd(vpnd: &VpndClient) -> anyhow::Result<String> {
+async fn wait_for_vpnd(vpnd: &vpnd_api::Client) -> anyhow::Result<String> {
     let mut last = None;
     for attempt in 0..60 {
         match vpnd.status().await {
-            Ok(s) => return Ok(s.public_key),
+            Ok(s) => return Ok(s.public_key.to_string()),
             Err(e) => {
                 if attempt == 0 {
                     tracing::info!(error = %e, "waiting for vpnd");

@@ -26,15 +26,17 @@ use tokio::sync::Mutex;
 
 use super::driver::{DriverError, FoundNode, HostBridges, VmDriver};
 use super::state::{NetworkRecord, StateStore};
-use super::vpnd::{NetworkConfig, PeerConfig, VpndClient, VpndError};
-use crate::model::{AppliedCluster, ClusterOnHost, HostDesired, NetworkId, NodeSlot, ObservedNode};
+use crate::model::{
+    self, AppliedCluster, ClusterOnHost, HostDesired, NetworkDevices, NetworkId, NodeSlot,
+    ObservedNode,
+};
 
 #[derive(Debug, Error)]
 pub enum ReconcileError {
     #[error("{0}")]
     Driver(#[from] DriverError),
     #[error("{0}")]
-    Vpnd(#[from] VpndError),
+    Vpnd(#[from] vpnd_api::ClientError),
     #[error("state file: {0}")]
     State(#[from] std::io::Error),
     #[error("network {network}: {message}")]
@@ -51,7 +53,7 @@ pub enum ReconcileError {
 pub struct Reconciler {
     pub driver: Arc<dyn VmDriver>,
     pub bridges: Arc<dyn HostBridges>,
-    pub vpnd: VpndClient,
+    pub vpnd: vpnd_api::Client,
     pub state: Mutex<StateStore>,
 }
 
@@ -74,11 +76,51 @@ fn observed(found: &[FoundNode], network: u32, names: &BTreeMap<u32, String>) ->
     out
 }
 
+/// vpnd's network for a cluster's overlay as the controller states it: the cluster's TAP
+/// and bridge, its key and peers parsed (a bad one is named, and nothing is sent).
+fn vpnd_network(spec: &model::NetworkSpec) -> Result<vpnd_api::NetworkSpec, ReconcileError> {
+    let invalid = |message: String| ReconcileError::Invalid {
+        network: spec.id,
+        message,
+    };
+    let net = NetworkId(spec.id);
+    let psk = spec
+        .psk
+        .parse()
+        .map_err(|e| invalid(format!("psk: not a pre-shared key: {e}")))?;
+    let peers = spec
+        .peers
+        .iter()
+        .map(|p| {
+            let public_key = p.public_key.parse().map_err(|e| {
+                invalid(format!(
+                    "peer {}: public_key {:?}: {e}",
+                    p.name, p.public_key
+                ))
+            })?;
+            Ok(vpnd_api::PeerSpec {
+                public_key,
+                endpoint: Some(p.endpoint.clone()),
+                name: Some(p.name.clone()),
+            })
+        })
+        .collect::<Result<_, ReconcileError>>()?;
+    Ok(vpnd_api::NetworkSpec {
+        name: Some(spec.name.clone()),
+        bridge: Some(net.bridge_name()),
+        psk: Some(psk),
+        arp_suppression: true,
+        peers,
+        running: spec.running,
+        ..vpnd_api::NetworkSpec::new(net, net.tap_name())
+    })
+}
+
 impl Reconciler {
     pub fn new(
         driver: Arc<dyn VmDriver>,
         bridges: Arc<dyn HostBridges>,
-        vpnd: VpndClient,
+        vpnd: vpnd_api::Client,
         state: StateStore,
     ) -> Reconciler {
         Reconciler {
@@ -212,28 +254,8 @@ impl Reconciler {
     async fn sync_vpnd(&self, share: &ClusterOnHost) -> Result<(), ReconcileError> {
         let spec = &share.network;
         let net = NetworkId(spec.id);
-        let want_peers: Vec<PeerConfig> = spec
-            .peers
-            .iter()
-            .map(|p| PeerConfig {
-                public_key: p.public_key.clone(),
-                endpoint: Some(p.endpoint.clone()),
-                name: Some(p.name.clone()),
-            })
-            .collect();
-        let config = NetworkConfig {
-            id: spec.id,
-            name: Some(spec.name.clone()),
-            tap: net.tap_name(),
-            bridge: Some(net.bridge_name()),
-            psk: Some(spec.psk.clone()),
-            arp_suppression: Some(true),
-            site_local: vec![],
-            peers: want_peers.clone(),
-            running: Some(spec.running),
-        };
-        let current = self.vpnd.network(spec.id).await?;
-        let current = match current {
+        let want = vpnd_network(spec)?;
+        let current = match self.vpnd.network(net).await? {
             Some(c) if NetworkId::from_tap_name(&c.tap) != Some(net) => {
                 // The operator's own network: never ours to change or remove.
                 return Err(ReconcileError::NotOurs {
@@ -241,39 +263,39 @@ impl Reconciler {
                     tap: c.tap,
                 });
             }
-            Some(c) if c.bridge == config.bridge => c,
+            Some(c) if c.bridge == want.bridge => c,
             Some(_) => {
                 // Ours, but on another bridge: replace it.
-                self.vpnd.delete_network(spec.id).await?;
-                self.vpnd.add_network(&config).await?;
+                self.vpnd.remove_network(net).await?;
+                self.vpnd.add_network(&want).await?;
                 return Ok(());
             }
             None => {
-                self.vpnd.add_network(&config).await?;
+                self.vpnd.add_network(&want).await?;
                 return Ok(());
             }
         };
         for have in &current.peers {
             // Peers are matched by key only: vpnd updates a roaming peer's endpoint itself.
-            let keep = want_peers.iter().any(|w| w.public_key == have.public_key);
+            let keep = want.peers.iter().any(|w| w.public_key == have.public_key);
             if !keep {
-                self.vpnd.remove_peer(spec.id, &have.public_key).await?;
+                self.vpnd.remove_peer(net, &have.public_key).await?;
             }
         }
-        for want in &want_peers {
+        for peer in &want.peers {
             let present = current
                 .peers
                 .iter()
-                .any(|h| h.public_key == want.public_key);
+                .any(|h| h.public_key == peer.public_key);
             if !present {
-                self.vpnd.add_peer(spec.id, want).await?;
+                self.vpnd.add_peer(net, peer).await?;
             }
         }
         if current.running != spec.running {
             if spec.running {
-                self.vpnd.start(spec.id).await?;
+                self.vpnd.start(net).await?;
             } else {
-                self.vpnd.stop(spec.id).await?;
+                self.vpnd.stop(net).await?;
             }
         }
         Ok(())
@@ -317,9 +339,9 @@ impl Reconciler {
                 )
                 .await?;
         }
-        match self.vpnd.network(id).await? {
+        match self.vpnd.network(net).await? {
             Some(n) if NetworkId::from_tap_name(&n.tap) == Some(net) => {
-                self.vpnd.delete_network(id).await?;
+                self.vpnd.remove_network(net).await?;
             }
             Some(n) => {
                 tracing::warn!(network = id, tap = %n.tap, "vpnd's network with this id is not ours: left alone");
@@ -359,8 +381,8 @@ impl Reconciler {
         }
         for n in self.vpnd.status().await?.networks {
             // Only networks we made: the operator's own vpnd networks are not ours.
-            if NetworkId::from_tap_name(&n.tap) == Some(NetworkId(n.id)) {
-                ids.insert(n.id);
+            if NetworkId::from_tap_name(&n.tap) == Some(n.id) {
+                ids.insert(n.id.0);
             }
         }
         Ok(ids)

@@ -170,7 +170,7 @@ fn admin(cache: &Arc<Cache>, path: &str) -> Result<Response<ResponseBody>, Proxy
             serde_json::to_string_pretty(&cache.snapshot()).expect("plain struct"),
         ),
         "/_cache/metrics" => (
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             cache.snapshot().to_prometheus(),
         ),
         "/_cache/health" => ("text/plain", "ok\n".to_owned()),

@@ -1,5 +1,5 @@
 //! Counters of what the cache does, and their two renderings: JSON (for
-//! `vcluster cache stats` and scripts) and the Prometheus text format.
+//! `vcluster cache stats` and scripts) and the OpenMetrics text of `/_cache/metrics`.
 //!
 //! Counters are plain atomics bumped where things happen; this module never decides
 //! anything and never blocks. Gauges that belong to other parts (objects stored, bytes
@@ -8,6 +8,10 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 /// Monotonic counters.
@@ -114,123 +118,105 @@ impl Stats {
 }
 
 impl StatsSnapshot {
-    /// The Prometheus text exposition format (version 0.0.4).
+    /// The OpenMetrics text, encoded by `prometheus-client` like every `/metrics` of the
+    /// project (`docs/metrics.md`). No labels: the cache's series are these nineteen.
     pub fn to_prometheus(&self) -> String {
+        let counters = [
+            ("requests", "Client requests", self.requests),
+            (
+                "hits",
+                "Requests served from the store without asking the upstream",
+                self.hits,
+            ),
+            (
+                "misses",
+                "Requests that started an upstream download",
+                self.misses,
+            ),
+            (
+                "coalesced",
+                "Requests that joined a download already in flight",
+                self.coalesced,
+            ),
+            (
+                "revalidations",
+                "Conditional requests sent upstream",
+                self.revalidations,
+            ),
+            (
+                "revalidated_unchanged",
+                "Revalidations answered 304 Not Modified",
+                self.revalidated_unchanged,
+            ),
+            ("passed", "Requests relayed without storing", self.passed),
+            (
+                "upstream_requests",
+                "Requests sent to upstreams",
+                self.upstream_requests,
+            ),
+            (
+                "upstream_errors",
+                "Upstream requests that failed (connect, timeout, cut)",
+                self.upstream_errors,
+            ),
+            (
+                "upstream_bytes",
+                "Body bytes received from upstreams",
+                self.bytes_from_upstream,
+            ),
+            (
+                "served_bytes",
+                "Body bytes sent to clients",
+                self.bytes_served,
+            ),
+            (
+                "client_errors",
+                "Requests refused with a 4xx status",
+                self.client_errors,
+            ),
+            (
+                "evictions",
+                "Objects evicted to stay under the size limit",
+                self.evictions,
+            ),
+            (
+                "corrupt_dropped",
+                "Stored objects found broken and deleted",
+                self.corrupt_dropped,
+            ),
+            (
+                "not_stored",
+                "Complete downloads not stored (too large)",
+                self.not_stored,
+            ),
+        ];
+        let gauges = [
+            ("objects", "Objects in the store", self.objects),
+            (
+                "stored_bytes",
+                "Bytes of the store's objects on disk",
+                self.stored_bytes,
+            ),
+            ("max_bytes", "The store's size limit", self.max_bytes),
+            (
+                "in_flight",
+                "Upstream downloads in progress",
+                self.in_flight,
+            ),
+        ];
+        let mut registry = Registry::with_prefix("vcluster_cache");
+        for (name, help, value) in counters {
+            let counter = Counter::<u64>::default();
+            counter.inc_by(value);
+            registry.register(name, help, counter);
+        }
+        for (name, help, value) in gauges {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            registry.register(name, help, gauge);
+        }
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP vcluster_cache_{name} {help}");
-            let _ = writeln!(out, "# TYPE vcluster_cache_{name} {kind}");
-            let _ = writeln!(out, "vcluster_cache_{name} {v}");
-        };
-        metric(
-            "requests_total",
-            "counter",
-            "Client requests.",
-            self.requests,
-        );
-        metric(
-            "hits_total",
-            "counter",
-            "Requests served from the store without asking the upstream.",
-            self.hits,
-        );
-        metric(
-            "misses_total",
-            "counter",
-            "Requests that started an upstream download.",
-            self.misses,
-        );
-        metric(
-            "coalesced_total",
-            "counter",
-            "Requests that joined a download already in flight.",
-            self.coalesced,
-        );
-        metric(
-            "revalidations_total",
-            "counter",
-            "Conditional requests sent upstream.",
-            self.revalidations,
-        );
-        metric(
-            "revalidated_unchanged_total",
-            "counter",
-            "Revalidations answered 304 Not Modified.",
-            self.revalidated_unchanged,
-        );
-        metric(
-            "passed_total",
-            "counter",
-            "Requests relayed without storing.",
-            self.passed,
-        );
-        metric(
-            "upstream_requests_total",
-            "counter",
-            "Requests sent to upstreams.",
-            self.upstream_requests,
-        );
-        metric(
-            "upstream_errors_total",
-            "counter",
-            "Upstream requests that failed (connect, timeout, cut).",
-            self.upstream_errors,
-        );
-        metric(
-            "upstream_bytes_total",
-            "counter",
-            "Body bytes received from upstreams.",
-            self.bytes_from_upstream,
-        );
-        metric(
-            "served_bytes_total",
-            "counter",
-            "Body bytes sent to clients.",
-            self.bytes_served,
-        );
-        metric(
-            "client_errors_total",
-            "counter",
-            "Requests refused with a 4xx status.",
-            self.client_errors,
-        );
-        metric(
-            "evictions_total",
-            "counter",
-            "Objects evicted to stay under the size limit.",
-            self.evictions,
-        );
-        metric(
-            "corrupt_dropped_total",
-            "counter",
-            "Stored objects found broken and deleted.",
-            self.corrupt_dropped,
-        );
-        metric(
-            "not_stored_total",
-            "counter",
-            "Complete downloads not stored (too large).",
-            self.not_stored,
-        );
-        metric("objects", "gauge", "Objects in the store.", self.objects);
-        metric(
-            "stored_bytes",
-            "gauge",
-            "Bytes of the store's objects on disk.",
-            self.stored_bytes,
-        );
-        metric(
-            "max_bytes",
-            "gauge",
-            "The store's size limit.",
-            self.max_bytes,
-        );
-        metric(
-            "in_flight",
-            "gauge",
-            "Upstream downloads in progress.",
-            self.in_flight,
-        );
+        encode(&mut out, &registry).expect("writing to a String");
         out
     }
 
@@ -271,12 +257,18 @@ mod tests {
             })
             .to_prometheus();
         assert!(
-            text.contains(
-                "# TYPE vcluster_cache_hits_total counter\nvcluster_cache_hits_total 3\n"
-            )
+            text.contains("# TYPE vcluster_cache_hits counter\nvcluster_cache_hits_total 3\n"),
+            "{text}"
         );
         assert!(text.contains("vcluster_cache_objects 2\n"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(text.ends_with("# EOF\n"));
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples.len(),
+            19,
+            "one series per counter and gauge: {text}"
+        );
+        for line in samples {
             let mut parts = line.split(' ');
             assert!(parts.next().unwrap().starts_with("vcluster_cache_"));
             parts.next().unwrap().parse::<u64>().unwrap();
