@@ -7,6 +7,7 @@
 //! Each subsystem is one module; `main.rs` only dispatches.
 
 pub mod agent;
+pub mod api_error;
 pub mod cache;
 pub mod cli;
 pub mod controller;

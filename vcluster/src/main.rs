@@ -214,5 +214,5 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
         state_dir: a.state_dir,
         reconcile_every: Duration::from_secs(a.reconcile_every.max(1)),
     };
-    agent::run(config, driver, Arc::new(agent::netns::LinuxBridges)).await
+    Ok(agent::run(config, driver, Arc::new(agent::netns::LinuxBridges)).await?)
 }

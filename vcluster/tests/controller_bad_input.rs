@@ -492,3 +492,77 @@ async fn an_unknown_value_in_the_store_is_an_error_not_a_default() {
         "{body}"
     );
 }
+
+/// The host agent's API answers like the controller's: JSON errors naming the field,
+/// unknown fields and query parameters refused, and nobody but the controller (holding
+/// the agent's secret) gets past the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_api_refuses_bad_requests_with_json_naming_the_field() {
+    let b = Backend::sqlite().await;
+    let w = one_site(&b).await;
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(w.agent.config.state_dir.join("agent.json")).unwrap(),
+    )
+    .unwrap();
+    let secret = state["agent_secret"].as_str().unwrap().to_string();
+    let url = format!("http://{}", w.agent.agent.as_ref().unwrap().addr);
+    let share = |extra: Value| {
+        let mut body = json!({
+            "revision": 1,
+            "network": {"id": 9, "name": "x", "psk": "", "subnet": "10.9.0.0/24", "running": true, "peers": []},
+            "nodes": [],
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        body.to_string()
+    };
+
+    let (s, body) = raw(
+        Method::PUT,
+        &format!("{url}/agent/v1/networks/9"),
+        Some("not-the-secret"),
+        Some(&share(json!({}))),
+    )
+    .await;
+    assert_eq!(s, 401, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (s, body) = raw(
+        Method::PUT,
+        &format!("{url}/agent/v1/networks/9"),
+        Some(&secret),
+        Some(&share(json!({"delete_everything": true}))),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(body["field"], "delete_everything", "{body}");
+    let (s, body) = raw(
+        Method::PUT,
+        &format!("{url}/agent/v1/networks/8"),
+        Some(&secret),
+        Some(&share(json!({}))),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(body["field"], "network.id", "{body}");
+    let (s, body) = raw(
+        Method::DELETE,
+        &format!("{url}/agent/v1/networks/9?revision=1&force=1"),
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(body["field"], "force", "{body}");
+    let (s, body) = raw(
+        Method::GET,
+        &format!("{url}/agent/v1/nothing"),
+        Some(&secret),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    // Nothing of the refused requests reached the host.
+    assert!(w.agent.vpnd.networks().is_empty());
+}

@@ -168,10 +168,7 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
 }
 
 /// Starts the data path and the configured networks.
-async fn start_networks(
-    daemon: &Arc<Daemon>,
-    networks: Vec<vpnd_api::NetworkSpec>,
-) -> Result<()> {
+async fn start_networks(daemon: &Arc<Daemon>, networks: Vec<vpnd_api::NetworkSpec>) -> Result<()> {
     daemon.start_workers()?;
     for spec in networks {
         let id = spec.id;

@@ -20,16 +20,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
 use serde::Deserialize;
+use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
 
 use crate::model::{
     AgentState, ApiErrorBody, AppliedCluster, ClusterOnHost, Heartbeat, HostDesired, RegisterHost,
@@ -38,6 +39,35 @@ use crate::model::{
 use driver::{HostBridges, VmDriver};
 use reconcile::Reconciler;
 use state::StateStore;
+
+/// Why the agent could not start, or a reconcile could not run.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("the state in {dir}: {source}")]
+    State {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vpnd did not answer on {socket}: {last}")]
+    VpndUnreachable { socket: PathBuf, last: String },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The controller refused the registration (a bad token, an unknown site): retrying
+    /// would not help.
+    #[error("registration refused: {0}")]
+    RegistrationRefused(String),
+    #[error("reading the desired state: {0}")]
+    Desired(String),
+    #[error("the controller: {0}")]
+    Controller(#[from] reqwest::Error),
+    #[error("not registered yet")]
+    NotRegistered,
+    #[error(transparent)]
+    Reconcile(#[from] reconcile::ReconcileError),
+}
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -87,7 +117,7 @@ impl RunningAgent {
     }
 
     /// Pulls the desired state and converges now (what the periodic loop does).
-    pub async fn reconcile_now(&self) -> anyhow::Result<Vec<String>> {
+    pub async fn reconcile_now(&self) -> Result<Vec<String>, AgentError> {
         reconcile_once(&self.shared).await
     }
 }
@@ -107,16 +137,23 @@ pub async fn start(
     config: AgentConfig,
     driver: Arc<dyn VmDriver>,
     bridges: Arc<dyn HostBridges>,
-) -> anyhow::Result<RunningAgent> {
-    let state = StateStore::open(&config.state_dir)
-        .with_context(|| format!("opening the state in {}", config.state_dir.display()))?;
+) -> Result<RunningAgent, AgentError> {
+    let state_error = |source| AgentError::State {
+        dir: config.state_dir.clone(),
+        source,
+    };
+    let state = StateStore::open(&config.state_dir).map_err(state_error)?;
     let secret = state.state.agent_secret.clone();
     let vpnd = vpnd_api::Client::new(&config.vpnd_socket);
     let public_key = wait_for_vpnd(&vpnd).await?;
+    let bind = |source| AgentError::Bind {
+        addr: config.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
     let shared = Arc::new(Shared {
         reconciler: Reconciler::new(driver.clone(), bridges, vpnd, state),
         secret,
@@ -163,9 +200,12 @@ pub async fn start(
     {
         let mut st = shared.reconciler.state.lock().await;
         st.state.host_id = Some(host_id);
-        st.save()?;
+        st.save().map_err(|source| AgentError::State {
+            dir: shared.config.state_dir.clone(),
+            source,
+        })?;
     }
-    tracing::info!(host = %registered.host.name, id = host_id, site = %registered.host.site, "registered");
+    tracing::info!(host = %registered.host.name, host_id, site = %registered.host.site, "registered");
     match reconcile_once(&shared).await {
         Ok(errors) if errors.is_empty() => {}
         Ok(errors) => tracing::warn!(?errors, "first reconcile left errors"),
@@ -193,14 +233,14 @@ pub async fn run(
     config: AgentConfig,
     driver: Arc<dyn VmDriver>,
     bridges: Arc<dyn HostBridges>,
-) -> anyhow::Result<()> {
+) -> Result<(), AgentError> {
     let agent = start(config, driver, bridges).await?;
     crate::controller::shutdown_signal().await;
     agent.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_vpnd(vpnd: &vpnd_api::Client) -> anyhow::Result<String> {
+async fn wait_for_vpnd(vpnd: &vpnd_api::Client) -> Result<String, AgentError> {
     let mut last = None;
     for attempt in 0..60 {
         match vpnd.status().await {
@@ -214,11 +254,10 @@ async fn wait_for_vpnd(vpnd: &vpnd_api::Client) -> anyhow::Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(anyhow::anyhow!(
-        "vpnd did not answer on {}: {}",
-        vpnd.socket().display(),
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
+    Err(AgentError::VpndUnreachable {
+        socket: vpnd.socket().to_path_buf(),
+        last: last.map(|e| e.to_string()).unwrap_or_default(),
+    })
 }
 
 fn controller_url(shared: &Shared, path: &str) -> String {
@@ -233,7 +272,7 @@ async fn error_message(resp: reqwest::Response) -> String {
     }
 }
 
-async fn register(shared: &Shared, reg: &RegisterHost) -> anyhow::Result<Registered> {
+async fn register(shared: &Shared, reg: &RegisterHost) -> Result<Registered, AgentError> {
     let mut delay = Duration::from_millis(200);
     loop {
         let resp = shared
@@ -247,7 +286,7 @@ async fn register(shared: &Shared, reg: &RegisterHost) -> anyhow::Result<Registe
             Ok(r) if r.status().is_success() => return Ok(r.json().await?),
             Ok(r) if r.status().is_client_error() => {
                 // The controller refused (bad token, unknown site): retrying will not help.
-                anyhow::bail!("registration refused: {}", error_message(r).await);
+                return Err(AgentError::RegistrationRefused(error_message(r).await));
             }
             Ok(r) => {
                 let error = error_message(r).await;
@@ -260,8 +299,12 @@ async fn register(shared: &Shared, reg: &RegisterHost) -> anyhow::Result<Registe
     }
 }
 
-async fn reconcile_once(shared: &Shared) -> anyhow::Result<Vec<String>> {
-    let host_id = shared.host_id.read().await.context("not registered yet")?;
+async fn reconcile_once(shared: &Shared) -> Result<Vec<String>, AgentError> {
+    let host_id = shared
+        .host_id
+        .read()
+        .await
+        .ok_or(AgentError::NotRegistered)?;
     let resp = shared
         .http
         .get(controller_url(
@@ -272,7 +315,7 @@ async fn reconcile_once(shared: &Shared) -> anyhow::Result<Vec<String>> {
         .send()
         .await?;
     if !resp.status().is_success() {
-        anyhow::bail!("reading the desired state: {}", error_message(resp).await);
+        return Err(AgentError::Desired(error_message(resp).await));
     }
     let desired: HostDesired = resp.json().await?;
     let errors = shared.reconciler.reconcile(&desired).await?;
@@ -339,28 +382,14 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
 // ---------------------------------------------------------------------------------------
 // The agent's API, for the controller's tasks.
 
-struct AgentError(StatusCode, String);
-
-impl IntoResponse for AgentError {
-    fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(ApiErrorBody {
-                error: self.1,
-                field: None,
-            }),
-        )
-            .into_response()
-    }
-}
-
-impl From<reconcile::ReconcileError> for AgentError {
+impl From<reconcile::ReconcileError> for ApiError {
     fn from(e: reconcile::ReconcileError) -> Self {
         let status = match e {
             reconcile::ReconcileError::NotOurs { .. } => StatusCode::CONFLICT,
+            reconcile::ReconcileError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_GATEWAY,
         };
-        AgentError(status, e.to_string())
+        ApiError::new(status, e.to_string())
     }
 }
 
@@ -368,11 +397,8 @@ impl From<reconcile::ReconcileError> for AgentError {
 struct FromController;
 
 impl FromRequestParts<Arc<Shared>> for FromController {
-    type Rejection = AgentError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        shared: &Arc<Shared>,
-    ) -> Result<Self, AgentError> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let given = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -387,10 +413,7 @@ impl FromRequestParts<Arc<Shared>> for FromController {
         if same {
             Ok(FromController)
         } else {
-            Err(AgentError(
-                StatusCode::UNAUTHORIZED,
-                "bad or missing agent secret".into(),
-            ))
+            Err(ApiError::unauthorized("bad or missing agent secret"))
         }
     }
 }
@@ -403,25 +426,27 @@ fn api_router(shared: Arc<Shared>) -> Router {
         )
         .route("/agent/v1/state", get(get_state))
         .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(shared)
 }
 
 async fn put_network(
     State(shared): State<Arc<Shared>>,
     _: FromController,
-    Path(id): Path<u32>,
-    Json(share): Json<ClusterOnHost>,
-) -> Result<Json<AppliedCluster>, AgentError> {
+    ApiPath(id): ApiPath<u32>,
+    ApiJson(share): ApiJson<ClusterOnHost>,
+) -> Result<ApiJson<AppliedCluster>, ApiError> {
     if share.network.id != id {
-        return Err(AgentError(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(ApiError::invalid(
+            "network.id",
             format!("path says network {id}, body says {}", share.network.id),
         ));
     }
-    Ok(Json(shared.reconciler.apply(&share).await?))
+    Ok(ApiJson(shared.reconciler.apply(&share).await?))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RemoveQuery {
     revision: i64,
 }
@@ -429,9 +454,9 @@ struct RemoveQuery {
 async fn delete_network(
     State(shared): State<Arc<Shared>>,
     _: FromController,
-    Path(id): Path<u32>,
-    Query(q): Query<RemoveQuery>,
-) -> Result<StatusCode, AgentError> {
+    ApiPath(id): ApiPath<u32>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
     shared.reconciler.remove(id, q.revision).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -439,10 +464,10 @@ async fn delete_network(
 async fn get_state(
     State(shared): State<Arc<Shared>>,
     _: FromController,
-) -> Result<Json<AgentState>, AgentError> {
+) -> Result<ApiJson<AgentState>, ApiError> {
     let (networks, nodes) = shared.reconciler.observe().await?;
     let st = shared.reconciler.state.lock().await;
-    Ok(Json(AgentState {
+    Ok(ApiJson(AgentState {
         host_id: st.state.host_id,
         networks,
         nodes,

@@ -14,8 +14,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::App;
-use super::error::ApiError;
 use super::store;
+use crate::api_error::ApiError;
 use crate::model::Role;
 
 /// Who is calling.

@@ -12,7 +12,6 @@ pub mod api;
 pub mod auth;
 pub mod capacity;
 pub mod desired;
-pub mod error;
 pub mod housekeeping;
 pub mod metrics;
 pub mod placement;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::api::check_name;
-use super::error::ApiError;
+use crate::api_error::ApiError;
 use crate::model::{
     AddNodes, CreateCluster, CreateReservation, CreateSite, CreateUser, LEASE_START_SLACK_MINUTES,
     MAX_CLUSTER_NODES, MAX_HOST_CPUS, MAX_HOST_MEMORY_MIB, MAX_LEASE_HOURS, MAX_NODE_CPUS,

@@ -15,9 +15,9 @@ use ipnet::Ipv4Net;
 use rand::RngCore;
 
 use super::accepted;
+use crate::api_error::{ApiError, ApiJson, ApiPath};
 use crate::controller::App;
 use crate::controller::auth::Principal;
-use crate::controller::error::{ApiError, ApiJson, ApiPath};
 use crate::controller::placement::{self, Request};
 use crate::controller::store::{
     self, ClusterRow, NewCluster, NewEvent, NewNode, ReservationRow, WriteTx, now_ms,

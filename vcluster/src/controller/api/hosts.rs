@@ -8,10 +8,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::api_error::{ApiError, ApiJson, ApiPath};
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::desired;
-use crate::controller::error::{ApiError, ApiJson, ApiPath};
 use crate::controller::store::{self, HostRegistration, HostRow, now_ms};
 use crate::controller::view::{CapacityView, host_model};
 use crate::model::{

@@ -23,8 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::App;
-use super::error::ApiError;
 use super::portal;
+use crate::api_error::ApiError;
 use crate::model::MAX_BODY_BYTES;
 
 #[derive(OpenApi)]

@@ -11,10 +11,10 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::created;
+use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::App;
 use crate::controller::auth::Principal;
 use crate::controller::capacity::Refusal;
-use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::requests::{EarliestQuery, EarliestRequest, ReservationRequest};
 use crate::controller::store::{
     self, NewEvent, NewReservation, ReservationRow, ms_to_time, now_ms,

@@ -8,9 +8,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::created;
+use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::App;
 use crate::controller::auth::Principal;
-use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::store::{self, ms_to_time, now_ms};
 use crate::controller::view::CapacityView;
 use crate::model::{

@@ -5,9 +5,9 @@ use axum::extract::State;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::App;
 use crate::controller::auth::Principal;
-use crate::controller::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::store;
 use crate::model::{ApiErrorBody, Event, Task};
 

@@ -4,9 +4,9 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::created;
+use crate::api_error::{ApiError, ApiJson, ApiPath};
 use crate::controller::App;
 use crate::controller::auth::{self, Principal};
-use crate::controller::error::{ApiError, ApiJson, ApiPath};
 use crate::controller::store::{self, now_ms};
 use crate::model::{ApiErrorBody, CreateUser, IssuedToken, User};
 

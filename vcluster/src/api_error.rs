@@ -1,14 +1,15 @@
-//! The one place where a failure becomes an HTTP answer: a status code and a JSON body
-//! `{"error": ..., "field": ...}` naming the reason and, when there is one, the request
-//! field at fault. Handlers return `Result<_, ApiError>` and never build error responses
-//! themselves.
+//! The one place where a failure becomes an HTTP answer, for the controller's API and the
+//! host agent's: a status code and a JSON body `{"error": ..., "field": ...}` naming the
+//! reason and, when there is one, the request field at fault. Handlers return
+//! `Result<_, ApiError>` and never build error responses themselves; the extractors here
+//! (`ApiJson`, `ApiPath`, `ApiQuery`) turn a request that does not fit into such an error.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::store::StoreError;
+use crate::controller::store::StoreError;
 use crate::model::{ApiErrorBody, MAX_BODY_BYTES};
 
 #[derive(Debug)]
