@@ -566,7 +566,10 @@ async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
             state.poll_timeout()
         };
         for line in events.drain(..) {
-            info!(network = net.id, "{line}");
+            match &line.peer {
+                Some(peer) => info!(network = net.id, %peer, "{}", line.what),
+                None => info!(network = net.id, "{}", line.what),
+            }
         }
         let far = Instant::now() + Duration::from_secs(3600);
         let at = deadline.unwrap_or(far).min(far);
@@ -581,7 +584,14 @@ async fn timer_loop(net: Arc<NetPath>, sockets: Arc<Sockets>) {
     }
 }
 
-fn describe(net: &Network, now: Instant, event: Event) -> String {
+/// A network event as it is logged: the peer it is about (name and key), if any, as a
+/// field of its own, and what happened.
+struct EventLine {
+    peer: Option<String>,
+    what: String,
+}
+
+fn describe(net: &Network, now: Instant, event: Event) -> EventLine {
     let who = |id: PeerId| {
         net.peer(id, now)
             .map(|p| match p.name {
@@ -590,25 +600,37 @@ fn describe(net: &Network, now: Instant, event: Event) -> String {
             })
             .unwrap_or_else(|| id.to_string())
     };
+    let about = |peer: PeerId, what: String| EventLine {
+        peer: Some(who(peer)),
+        what,
+    };
     match event {
-        Event::SessionEstablished { peer, initiator } => format!(
-            "session established with {} (we {})",
-            who(peer),
-            if initiator { "initiated" } else { "responded" }
+        Event::SessionEstablished { peer, initiator } => about(
+            peer,
+            format!(
+                "session established (we {})",
+                if initiator { "initiated" } else { "responded" }
+            ),
         ),
-        Event::SessionExpired { peer } => format!("session with {} expired", who(peer)),
+        Event::SessionExpired { peer } => about(peer, "session expired".into()),
         Event::EndpointChanged { peer, from, to } => match from {
-            Some(from) => format!("peer {} moved from {from} to {to}", who(peer)),
-            None => format!("peer {} is at {to}", who(peer)),
+            Some(from) => about(peer, format!("endpoint moved from {from} to {to}")),
+            None => about(peer, format!("endpoint is {to}")),
         },
         Event::MacMoved { mac, from, to } => {
             let port = |p: Port| match p {
                 Port::Local => "local".to_string(),
                 Port::Peer(id) => who(id),
             };
-            format!("MAC {mac} moved from {} to {}", port(from), port(to))
+            EventLine {
+                peer: None,
+                what: format!("MAC {mac} moved from {} to {}", port(from), port(to)),
+            }
         }
-        Event::MacTableFull { mac } => format!("MAC table full: {mac} not learned"),
+        Event::MacTableFull { mac } => EventLine {
+            peer: None,
+            what: format!("MAC table full: {mac} not learned"),
+        },
     }
 }
 
