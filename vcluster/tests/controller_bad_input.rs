@@ -518,51 +518,51 @@ async fn the_agent_api_refuses_bad_requests_with_json_naming_the_field() {
         body.to_string()
     };
 
-    let (s, body) = raw(
-        Method::PUT,
-        &format!("{url}/agent/v1/networks/9"),
-        Some("not-the-secret"),
-        Some(&share(json!({}))),
-    )
-    .await;
-    assert_eq!(s, 401, "{body}");
-    assert!(body["error"].is_string(), "{body}");
-    let (s, body) = raw(
-        Method::PUT,
-        &format!("{url}/agent/v1/networks/9"),
-        Some(&secret),
-        Some(&share(json!({"delete_everything": true}))),
-    )
-    .await;
-    assert_eq!(s, 422, "{body}");
-    assert_eq!(body["field"], "delete_everything", "{body}");
-    let (s, body) = raw(
-        Method::PUT,
-        &format!("{url}/agent/v1/networks/8"),
-        Some(&secret),
-        Some(&share(json!({}))),
-    )
-    .await;
-    assert_eq!(s, 422, "{body}");
-    assert_eq!(body["field"], "network.id", "{body}");
-    let (s, body) = raw(
-        Method::DELETE,
-        &format!("{url}/agent/v1/networks/9?revision=1&force=1"),
-        Some(&secret),
-        None,
-    )
-    .await;
-    assert_eq!(s, 422, "{body}");
-    assert_eq!(body["field"], "force", "{body}");
-    let (s, body) = raw(
-        Method::GET,
-        &format!("{url}/agent/v1/nothing"),
-        Some(&secret),
-        None,
-    )
-    .await;
-    assert_eq!(s, 404, "{body}");
-    assert!(body["error"].is_string(), "{body}");
+    let wrong = "not-the-secret";
+    let cases = [
+        (
+            Method::PUT,
+            "networks/9",
+            wrong,
+            Some(share(json!({}))),
+            401,
+            None,
+        ),
+        (
+            Method::PUT,
+            "networks/9",
+            &secret,
+            Some(share(json!({"delete_everything": true}))),
+            422,
+            Some("delete_everything"),
+        ),
+        (
+            Method::PUT,
+            "networks/8",
+            &secret,
+            Some(share(json!({}))),
+            422,
+            Some("network.id"),
+        ),
+        (
+            Method::DELETE,
+            "networks/9?revision=1&force=1",
+            &secret,
+            None,
+            422,
+            Some("force"),
+        ),
+        (Method::GET, "nothing", &secret, None, 404, None),
+    ];
+    for (method, path, token, body, status, field) in cases {
+        let target = format!("{url}/agent/v1/{path}");
+        let (s, answer) = raw(method.clone(), &target, Some(token), body.as_deref()).await;
+        assert_eq!(s, status, "{method} {path}: {answer}");
+        assert!(answer["error"].is_string(), "{method} {path}: {answer}");
+        if let Some(field) = field {
+            assert_eq!(answer["field"], field, "{method} {path}: {answer}");
+        }
+    }
     // Nothing of the refused requests reached the host.
     assert!(w.agent.vpnd.networks().is_empty());
 }

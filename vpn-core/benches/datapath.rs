@@ -31,6 +31,10 @@ use vpn_core::sim::{Pair, frames};
 use vpn_core::switch::{Forward, Switch};
 use vpn_core::{Cipher, MacAddr, PeerId, Port, SwitchConfig};
 
+#[path = "support/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::cpu_time;
+
 const FRAME_LEN: usize = 1400;
 const HEADER_LEN: usize = 16;
 const TAG_LEN: usize = 16;
@@ -169,18 +173,6 @@ struct SwitchCase {
     ingress: Port,
     frame: Vec<u8>,
     expected: fn(&Forward) -> bool,
-}
-
-/// CPU time this thread has used.
-fn cpu_time() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant Linux knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 fn gbits(d: Duration) -> f64 {

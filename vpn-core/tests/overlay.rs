@@ -574,29 +574,16 @@ fn a_host_without_the_network_psk_never_gets_a_session() {
 #[test]
 fn an_initiation_for_another_network_is_refused() {
     let mut sim = mesh(2, 17);
-    let now = sim.now;
     let key1 = sim.site(1).key.clone();
-    let mut other = Network::new(
-        NetworkConfig::new(NetworkId(2), key1),
-        now,
+    let datagram = initiation_on(
+        &sim,
+        NetworkId(2),
+        key1,
         Duration::from_secs(1_800_000_000),
-        [8; 32],
-    )
-    .unwrap();
-    other
-        .add_peer(
-            now,
-            PeerConfig {
-                public_key: sim.site(0).key.public_key(),
-                endpoint: Some(Sim::default_addr(0)),
-                name: None,
-            },
-        )
-        .unwrap();
-    let mut buf = vec![0u8; 1500];
-    let t = other.poll_transmit(now, &mut buf).unwrap();
+        8,
+    );
     assert_eq!(
-        sim.inject(0, Sim::default_addr(1), &buf[..t.len]),
+        sim.inject(0, Sim::default_addr(1), &datagram),
         Err(DatagramError::WrongNetwork(NetworkId(2)))
     );
 }
@@ -644,9 +631,18 @@ fn sites_0_and_1_connected(sim: &Sim) -> bool {
 /// mac1 valid, timestamp taken from `unix` (the initiator's wall clock). Returns the
 /// datagram and its sender index.
 fn initiation_to_site0(sim: &Sim, key: PrivateKey, unix: Duration, seed: u8) -> (Vec<u8>, u32) {
+    let datagram = initiation_on(sim, NetworkId(1), key, unix, seed);
+    let Ok(Message::HandshakeInit(init)) = wire::parse(&datagram) else {
+        panic!("not an initiation")
+    };
+    let sender = init.sender_index();
+    (datagram, sender)
+}
+
+/// The first datagram a fresh network `id` with site 0 as its one peer sends.
+fn initiation_on(sim: &Sim, id: NetworkId, key: PrivateKey, unix: Duration, seed: u8) -> Vec<u8> {
     let now = sim.now;
-    let mut initiator =
-        Network::new(NetworkConfig::new(NetworkId(1), key), now, unix, [seed; 32]).unwrap();
+    let mut initiator = Network::new(NetworkConfig::new(id, key), now, unix, [seed; 32]).unwrap();
     initiator
         .add_peer(
             now,
@@ -659,11 +655,7 @@ fn initiation_to_site0(sim: &Sim, key: PrivateKey, unix: Duration, seed: u8) -> 
         .unwrap();
     let mut buf = vec![0u8; 1500];
     let t = initiator.poll_transmit(now, &mut buf).unwrap();
-    let Ok(Message::HandshakeInit(init)) = wire::parse(&buf[..t.len]) else {
-        panic!("not an initiation")
-    };
-    let sender = init.sender_index();
-    (buf[..t.len].to_vec(), sender)
+    buf[..t.len].to_vec()
 }
 
 /// The index a handshake response or cookie reply answers, if it is one.

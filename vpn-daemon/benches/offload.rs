@@ -13,9 +13,12 @@
 //! touches, which is too small a share of the whole for that to show.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use etherparse::{PacketBuilder, TcpOptionElement};
+
+#[path = "../../vpn-core/benches/support/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::cpu_time;
 use vpn_daemon::offload::{
     Coalescer, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, MAX_SUPER_FRAME, SegmentSink, Segmenter,
     Verdict, VnetHdr,
@@ -252,16 +255,4 @@ impl SegmentSink for Discard {
     fn done(&mut self, len: usize) {
         black_box(&self.buf[..len]);
     }
-}
-
-/// CPU time this thread has used.
-fn cpu_time() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant Linux knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }

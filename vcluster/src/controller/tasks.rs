@@ -361,94 +361,45 @@ async fn rollback(
     let nodes = store::nodes_of_cluster(tx.conn(), cluster_id).await?;
     let cluster_name = task.cluster_name.as_deref();
     let reason = format!("{}: {error}", op.kind());
-    let mut undo_push = true;
-    match op {
-        Operation::CreateCluster => {
-            for n in &nodes {
-                store::set_node_state(
-                    tx.conn(),
-                    n.id,
-                    NodeState::Failed,
-                    NodeTarget::Deleted,
-                    Some(&reason),
-                    now,
-                )
-                .await?;
-            }
-            store::set_cluster_state(
-                tx.conn(),
-                cluster_id,
-                ClusterState::Failed,
-                Some(&reason),
-                now,
-            )
-            .await?;
-        }
-        Operation::AddNodes { node_ids } => {
-            for n in nodes.iter().filter(|n| node_ids.contains(&n.id)) {
-                store::set_node_state(
-                    tx.conn(),
-                    n.id,
-                    NodeState::Failed,
-                    NodeTarget::Deleted,
-                    Some(&reason),
-                    now,
-                )
-                .await?;
-            }
-        }
-        Operation::RemoveNode { node_id } => {
-            // The node stays out of the desired state: its agent removes it on reconcile.
-            store::set_node_state(
-                tx.conn(),
-                *node_id,
-                NodeState::Failed,
-                NodeTarget::Deleted,
-                Some(&reason),
-                now,
-            )
-            .await?;
-            undo_push = false;
-        }
+    let ids = |keep: &dyn Fn(&store::NodeRow) -> bool| -> Vec<i64> {
+        nodes.iter().filter(|n| keep(n)).map(|n| n.id).collect()
+    };
+    // Which nodes fail (and what they are meant to become), whether the cluster fails,
+    // and whether the hosts must be brought back to the store's state.
+    let (failed_nodes, target, cluster_fails, undo_push) = match op {
+        Operation::CreateCluster => (ids(&|_| true), NodeTarget::Deleted, true, true),
+        Operation::AddNodes { node_ids } => (
+            ids(&|n| node_ids.contains(&n.id)),
+            NodeTarget::Deleted,
+            false,
+            true,
+        ),
+        // The node stays out of the desired state: its agent removes it on reconcile.
+        Operation::RemoveNode { node_id } => (vec![*node_id], NodeTarget::Deleted, false, false),
         Operation::StartOverlay { previous } | Operation::StopOverlay { previous } => {
             store::set_cluster_overlay(tx.conn(), cluster_id, *previous, now).await?;
+            (vec![], NodeTarget::Deleted, false, true)
         }
-        Operation::DeleteCluster => {
-            for n in nodes.iter().filter(|n| n.state != NodeState::Deleted) {
-                store::set_node_state(
-                    tx.conn(),
-                    n.id,
-                    NodeState::Failed,
-                    NodeTarget::Deleted,
-                    Some(&reason),
-                    now,
-                )
-                .await?;
-            }
-            store::set_cluster_state(
-                tx.conn(),
-                cluster_id,
-                ClusterState::Failed,
-                Some(&reason),
-                now,
-            )
-            .await?;
-            undo_push = false;
-        }
-        Operation::ExpireLease { .. } => {
-            for n in nodes.iter().filter(|n| n.state == NodeState::Stopping) {
-                store::set_node_state(
-                    tx.conn(),
-                    n.id,
-                    NodeState::Failed,
-                    NodeTarget::Stopped,
-                    Some(&reason),
-                    now,
-                )
-                .await?;
-            }
-            undo_push = false;
-        }
+        Operation::DeleteCluster => (
+            ids(&|n| n.state != NodeState::Deleted),
+            NodeTarget::Deleted,
+            true,
+            false,
+        ),
+        Operation::ExpireLease { .. } => (
+            ids(&|n| n.state == NodeState::Stopping),
+            NodeTarget::Stopped,
+            false,
+            false,
+        ),
+    };
+    for id in failed_nodes {
+        let failed = NodeState::Failed;
+        store::set_node_state(tx.conn(), id, failed, target, Some(&reason), now).await?;
+    }
+    if cluster_fails {
+        let failed = ClusterState::Failed;
+        store::set_cluster_state(tx.conn(), cluster_id, failed, Some(&reason), now).await?;
     }
     tx.commit().await?;
 
