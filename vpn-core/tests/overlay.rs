@@ -523,31 +523,11 @@ fn replayed_forged_truncated_and_garbled_datagrams_are_rejected() {
 #[test]
 fn a_host_whose_key_is_not_configured_gets_no_session() {
     let mut sim = mesh(2, 15);
-    let now = sim.now;
     let stranger_key = PrivateKey::from_bytes([0x42; 32]);
-    let mut stranger = Network::new(
-        NetworkConfig::new(NetworkId(1), stranger_key),
-        now,
-        Duration::from_secs(1_800_000_000),
-        [7; 32],
-    )
-    .unwrap();
-    stranger
-        .add_peer(
-            now,
-            PeerConfig {
-                public_key: sim.site(0).key.public_key(),
-                endpoint: Some(Sim::default_addr(0)),
-                name: None,
-            },
-        )
-        .unwrap();
-    let mut buf = vec![0u8; 1500];
-    let t = stranger
-        .poll_transmit(now, &mut buf)
-        .expect("an initiation");
+    let unix = Duration::from_secs(1_800_000_000);
+    let datagram = initiation_on(&sim, NetworkId(1), stranger_key, unix, 7);
     assert_eq!(
-        sim.inject(0, "198.51.100.9:4000".parse().unwrap(), &buf[..t.len]),
+        sim.inject(0, "198.51.100.9:4000".parse().unwrap(), &datagram),
         Err(DatagramError::UnknownPeer)
     );
     sim.run_for(Duration::from_millis(100));

@@ -83,6 +83,28 @@ trait Case {
     fn run(&mut self);
 }
 
+/// One TCP frame of the benchmark's flow (timestamps on, as Linux sends them).
+fn tcp_frame(v6: bool, seq: u32, psh: bool, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let builder = if v6 {
+        builder.ipv6(IPV6_A, IPV6_B, 64)
+    } else {
+        builder.ipv4(IPV4_A, IPV4_B, 64)
+    };
+    let builder = builder.tcp(40000, 5201, seq, 502).ack(7);
+    let builder = if psh { builder.psh() } else { builder };
+    let builder = builder
+        .options(&[
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::Timestamp(1, 2),
+        ])
+        .expect("12 bytes of options");
+    let mut frame = Vec::new();
+    builder.write(&mut frame, payload).expect("written");
+    frame
+}
+
 /// A run of one flow's in-order segments through a coalescer: one super-frame written.
 struct Coalesce {
     name: String,
@@ -95,26 +117,7 @@ impl Coalesce {
         let frames = (0..SEGMENTS)
             .map(|i| {
                 let seq = 1000 + (i * MSS) as u32;
-                let builder = PacketBuilder::ethernet2(MAC_A, MAC_B);
-                let builder = if v6 {
-                    builder.ipv6(IPV6_A, IPV6_B, 64)
-                } else {
-                    builder.ipv4(IPV4_A, IPV4_B, 64)
-                };
-                let builder = builder
-                    .tcp(40000, 5201, seq, 502)
-                    .ack(7)
-                    .options(&[
-                        TcpOptionElement::Noop,
-                        TcpOptionElement::Noop,
-                        TcpOptionElement::Timestamp(1, 2),
-                    ])
-                    .expect("12 bytes of options");
-                let mut frame = Vec::new();
-                builder
-                    .write(&mut frame, &vec![i as u8; MSS])
-                    .expect("written");
-                frame
+                tcp_frame(v6, seq, false, &vec![i as u8; MSS])
             })
             .collect();
         Coalesce {
@@ -182,25 +185,8 @@ struct Segment {
 
 impl Segment {
     fn tcp(v6: bool) -> Segment {
-        let builder = PacketBuilder::ethernet2(MAC_A, MAC_B);
-        let builder = if v6 {
-            builder.ipv6(IPV6_A, IPV6_B, 64)
-        } else {
-            builder.ipv4(IPV4_A, IPV4_B, 64)
-        };
-        let builder = builder
-            .tcp(40000, 5201, 1000, 502)
-            .ack(7)
-            .psh()
-            .options(&[
-                TcpOptionElement::Noop,
-                TcpOptionElement::Noop,
-                TcpOptionElement::Timestamp(1, 2),
-            ])
-            .expect("12 bytes of options");
         let payload: Vec<u8> = (0..SEGMENTS * MSS).map(|i| i as u8).collect();
-        let mut frame = Vec::new();
-        builder.write(&mut frame, &payload).expect("written");
+        let frame = tcp_frame(v6, 1000, true, &payload);
         let l4 = 14 + if v6 { 40 } else { 20 };
         Segment {
             name: format!(
