@@ -413,7 +413,7 @@ impl ControlPlane {
 
     fn accepted_op(
         &self,
-        request: impl std::future::Future<Output = anyhow::Result<Accepted>> + Send,
+        request: impl std::future::Future<Output = Result<Accepted, vcluster::cli::ClientError>> + Send,
     ) -> Task {
         let a = self
             .block_on(request)

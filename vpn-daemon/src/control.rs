@@ -4,7 +4,7 @@
 //! with every client; the work is the daemon's.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::{UnixListener, UnixStream};
@@ -71,28 +71,42 @@ impl Control for Daemon {
     }
 }
 
+/// Why the control socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("control socket {0} is in use: is another vpnd running?")]
+    InUse(PathBuf),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Binds the control socket: its directory is created if missing, a stale socket from a
 /// dead daemon is replaced, a live one is an error, and the socket is made root-only.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    use anyhow::Context;
+pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BindError::Io { what, path, source }
+    };
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("making root-only", dir))?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
-                "control socket {} is in use: is another vpnd running?",
-                path.display()
-            );
+            return Err(BindError::InUse(path.to_path_buf()));
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        std::fs::remove_file(path).map_err(io("removing the stale", path))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(path).map_err(io("binding control socket", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("making root-only", path))?;
     Ok(listener)
 }

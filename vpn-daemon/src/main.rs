@@ -137,7 +137,7 @@ fn run(path: PathBuf, control_override: Option<PathBuf>) -> Result<()> {
             Ok(listener) => listener,
             Err(e) => {
                 made.remove();
-                return Err(e);
+                return Err(e.into());
             }
         };
         made.socket = Some(control_path.clone());

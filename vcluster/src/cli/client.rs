@@ -24,6 +24,20 @@ pub struct ServerError {
     pub field: Option<String>,
 }
 
+/// Why a call to the controller did not give its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The controller could not be reached, or its answer not read.
+    #[error("the controller at {url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("task {id} still running after {secs}s")]
+    TaskTimeout { id: i64, secs: u64 },
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
 impl ApiClient {
     pub fn new(base: &str, token: &str) -> ApiClient {
         ApiClient {
@@ -40,10 +54,29 @@ impl ApiClient {
         format!("{}{path}", self.base)
     }
 
-    async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> anyhow::Result<T> {
+    fn http(&self, path: &str) -> impl FnOnce(reqwest::Error) -> ClientError {
+        let url = self.url(path);
+        move |source| ClientError::Http { url, source }
+    }
+
+    /// Sends the request for `path` with the token and decodes the answer or the error.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(self.http(path))?;
+        self.decode(path, resp).await
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, path: &str, resp: reqwest::Response) -> Result<T> {
         let status = resp.status();
         if status.is_success() {
-            return Ok(resp.json().await?);
+            return resp.json().await.map_err(self.http(path));
         }
         let text = resp.text().await.unwrap_or_default();
         let (message, field) = match serde_json::from_str::<ApiErrorBody>(&text) {
@@ -58,86 +91,56 @@ impl ApiClient {
         .into())
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        self.decode(resp).await
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(path, self.http.get(self.url(path))).await
     }
 
     pub async fn get_query<T: DeserializeOwned>(
         &self,
         path: &str,
         q: &[(&str, String)],
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .query(q)
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        self.decode(resp).await
+    ) -> Result<T> {
+        self.call(path, self.http.get(self.url(path)).query(q))
+            .await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
-        self.decode(resp).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(path, self.http.post(self.url(path)).json(body))
+            .await
     }
 
     pub async fn patch<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .http
-            .patch(self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await?;
-        self.decode(resp).await
+    ) -> Result<T> {
+        self.call(path, self.http.patch(self.url(path)).json(body))
+            .await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(path, self.http.delete(self.url(path))).await
+    }
+
+    /// A DELETE answered with no body (204).
+    pub async fn delete_empty(&self, path: &str) -> Result<()> {
         let resp = self
             .http
             .delete(self.url(path))
             .bearer_auth(&self.token)
             .send()
-            .await?;
-        self.decode(resp).await
-    }
-
-    pub async fn delete_empty(&self, path: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
+            .await
+            .map_err(self.http(path))?;
         if resp.status().is_success() {
             return Ok(());
         }
-        self.decode::<serde_json::Value>(resp).await.map(|_| ())
+        self.decode::<serde_json::Value>(path, resp)
+            .await
+            .map(|_| ())
     }
 
     /// Polls the task until it ends or `timeout` passes.
-    pub async fn wait_task(&self, id: i64, timeout: Duration) -> anyhow::Result<Task> {
+    pub async fn wait_task(&self, id: i64, timeout: Duration) -> Result<Task> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
@@ -146,7 +149,10 @@ impl ApiClient {
                 return Ok(task);
             }
             if start.elapsed() > timeout {
-                anyhow::bail!("task {id} still running after {}s", timeout.as_secs());
+                return Err(ClientError::TaskTimeout {
+                    id,
+                    secs: timeout.as_secs(),
+                });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));

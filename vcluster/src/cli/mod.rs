@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 
-pub use client::ApiClient;
+pub use client::{ApiClient, ClientError, ServerError};
 pub use clusters::{ClusterCmd, ClusterSub, cluster};
 pub use hosts::{HostsCmd, HostsSub, hosts};
 pub use nodes::{NodeCmd, NodeSub, node};
