@@ -55,20 +55,16 @@ fn lease(hours_from_now: i64, hours: i64) -> (String, String) {
 async fn sizes_near_the_integer_limits_never_overbook_a_site(b: Backend) {
     let w = one_site(&b).await;
     let (start, end) = lease(1, 2);
-    let reserve = |body: Value| {
-        let mut body = body;
+    // Asks for a lease of `body` at east over the same two hours.
+    let reserve = async |body: &Value| {
+        let mut body = body.clone();
         body["site"] = json!("east");
         body["start"] = json!(start);
         body["end"] = json!(end);
-        body.to_string()
+        w.post("/v1/reservations", &body.to_string()).await
     };
 
-    let (s, body) = w
-        .post(
-            "/v1/reservations",
-            &reserve(json!({"nodes": 1, "node_memory_mib": 1024})),
-        )
-        .await;
+    let (s, body) = reserve(&json!({"nodes": 1, "node_memory_mib": 1024})).await;
     assert_eq!(s, 201, "{body}");
 
     for (request, field) in [
@@ -91,18 +87,13 @@ async fn sizes_near_the_integer_limits_never_overbook_a_site(b: Backend) {
         (json!({"nodes": 0}), "nodes"),
         (json!({"memory_mib": u64::MAX}), "memory_mib"),
     ] {
-        let (s, body) = w.post("/v1/reservations", &reserve(request.clone())).await;
+        let (s, body) = reserve(&request).await;
         assert_eq!(s, 422, "{request} -> {body}");
         assert_eq!(body["field"], field, "{request} -> {body}");
     }
 
     // 8 x 1024 MiB no longer fits next to the first lease's 1024 of 8192.
-    let (s, body) = w
-        .post(
-            "/v1/reservations",
-            &reserve(json!({"nodes": 8, "node_memory_mib": 1024})),
-        )
-        .await;
+    let (s, body) = reserve(&json!({"nodes": 8, "node_memory_mib": 1024})).await;
     assert_eq!(s, 409, "{body}");
     assert!(
         body["error"]
@@ -111,12 +102,7 @@ async fn sizes_near_the_integer_limits_never_overbook_a_site(b: Backend) {
             .contains("not enough capacity"),
         "{body}"
     );
-    let (s, body) = w
-        .post(
-            "/v1/reservations",
-            &reserve(json!({"nodes": 7, "node_memory_mib": 1024})),
-        )
-        .await;
+    let (s, body) = reserve(&json!({"nodes": 7, "node_memory_mib": 1024})).await;
     assert_eq!(s, 201, "7 x 1024 MiB is exactly what is left: {body}");
 
     // What the store holds never exceeds the site, in any row.
