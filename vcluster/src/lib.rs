@@ -12,3 +12,4 @@ pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod model;
+pub mod nodeset;
