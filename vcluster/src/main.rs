@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use vcluster::{agent, cli, controller};
 
 #[derive(Parser)]
@@ -39,6 +39,9 @@ enum Command {
     Vpn(cli::VpnCmd),
     /// Tasks and events: list, show, wait, events.
     Task(cli::TaskCmd),
+    /// Write man pages and shell completions into DIR (for packages: scripts/package).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -139,6 +142,14 @@ fn main() {
     let result = match cli.command {
         // The cache runs its own runtime, sized for serving many clients.
         Command::Cache(args) => vcluster::cache::cli::run(args),
+        Command::GenerateAssets { dir } => cli_assets::write(Cli::command(), &dir)
+            .map(drop)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "writing man pages and completions to {}: {e}",
+                    dir.display()
+                )
+            }),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -153,7 +164,9 @@ fn main() {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Cache(_) => unreachable!("dispatched before the runtime starts"),
+        Command::Cache(_) | Command::GenerateAssets { .. } => {
+            unreachable!("dispatched before the runtime starts")
+        }
         Command::Serve(a) => serve(a).await,
         Command::HostAgent(a) => host_agent(a).await,
         Command::Sites(c) => cli::sites(c).await,

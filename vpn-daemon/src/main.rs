@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
@@ -56,6 +56,9 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// Write man pages and shell completions into DIR (for packages: scripts/package).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 fn main() {
@@ -66,6 +69,9 @@ fn main() {
         Command::Check { config } => check(&config),
         Command::Up { config, control } => run(config, control),
         Command::Status { json, control } => status(json, control),
+        Command::GenerateAssets { dir } => cli_assets::write(Cli::command(), &dir)
+            .map(drop)
+            .with_context(|| format!("writing man pages and completions to {}", dir.display())),
     };
     if let Err(e) = result {
         eprintln!("vpnd: {e:#}");
