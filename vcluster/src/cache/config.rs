@@ -119,6 +119,9 @@ pub struct CacheConfig {
     /// Seconds the upstream may stay silent (no response head, no body bytes) before the
     /// download is abandoned as failed.
     pub upstream_idle_timeout_secs: u64,
+    /// Times in a row a download cut mid-body is resumed (by `Range` + `If-Range` from
+    /// the byte on disk) without getting a new byte before it fails; 0: never resumed.
+    pub upstream_resume_attempts: u32,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Mirror prefixes: `debian = "http://deb.debian.org/debian"` serves
@@ -140,6 +143,7 @@ impl Default for CacheConfig {
             access_log: None,
             upstream_connect_timeout_secs: 10,
             upstream_idle_timeout_secs: 60,
+            upstream_resume_attempts: 3,
             max_header_bytes: 16 * 1024,
             mirrors: BTreeMap::new(),
             policy: PolicyConfig::default(),
