@@ -45,11 +45,12 @@ options (defaults in brackets):
   --link-mbit N      upstream link rate, shared by all connections [200]
   --cap N            abort a run once upstream bytes exceed N x the set [4]
   --run-timeout S    abort a run after S seconds [600]
-  --proxies LIST     subset of vcluster,squid-default,squid-tuned,apt-cacher-ng [all]
+  --proxies LIST     subset of vcluster,squid-default,squid-tuned,apt-cacher-ng [all],
+                     and vcluster-hyper (this cache with sendfile = false)
   --warm-runs N      warm runs after the largest N; median and range reported [1]
   --quick            150 MB in 200 files, N = 64 only, 5 warm runs, and the proxies
-                     with a warm run (vcluster,squid-tuned,apt-cacher-ng); later
-                     options override these
+                     with a warm run (vcluster,vcluster-hyper,squid-tuned,
+                     apt-cacher-ng); later options override these
   --out FILE         write the markdown report here [bench/results/cache-<date>.md]";
 
 fn parse_opts() -> Opts {
@@ -90,7 +91,7 @@ fn parse_opts() -> Opts {
                 o.files = 200;
                 o.clients = vec![64];
                 o.warm_runs = 5;
-                o.proxies = ["vcluster", "squid-tuned", "apt-cacher-ng"]
+                o.proxies = ["vcluster", "vcluster-hyper", "squid-tuned", "apt-cacher-ng"]
                     .map(String::from)
                     .to_vec();
             }
@@ -193,7 +194,7 @@ fn start_proxy(kind: &str, upstream_port: u16) -> Result<Proxy, String> {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let d = dir.path();
     let child = match kind {
-        "vcluster" => Command::new(env!("CARGO_BIN_EXE_vcluster"))
+        "vcluster" | "vcluster-hyper" => Command::new(env!("CARGO_BIN_EXE_vcluster"))
             .args([
                 "cache",
                 "serve",
@@ -202,6 +203,13 @@ fn start_proxy(kind: &str, upstream_port: u16) -> Result<Proxy, String> {
                 "--max-size",
                 "50GiB",
             ])
+            .args(if kind == "vcluster-hyper" {
+                // Hits through hyper too: the cache as it was before sendfile.
+                std::fs::write(d.join("hyper.toml"), "sendfile = false\n").unwrap();
+                vec!["-c".into(), d.join("hyper.toml").display().to_string()]
+            } else {
+                vec![]
+            })
             .arg("--store")
             .arg(d.join("store"))
             .env("RUST_LOG", "warn")

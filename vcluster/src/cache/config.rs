@@ -107,6 +107,9 @@ pub struct CacheConfig {
     /// Accept absolute-form requests (`GET http://host/path`), as apt's and dnf's
     /// `proxy` settings send them.
     pub forward_proxy: bool,
+    /// Answer hits of stored objects with sendfile(2) ahead of hyper (`sendfile.rs`);
+    /// `false`: every request goes through hyper (for comparison, or to rule it out).
+    pub sendfile: bool,
     /// What to do with `CONNECT host:port`.
     pub connect: ConnectPolicy,
     /// Ports a `CONNECT` tunnel may reach.
@@ -138,6 +141,7 @@ impl Default for CacheConfig {
             max_size: ByteSize(10 << 30),
             fresh_secs: 60,
             forward_proxy: true,
+            sendfile: true,
             connect: ConnectPolicy::Refuse,
             connect_ports: vec![443],
             access_log: None,

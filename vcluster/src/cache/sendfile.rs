@@ -97,12 +97,12 @@ pub async fn serve_hits(
             .unwrap_or("-")
             .to_owned();
         // Counted before the answer goes out, like the hit itself: a client that has its
-        // answer finds it counted.
+        // answer finds it counted (hyper's path counts bytes as they are read, too).
         Stats::add(&cache.stats.sendfile_hits, 1);
-        let sent = send_reply(stream, &reply, &object.file).await;
-        if let Ok(n) = sent {
-            Stats::add(&cache.stats.bytes_served, n);
+        if let Some((start, Some(end))) = reply.body {
+            Stats::add(&cache.stats.bytes_served, end.saturating_sub(start));
         }
+        let sent = send_reply(stream, &reply, &object.file).await;
         log(&format!(
             "{} {peer} {} {} {} {bytes} HIT {}ms",
             httpdate::fmt_http_date(SystemTime::now()),

@@ -163,18 +163,14 @@ async fn serve_conn(
     mut stop: watch::Receiver<bool>,
 ) {
     let log = |line: &str| access.write(line);
-    let read = match sendfile::serve_hits(
-        &mut stream,
-        peer,
-        &cache,
-        &log,
-        &mut stop,
-        HEADER_TIMEOUT,
-    )
-    .await
-    {
-        sendfile::Outcome::Closed => return,
-        sendfile::Outcome::Hyper(read) => read,
+    let read = if cache.config.sendfile {
+        match sendfile::serve_hits(&mut stream, peer, &cache, &log, &mut stop, HEADER_TIMEOUT).await
+        {
+            sendfile::Outcome::Closed => return,
+            sendfile::Outcome::Hyper(read) => read,
+        }
+    } else {
+        bytes::Bytes::new()
     };
     let max_buf = cache.config.max_header_bytes;
     let service = service_fn(move |req| {
