@@ -1,6 +1,7 @@
 //! The real client: apt-get, through the cache as its HTTP proxy, against a small Debian
 //! repository built here (dpkg-deb + apt-ftparchive) and served by the upstream fixture.
 //! Two clients with private apt state: the second makes zero upstream package requests.
+//! `vcluster cache warm` fills the cache with a package closure, resumably.
 //!
 //! Needs dpkg-deb, apt-ftparchive (Debian: dpkg-dev, apt-utils) and apt-get; skips
 //! loudly without them. Changes nothing on the host: every apt directory is private.
@@ -214,4 +215,96 @@ async fn apt_get_through_the_cache_second_client_makes_zero_upstream_package_req
     assert_eq!(log.get("/debian/dists/stable/Release"), Some(&1), "{log:?}");
     let st = cache.stats();
     assert!(st.hits >= debs.len() as u64, "{st:?}");
+}
+
+/// Runs `vcluster cache warm` with `args`; (success, stdout, stderr).
+fn cache_warm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vcluster"))
+        .args(["cache", "warm"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_warm_fetches_the_closure_once_counts_what_is_cached_and_names_unknown_packages() {
+    for tool in ["dpkg-deb", "apt-ftparchive", "apt-get"] {
+        if !have(tool) {
+            println!("SKIP cache_warm: needs {tool} (apt-get install dpkg-dev apt-utils)");
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let debs = tokio::task::block_in_place(|| build_repo(&repo));
+    let (a, b, c) = (&debs[0], &debs[1], &debs[2]);
+    let up = Upstream::serve_dir(&repo).await;
+    let cache = TestCache::start(&up, |_| {}).await;
+    let addr = cache.addr.to_string();
+    let sources = format!("deb [trusted=yes] {} stable main", up.url("/debian"));
+    let warm = |packages: &str| {
+        tokio::task::block_in_place(|| {
+            cache_warm(&[
+                "--cache",
+                &addr,
+                "--sources",
+                &sources,
+                "--packages",
+                packages,
+            ])
+        })
+    };
+
+    let (ok, out, err) = warm("vc-test-b");
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("warmed 2 objects") && out.contains("2 fetched now"),
+        "the closure of vc-test-b is a and b: {out}"
+    );
+    assert!(err.contains("2/2 objects"), "progress: {err}");
+    assert_eq!(up.requests_for(a), 1);
+    assert_eq!(up.requests_for(b), 1);
+    assert_eq!(up.requests_for(c), 0, "not in the closure");
+    cache.settled(4).await;
+
+    // Again (as after an interruption): what is cached counts as done, nothing is fetched.
+    let (ok, out, err) = warm("vc-test-b");
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("0 fetched now") && out.contains("2 already cached"),
+        "{out}"
+    );
+    assert_eq!(up.requests_for(a), 1);
+    assert_eq!(up.requests_for(b), 1);
+
+    let (ok, out, err) = warm("vc-test-c, vc-test-nope");
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("unknown packages") && err.contains("vc-test-nope"),
+        "{err}"
+    );
+    assert_eq!(
+        up.requests_for(c),
+        0,
+        "nothing fetched for a list with unknown names"
+    );
+
+    // An install from the warm cache: every package is a hit.
+    let client = AptClient::new(
+        tmp.path().join("client"),
+        &up.url("/debian"),
+        &format!("http://{addr}"),
+    );
+    tokio::task::block_in_place(|| {
+        client.apt_get(&["update"]);
+        client.apt_get(&["install", "--download-only", "-y", "vc-test-b"]);
+    });
+    assert_eq!(up.requests_for(a), 1);
+    assert_eq!(up.requests_for(b), 1);
 }

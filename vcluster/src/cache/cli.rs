@@ -1,5 +1,5 @@
 //! The `vcluster cache` command: `serve` runs the cache, `stats` prints a running
-//! cache's counters. Flags override the TOML file, which overrides the defaults.
+//! cache's counters, `warm` fills one with a package list's closure. Flags override the TOML file, which overrides the defaults.
 //!
 //! This is the only part of the cache that reads the process environment (arguments,
 //! signals, stdout); everything it runs is in the library.
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use super::config::{ByteSize, CacheConfig, ConnectPolicy, parse_mirror_flag};
 use super::server::CacheServer;
 use super::stats::StatsSnapshot;
+use super::warm::{self, WarmPlan};
 
 /// `vcluster cache ...`
 #[derive(Debug, Args)]
@@ -33,6 +34,28 @@ pub enum CacheCommand {
     Stats(StatsArgs),
     /// Validate a configuration file and print the effective settings.
     Check(ServeArgs),
+    /// Fill a running cache with the closure of a package list (resolved by apt).
+    Warm(WarmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The cache, host:port (it is apt's HTTP proxy for the resolution).
+    #[arg(long)]
+    pub cache: String,
+    /// A sources.list line (e.g. "deb http://deb.debian.org/debian bookworm main") or a
+    /// file of them.
+    #[arg(long)]
+    pub sources: String,
+    /// Package names: a comma- or space-separated list, or a file of them.
+    #[arg(long)]
+    pub packages: String,
+    /// Packages fetched through the cache at a time.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Leave out Recommends (apt's --no-install-recommends).
+    #[arg(long)]
+    pub no_recommends: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +149,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
     match args.command {
         CacheCommand::Serve(a) => rt.block_on(serve(a.resolve()?)),
         CacheCommand::Stats(a) => rt.block_on(stats(a)),
+        CacheCommand::Warm(a) => rt.block_on(warm(a)),
         CacheCommand::Check(a) => {
             let cfg = a.resolve()?;
             println!("{cfg:#?}");
@@ -150,6 +174,30 @@ async fn serve(cfg: CacheConfig) -> anyhow::Result<()> {
             }
         })
         .await;
+    Ok(())
+}
+
+async fn warm(a: WarmArgs) -> anyhow::Result<()> {
+    let plan = WarmPlan {
+        sources: warm::read_sources(&a.sources)?,
+        packages: warm::read_packages(&a.packages)?,
+        cache: a.cache,
+        concurrency: a.concurrency,
+        no_recommends: a.no_recommends,
+    };
+    let started = std::time::Instant::now();
+    let r = warm::warm(plan.clone())
+        .await
+        .with_context(|| format!("warming the cache at {}", plan.cache))?;
+    println!(
+        "warmed {} objects ({:.1} MB): {} fetched now ({:.1} MB), {} already cached, in {:.1} s",
+        r.objects,
+        r.bytes as f64 / 1e6,
+        r.fetched,
+        r.fetched_bytes as f64 / 1e6,
+        r.already_cached,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -107,6 +107,9 @@ pub struct CacheConfig {
     /// Accept absolute-form requests (`GET http://host/path`), as apt's and dnf's
     /// `proxy` settings send them.
     pub forward_proxy: bool,
+    /// Answer hits of stored objects with sendfile(2) ahead of hyper (`sendfile.rs`);
+    /// `false`: every request goes through hyper (for comparison, or to rule it out).
+    pub sendfile: bool,
     /// What to do with `CONNECT host:port`.
     pub connect: ConnectPolicy,
     /// Ports a `CONNECT` tunnel may reach.
@@ -119,6 +122,9 @@ pub struct CacheConfig {
     /// Seconds the upstream may stay silent (no response head, no body bytes) before the
     /// download is abandoned as failed.
     pub upstream_idle_timeout_secs: u64,
+    /// Times in a row a download cut mid-body is resumed (by `Range` + `If-Range` from
+    /// the byte on disk) without getting a new byte before it fails; 0: never resumed.
+    pub upstream_resume_attempts: u32,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Mirror prefixes: `debian = "http://deb.debian.org/debian"` serves
@@ -135,11 +141,13 @@ impl Default for CacheConfig {
             max_size: ByteSize(10 << 30),
             fresh_secs: 60,
             forward_proxy: true,
+            sendfile: true,
             connect: ConnectPolicy::Refuse,
             connect_ports: vec![443],
             access_log: None,
             upstream_connect_timeout_secs: 10,
             upstream_idle_timeout_secs: 60,
+            upstream_resume_attempts: 3,
             max_header_bytes: 16 * 1024,
             mirrors: BTreeMap::new(),
             policy: PolicyConfig::default(),

@@ -8,10 +8,17 @@
 //! SHA-256 checked out; the waiters' body streams hold back the last byte until then, so
 //! a client never receives a whole-looking body that failed a check.
 //!
+//! A body the upstream cuts is resumed where it broke (`resume.rs` says how and what the
+//! answer means) and the waiters keep streaming without noticing; an object that changed
+//! meanwhile restarts the download with a new temporary file, cutting the waiters of the
+//! old one. Resume attempts are bounded: `upstream_resume_attempts` in a row without a new
+//! byte, with a doubling pause; then the download fails like any other.
+//!
 //! This module never serves a client and never decides freshness; it never leaves a
 //! temporary file behind (a drop guard removes it, even when the task is aborted).
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +34,7 @@ use tokio::time::timeout;
 use super::Cache;
 use super::flight::{Download, Flight, FlightState, ObjectHead, Progress, Relayed};
 use super::policy::{self, ExpectedHash};
+use super::resume;
 use super::stats::Stats;
 use super::store::{self, Committed, ObjectMeta, Peek};
 use super::target::Target;
@@ -222,6 +230,28 @@ fn fail_now(cache: &Cache, flight: &Arc<Flight>, guard: &mut FlightGuard, key: &
     }
 }
 
+/// A GET for `target` with `extra` headers (a resume's Range and If-Range).
+async fn upstream_get(
+    cache: &Cache,
+    target: &Target,
+    extra: HeaderMap,
+    idle: Duration,
+) -> Result<hyper::Response<Incoming>, String> {
+    let mut req = Request::get(target.upstream.clone())
+        .header(header::USER_AGENT, USER_AGENT)
+        .body(Empty::<Bytes>::new())
+        .expect("valid request parts");
+    req.headers_mut().extend(extra);
+    Stats::add(&cache.stats.upstream_requests, 1);
+    match timeout(idle, cache.client.request(req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(format!("upstream request: {e}")),
+        Err(_) => Err(format!("upstream sent no response in {idle:?}")),
+    }
+}
+
+/// Streams the upstream's 200 into a temporary file that every waiter reads, resuming
+/// when the body is cut (see `resume.rs`), then checks it and commits it to the store.
 #[allow(clippy::too_many_arguments)]
 async fn stream_body(
     cache: &Arc<Cache>,
@@ -234,129 +264,162 @@ async fn stream_body(
     idle: Duration,
 ) {
     let key = target.key.as_str();
-    let head = head_of(resp.headers());
-    let (temp, file) = match cache.store.temp_file() {
-        Ok(t) => t,
-        Err(e) => {
-            return fail_now(
-                cache,
-                flight,
-                guard,
-                key,
-                format!("cannot create a temporary file: {e}"),
-            );
-        }
-    };
-    guard.temp = Some(temp.clone());
-    let file = Arc::new(file);
-    let (ptx, prx) = watch::channel(Progress::Writing(0));
-    guard.progress = Some(ptx);
-    flight.set(FlightState::Streaming(Arc::new(Download {
-        head: head.clone(),
-        file: file.clone(),
-        progress: prx,
-    })));
-
-    let mut body = resp.into_body();
-    let mut hasher = Sha256::new();
-    let mut written: u64 = 0;
-    let mut pending = BytesMut::new();
-    loop {
-        let wait = if pending.is_empty() {
-            idle
-        } else {
-            WRITE_DELAY
-        };
-        let frame = match timeout(wait, body.frame()).await {
-            Err(_) if !pending.is_empty() => None, // flush what we have, then keep reading
-            Err(_) => {
-                return fail_now(
-                    cache,
-                    flight,
-                    guard,
-                    key,
-                    format!("upstream silent for {idle:?} mid-body"),
-                );
-            }
-            Ok(None) => {
-                // End of body: write the rest below and leave the loop.
-                if !pending.is_empty() {
-                    match write_batch(&file, &mut pending, written, hasher).await {
-                        Ok((h, n)) => {
-                            hasher = h;
-                            written += n;
-                        }
-                        Err(e) => {
-                            return fail_now(
-                                cache,
-                                flight,
-                                guard,
-                                key,
-                                format!("writing {}: {e}", temp.display()),
-                            );
-                        }
-                    }
-                }
-                break;
-            }
-            Ok(Some(Err(e))) => {
-                return fail_now(cache, flight, guard, key, format!("upstream body: {e}"));
-            }
-            Ok(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => Some(data),
-                Err(_) => continue, // trailers: ignored
-            },
-        };
-        if let Some(data) = frame {
-            Stats::add(&cache.stats.bytes_from_upstream, data.len() as u64);
-            pending.extend_from_slice(&data);
-            if head
-                .length
-                .is_some_and(|l| written + pending.len() as u64 > l)
-            {
-                return fail_now(
-                    cache,
-                    flight,
-                    guard,
-                    key,
-                    "upstream sent more than its Content-Length".into(),
-                );
-            }
-            if pending.len() < WRITE_BATCH {
-                continue;
-            }
-        }
-        match write_batch(&file, &mut pending, written, hasher).await {
-            Ok((h, n)) => {
-                hasher = h;
-                written += n;
-            }
+    let attempts = cache.config.upstream_resume_attempts;
+    let mut resp = resp;
+    let mut restarts = 0u32;
+    // Each turn downloads one version of the object; a changed object starts another turn
+    // with the response that brought it.
+    let (head, sink) = 'download: loop {
+        let head = head_of(resp.headers());
+        let (temp, file) = match cache.store.temp_file() {
+            Ok(t) => t,
             Err(e) => {
                 return fail_now(
                     cache,
                     flight,
                     guard,
                     key,
-                    format!("writing {}: {e}", temp.display()),
+                    format!("cannot create a temporary file: {e}"),
                 );
             }
+        };
+        // A restart cuts the clients of the previous version: they hold its head and some
+        // of its bytes, and must never get a body spliced from two versions.
+        if let Some(old) = guard.progress.take() {
+            old.send_replace(Progress::Failed);
         }
-        if let Some(tx) = &guard.progress {
-            tx.send_replace(Progress::Writing(written));
+        if let Some(old) = guard.temp.replace(temp.clone()) {
+            let _ = std::fs::remove_file(old);
         }
-    }
+        let file = Arc::new(file);
+        let (ptx, prx) = watch::channel(Progress::Writing(0));
+        guard.progress = Some(ptx);
+        flight.set(FlightState::Streaming(Arc::new(Download {
+            head: head.clone(),
+            file: file.clone(),
+            progress: prx,
+        })));
+        let mut sink = Sink {
+            temp,
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            pending: BytesMut::new(),
+        };
+        let mut body = resp.into_body();
+        // Attempts since the download last made progress, and where that was.
+        let mut failures = 0u32;
+        let mut mark = 0u64;
+        loop {
+            let progress = guard.progress.as_ref().expect("set for this turn");
+            let mut why = match pump(
+                &mut body,
+                &mut sink,
+                head.length,
+                idle,
+                progress,
+                &cache.stats,
+            )
+            .await
+            {
+                Stop::End if head.length.is_none_or(|l| l == sink.written) => {
+                    break 'download (head, sink);
+                }
+                Stop::End => format!(
+                    "upstream body ended at {} of {} bytes",
+                    sink.written,
+                    head.length.unwrap_or(0)
+                ),
+                Stop::Cut(why) => why,
+                Stop::Fatal(why) => return fail_now(cache, flight, guard, key, why),
+            };
+            // Ask for the rest until there is a body to go on with, or attempts run out.
+            body = loop {
+                Stats::add(&cache.stats.upstream_errors, 1);
+                if sink.written > mark {
+                    failures = 0;
+                    mark = sink.written;
+                }
+                failures += 1;
+                if failures > attempts {
+                    return fail_now(
+                        cache,
+                        flight,
+                        guard,
+                        key,
+                        format!("{why} (gave up after {attempts} resume attempts)"),
+                    );
+                }
+                tracing::info!(key, at = sink.written, attempt = failures, error = %why, "upstream cut mid-body; resuming");
+                tokio::time::sleep(resume::backoff(failures)).await;
+                Stats::add(&cache.stats.upstream_resumes, 1);
+                let extra = resume::request_headers(&head, sink.written);
+                let r = match upstream_get(cache, target, extra, idle).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        why = e;
+                        continue;
+                    }
+                };
+                let restart = match resume::classify(r.status(), r.headers(), &head, sink.written) {
+                    resume::Answer::Continue => break r.into_body(),
+                    resume::Answer::Refetch => {
+                        let mut b = r.into_body();
+                        match verify_prefix(&mut b, &mut sink, idle, &cache.stats).await {
+                            Ok(()) => break b,
+                            Err(Stop::Cut(w)) => {
+                                why = w;
+                                continue;
+                            }
+                            Err(Stop::Fatal(w)) => return fail_now(cache, flight, guard, key, w),
+                            // Other bytes under the same validator: changed after all.
+                            Err(Stop::End) => None,
+                        }
+                    }
+                    resume::Answer::Changed => Some(r),
+                    resume::Answer::Diverged => None,
+                    resume::Answer::Unusable(w) => {
+                        why = w;
+                        continue;
+                    }
+                };
+                restarts += 1;
+                if restarts > attempts.max(1) {
+                    return fail_now(
+                        cache,
+                        flight,
+                        guard,
+                        key,
+                        format!("object kept changing upstream ({restarts} versions)"),
+                    );
+                }
+                tracing::info!(key, "object changed upstream mid-download; restarting it");
+                resp = match restart {
+                    Some(r) => r,
+                    None => match upstream_get(cache, target, HeaderMap::new(), idle).await {
+                        Ok(r) if r.status() == StatusCode::OK => r,
+                        Ok(r) => {
+                            why = format!("refetch answered {}", r.status());
+                            continue;
+                        }
+                        Err(e) => {
+                            why = e;
+                            continue;
+                        }
+                    },
+                };
+                continue 'download;
+            };
+        }
+    };
+    let Sink {
+        temp,
+        file,
+        hasher,
+        written,
+        ..
+    } = sink;
 
-    if let Some(l) = head.length
-        && l != written
-    {
-        return fail_now(
-            cache,
-            flight,
-            guard,
-            key,
-            format!("upstream body ended at {written} of {l} bytes"),
-        );
-    }
     let digest: [u8; 32] = hasher.finalize().into();
     if let Some(ExpectedHash::Sha256(want)) = policy::expected_hash(target.key.path())
         && want != digest
@@ -422,6 +485,144 @@ async fn stream_body(
         Err(e) => tracing::warn!(key, error = %e, "commit task failed"),
     }
     cache.flights.finish(key, flight);
+}
+
+/// One version of the object as it is being written: the temporary file, where the next
+/// byte goes, the running hash, and the batch not yet written.
+struct Sink {
+    temp: PathBuf,
+    file: Arc<File>,
+    hasher: Sha256,
+    written: u64,
+    pending: BytesMut,
+}
+
+impl Sink {
+    /// Writes the pending batch (a failed write is not resumable: it is our disk).
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let hasher = std::mem::take(&mut self.hasher);
+        match write_batch(&self.file, &mut self.pending, self.written, hasher).await {
+            Ok((h, n)) => {
+                self.hasher = h;
+                self.written += n;
+                Ok(())
+            }
+            Err(e) => Err(Stop::Fatal(format!("writing {}: {e}", self.temp.display()))),
+        }
+    }
+}
+
+/// How a body stream stopped.
+enum Stop {
+    /// The body ended (whole, or short of its length: the caller checks).
+    End,
+    /// The connection broke or went silent: worth a resume.
+    Cut(String),
+    /// Not worth a resume: our disk failed, or the upstream sent more than it announced.
+    Fatal(String),
+}
+
+/// Appends `body` to `sink`, announcing every written batch to the waiters.
+async fn pump(
+    body: &mut Incoming,
+    sink: &mut Sink,
+    length: Option<u64>,
+    idle: Duration,
+    progress: &watch::Sender<Progress>,
+    stats: &Stats,
+) -> Stop {
+    loop {
+        let wait = if sink.pending.is_empty() {
+            idle
+        } else {
+            WRITE_DELAY
+        };
+        let stop = match timeout(wait, body.frame()).await {
+            Err(_) if !sink.pending.is_empty() => None, // flush what we have, keep reading
+            Err(_) => Some(Stop::Cut(format!("upstream silent for {idle:?} mid-body"))),
+            Ok(None) => Some(Stop::End),
+            Ok(Some(Err(e))) => Some(Stop::Cut(format!("upstream body: {e}"))),
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers: ignored
+                };
+                Stats::add(&stats.bytes_from_upstream, data.len() as u64);
+                sink.pending.extend_from_slice(&data);
+                if length.is_some_and(|l| sink.written + sink.pending.len() as u64 > l) {
+                    return Stop::Fatal("upstream sent more than its Content-Length".into());
+                }
+                if sink.pending.len() < WRITE_BATCH {
+                    continue;
+                }
+                None
+            }
+        };
+        // Whatever arrived before a cut is kept: a resume asks from the byte after it.
+        if let Err(fatal) = sink.flush().await {
+            return fatal;
+        }
+        progress.send_replace(Progress::Writing(sink.written));
+        if let Some(stop) = stop {
+            return stop;
+        }
+    }
+}
+
+/// Reads the first `sink.written` bytes of a whole-object answer and checks them against
+/// the file. `Ok`: they match, and the rest of the body follows on (bytes past the prefix
+/// are already pending in `sink`). `Err(Stop::End)`: they differ (or the body is shorter).
+async fn verify_prefix(
+    body: &mut Incoming,
+    sink: &mut Sink,
+    idle: Duration,
+    stats: &Stats,
+) -> Result<(), Stop> {
+    let mut checked = 0u64;
+    let mut batch = BytesMut::new();
+    while checked < sink.written {
+        let data = match timeout(idle, body.frame()).await {
+            Err(_) => return Err(Stop::Cut(format!("upstream silent for {idle:?} mid-body"))),
+            Ok(None) => return Err(Stop::End),
+            Ok(Some(Err(e))) => return Err(Stop::Cut(format!("upstream body: {e}"))),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        Stats::add(&stats.bytes_from_upstream, data.len() as u64);
+        let want = (sink.written - checked - batch.len() as u64).min(data.len() as u64) as usize;
+        batch.extend_from_slice(&data[..want]);
+        sink.pending.extend_from_slice(&data[want..]);
+        let prefix_done = checked + batch.len() as u64 == sink.written;
+        if batch.len() < WRITE_BATCH && !prefix_done {
+            continue;
+        }
+        let theirs = batch.split().freeze();
+        let n = theirs.len() as u64;
+        let file = sink.file.clone();
+        let at = checked;
+        let same = tokio::task::spawn_blocking(move || {
+            let mut ours = vec![0u8; theirs.len()];
+            file.read_exact_at(&mut ours, at).map(|()| ours == theirs)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        match same {
+            Ok(true) => checked += n,
+            Ok(false) => return Err(Stop::End),
+            Err(e) => {
+                return Err(Stop::Fatal(format!(
+                    "reading back {}: {e}",
+                    sink.temp.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn write_batch(

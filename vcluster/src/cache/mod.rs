@@ -13,8 +13,11 @@
 //! * [`Cache::get`] decides hit, revalidate or miss (`policy`), and joins or leads a
 //!   download in the single-flight table (`flight`). `fetch` runs one download: the
 //!   upstream request, the temporary file, the checks, the commit to the `store`.
-//! * `body` streams an object to a client from the store or from a download in progress.
-//! * `stats` counts; `config` reads the TOML file; `cli` is the `vcluster cache` command.
+//! * `body` streams an object to a client from the store or from a download in progress;
+//!   `sendfile` serves hits of stored objects on plain HTTP/1.1 connections straight from
+//!   the file to the socket, ahead of hyper, and hands every other request to hyper.
+//! * `stats` counts; `config` reads the TOML file; `cli` is the `vcluster cache` command;
+//!   `warm` fills a cache with a package list's closure before installs.
 //!
 //! Nothing here knows about the rest of vcluster, and nothing outside this module needs
 //! to know more than [`CacheServer`] and [`CacheConfig`].
@@ -26,10 +29,13 @@ pub mod fetch;
 pub mod flight;
 pub mod policy;
 pub mod proxy;
+pub mod resume;
+pub mod sendfile;
 pub mod server;
 pub mod stats;
 pub mod store;
 pub mod target;
+pub mod warm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,6 +148,41 @@ impl Cache {
         })
     }
 
+    /// A fresh stored copy of `target`, opened and counted as a hit, if there is one and
+    /// no download of it is in flight; `None` (nothing counted) leaves the request to
+    /// [`Cache::get`]. The sendfile path serves what this returns.
+    pub async fn stored_hit(
+        self: &Arc<Self>,
+        target: &Target,
+        class: Class,
+    ) -> Option<StoredObject> {
+        let key = target.key.as_str();
+        let fresh = {
+            let table = self.flights.lock();
+            table.get(key).is_none()
+                && self.store.peek(key).is_some_and(|p| {
+                    self.policy
+                        .is_fresh(class, &p.validity, p.group_gen, Instant::now())
+                })
+        };
+        if !fresh {
+            return None;
+        }
+        let object = self.open_stored(key).await?;
+        Stats::add(&self.stats.hits, 1);
+        Some(object)
+    }
+
+    /// Opens a stored object (blocking file I/O, so on the blocking pool).
+    async fn open_stored(&self, key: &str) -> Option<StoredObject> {
+        let store = self.store.clone();
+        let k = key.to_owned();
+        tokio::task::spawn_blocking(move || store.open_object(&k))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Finds the object for `target`: a fresh stored copy, or the download that fetches or
     /// revalidates it (joining one in flight, or starting one). Exactly one download per
     /// key is in flight at any time.
@@ -170,13 +211,7 @@ impl Cache {
             };
             let (flight, leader) = match step {
                 Step::Hit => {
-                    let store = self.store.clone();
-                    let k = key.to_owned();
-                    let opened = tokio::task::spawn_blocking(move || store.open_object(&k))
-                        .await
-                        .ok()
-                        .flatten();
-                    if let Some(object) = opened {
+                    if let Some(object) = self.open_stored(key).await {
                         Stats::add(&self.stats.hits, 1);
                         return Source::Stored {
                             object,
@@ -200,13 +235,7 @@ impl Cache {
             match flight.settled().await {
                 FlightState::Pending => unreachable!("settled() waits past Pending"),
                 FlightState::NotModified => {
-                    let store = self.store.clone();
-                    let k = key.to_owned();
-                    let opened = tokio::task::spawn_blocking(move || store.open_object(&k))
-                        .await
-                        .ok()
-                        .flatten();
-                    if let Some(object) = opened {
+                    if let Some(object) = self.open_stored(key).await {
                         return Source::Stored {
                             object,
                             revalidated: true,

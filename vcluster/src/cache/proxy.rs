@@ -25,6 +25,7 @@ use super::fetch::USER_AGENT;
 use super::flight::ObjectHead;
 use super::policy::Class;
 use super::stats::Stats;
+use super::store::ObjectMeta;
 use super::target::{self, Target, TargetError};
 use super::{Cache, Source};
 
@@ -45,6 +46,8 @@ pub enum ProxyError {
     ConnectTarget,
     #[error("upstream failed: {0}")]
     Upstream(String),
+    #[error("not in the cache, and the request said Cache-Control: only-if-cached")]
+    NotCached,
 }
 
 impl ProxyError {
@@ -59,6 +62,7 @@ impl ProxyError {
             ProxyError::Target(_) | ProxyError::ConnectTarget => StatusCode::BAD_REQUEST,
             ProxyError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -120,16 +124,23 @@ async fn route(
             .await
             .map(|r| (r, "PASS"));
     }
-    let source = cache.get(&target, class).await;
+    // RFC 9111 5.2.1.7: answer from the store or 504, never ask the upstream (what
+    // `vcluster cache warm` asks to learn what is cached already).
+    let source = if only_if_cached(req.headers()) {
+        match cache.stored_hit(&target, class).await {
+            Some(object) => Source::Stored {
+                object,
+                revalidated: false,
+            },
+            None => return Err(ProxyError::NotCached),
+        }
+    } else {
+        cache.get(&target, class).await
+    };
     let label = source.label();
     let (head, src) = match source {
         Source::Stored { object, .. } => {
-            let head = ObjectHead {
-                length: Some(object.meta.length),
-                content_type: object.meta.content_type.clone(),
-                etag: object.meta.etag.clone(),
-                last_modified: object.meta.last_modified.clone(),
-            };
+            let head = stored_head(&object.meta);
             let src = ObjectSource {
                 file: object.file.clone(),
                 progress: None,
@@ -163,6 +174,14 @@ async fn route(
     ))
 }
 
+fn only_if_cached(req: &HeaderMap) -> bool {
+    req.get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
+}
+
 fn admin(cache: &Arc<Cache>, path: &str) -> Result<Response<ResponseBody>, ProxyError> {
     let (ctype, text) = match path {
         "/_cache/stats" => (
@@ -182,15 +201,23 @@ fn admin(cache: &Arc<Cache>, path: &str) -> Result<Response<ResponseBody>, Proxy
     Ok(r)
 }
 
-/// Builds the response for an object, honouring the client's conditionals and range.
-fn object_response(
-    cache: &Arc<Cache>,
+/// What to answer for an object: the status, the headers, and which bytes of the object
+/// follow (`start`, and `end` exclusive when known). The one place that applies a client's
+/// conditionals and range; hyper's responses (`object_response`) and the sendfile path
+/// (`sendfile.rs`) are both built from it.
+pub struct ObjectReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Option<(u64, Option<u64>)>,
+}
+
+/// Plans the answer for an object, honouring the client's conditionals and range.
+pub fn plan_object(
     req: &HeaderMap,
     head_only: bool,
-    head: ObjectHead,
-    src: ObjectSource,
+    head: &ObjectHead,
     label: &'static str,
-) -> Response<ResponseBody> {
+) -> ObjectReply {
     let mut h = HeaderMap::new();
     let mut set = |name: header::HeaderName, v: Option<&str>| {
         if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
@@ -203,24 +230,22 @@ fn object_response(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert("x-cache", HeaderValue::from_static(label));
 
-    let respond = |status: StatusCode, mut h: HeaderMap, body: ResponseBody| {
-        let mut r = Response::new(body);
-        *r.status_mut() = status;
-        std::mem::swap(r.headers_mut(), &mut h);
-        r
+    let reply = |status, headers, body| ObjectReply {
+        status,
+        headers,
+        body,
     };
-    if not_modified(req, &head) {
+    if not_modified(req, head) {
         h.remove(header::CONTENT_TYPE);
-        return respond(StatusCode::NOT_MODIFIED, h, body::empty());
+        return reply(StatusCode::NOT_MODIFIED, h, None);
     }
     let range = match (
         head.length,
         req.get(header::RANGE).and_then(|v| v.to_str().ok()),
     ) {
-        (Some(len), Some(r)) if if_range_holds(req, &head) => parse_range(r, len),
+        (Some(len), Some(r)) if if_range_holds(req, head) => parse_range(r, len),
         _ => RangeSpec::Whole,
     };
-    let stats = cache.stats.clone();
     match range {
         RangeSpec::Part(a, b) => {
             h.insert(
@@ -229,12 +254,8 @@ fn object_response(
                     .expect("ascii"),
             );
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(b - a + 1));
-            let body = if head_only {
-                body::empty()
-            } else {
-                body::object_body(src, a, Some(b + 1), stats)
-            };
-            respond(StatusCode::PARTIAL_CONTENT, h, body)
+            let body = (!head_only).then_some((a, Some(b + 1)));
+            reply(StatusCode::PARTIAL_CONTENT, h, body)
         }
         RangeSpec::Unsatisfiable => {
             h.insert(
@@ -243,20 +264,46 @@ fn object_response(
                     .expect("ascii"),
             );
             h.remove(header::CONTENT_TYPE);
-            respond(StatusCode::RANGE_NOT_SATISFIABLE, h, body::empty())
+            reply(StatusCode::RANGE_NOT_SATISFIABLE, h, None)
         }
         RangeSpec::Whole => {
             if let Some(len) = head.length {
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            let body = if head_only {
-                body::empty()
-            } else {
-                body::object_body(src, 0, head.length, stats)
-            };
-            respond(StatusCode::OK, h, body)
+            let body = (!head_only).then_some((0, head.length));
+            reply(StatusCode::OK, h, body)
         }
     }
+}
+
+/// The head of a stored object, as clients see it.
+pub fn stored_head(meta: &ObjectMeta) -> ObjectHead {
+    ObjectHead {
+        length: Some(meta.length),
+        content_type: meta.content_type.clone(),
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified.clone(),
+    }
+}
+
+/// Builds the response for an object, honouring the client's conditionals and range.
+fn object_response(
+    cache: &Arc<Cache>,
+    req: &HeaderMap,
+    head_only: bool,
+    head: ObjectHead,
+    src: ObjectSource,
+    label: &'static str,
+) -> Response<ResponseBody> {
+    let plan = plan_object(req, head_only, &head, label);
+    let body = match plan.body {
+        Some((start, end)) => body::object_body(src, start, end, cache.stats.clone()),
+        None => body::empty(),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = plan.status;
+    *r.headers_mut() = plan.headers;
+    r
 }
 
 /// A parsed `Range` header against a known length.

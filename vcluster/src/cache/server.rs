@@ -3,7 +3,10 @@
 //! access-log line per request, and shuts down cleanly: on the shutdown signal it stops
 //! accepting, lets requests in progress finish for a grace period, then closes the rest.
 //!
-//! This module knows nothing of caching; each request goes to `proxy::handle`.
+//! A connection starts on the sendfile path (`sendfile.rs`), which answers hits of stored
+//! objects itself; the first request it does not answer hands the connection, with the
+//! bytes already read, to hyper, where each request goes to `proxy::handle`. This module
+//! knows nothing of caching.
 
 use std::convert::Infallible;
 use std::fs::{File, OpenOptions};
@@ -24,10 +27,12 @@ use tokio::task::JoinSet;
 
 use super::config::CacheConfig;
 use super::store::StoreError;
-use super::{Cache, proxy};
+use super::{Cache, proxy, sendfile};
 
 /// How long requests in progress may run on after shutdown is asked for.
 const GRACE: Duration = Duration::from_secs(5);
+/// How long a client may take to send a whole request head (idle keep-alive included).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -151,12 +156,22 @@ impl CacheServer {
 }
 
 async fn serve_conn(
-    stream: tokio::net::TcpStream,
+    mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     cache: Arc<Cache>,
     access: Arc<AccessLog>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let log = |line: &str| access.write(line);
+    let read = if cache.config.sendfile {
+        match sendfile::serve_hits(&mut stream, peer, &cache, &log, &mut stop, HEADER_TIMEOUT).await
+        {
+            sendfile::Outcome::Closed => return,
+            sendfile::Outcome::Hyper(read) => read,
+        }
+    } else {
+        bytes::Bytes::new()
+    };
     let max_buf = cache.config.max_header_bytes;
     let service = service_fn(move |req| {
         let cache = cache.clone();
@@ -183,9 +198,9 @@ async fn serve_conn(
     let conn = http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(max_buf)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(sendfile::Rewind::new(read, stream)), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -20,6 +20,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Served from the store without asking the upstream.
     pub hits: AtomicU64,
+    /// ... of which answered on the sendfile path, ahead of hyper (`sendfile.rs`).
+    pub sendfile_hits: AtomicU64,
     /// Started a download (nothing stored, or a revalidation found it changed).
     pub misses: AtomicU64,
     /// Joined a download another request had started.
@@ -32,6 +34,8 @@ pub struct Stats {
     pub passed: AtomicU64,
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Requests sent upstream for the rest of a body that was cut (or the whole again).
+    pub upstream_resumes: AtomicU64,
     pub bytes_from_upstream: AtomicU64,
     pub bytes_served: AtomicU64,
     pub client_errors: AtomicU64,
@@ -55,6 +59,7 @@ pub struct Gauges {
 pub struct StatsSnapshot {
     pub requests: u64,
     pub hits: u64,
+    pub sendfile_hits: u64,
     pub misses: u64,
     pub coalesced: u64,
     pub revalidations: u64,
@@ -62,6 +67,7 @@ pub struct StatsSnapshot {
     pub passed: u64,
     pub upstream_requests: u64,
     pub upstream_errors: u64,
+    pub upstream_resumes: u64,
     pub bytes_from_upstream: u64,
     pub bytes_served: u64,
     pub client_errors: u64,
@@ -79,6 +85,7 @@ macro_rules! fields {
         $m!(
             requests,
             hits,
+            sendfile_hits,
             misses,
             coalesced,
             revalidations,
@@ -86,6 +93,7 @@ macro_rules! fields {
             passed,
             upstream_requests,
             upstream_errors,
+            upstream_resumes,
             bytes_from_upstream,
             bytes_served,
             client_errors,
@@ -119,7 +127,7 @@ impl Stats {
 
 impl StatsSnapshot {
     /// The OpenMetrics text, encoded by `prometheus-client` like every `/metrics` of the
-    /// project (`docs/metrics.md`). No labels: the cache's series are these nineteen.
+    /// project (`docs/metrics.md`). No labels: the cache's series are these twenty-one.
     pub fn to_prometheus(&self) -> String {
         let counters = [
             ("requests", "Client requests", self.requests),
@@ -127,6 +135,11 @@ impl StatsSnapshot {
                 "hits",
                 "Requests served from the store without asking the upstream",
                 self.hits,
+            ),
+            (
+                "sendfile_hits",
+                "Hits sent from the file to the socket by sendfile(2)",
+                self.sendfile_hits,
             ),
             (
                 "misses",
@@ -158,6 +171,11 @@ impl StatsSnapshot {
                 "upstream_errors",
                 "Upstream requests that failed (connect, timeout, cut)",
                 self.upstream_errors,
+            ),
+            (
+                "upstream_resumes",
+                "Requests for the rest of a body the upstream cut",
+                self.upstream_resumes,
             ),
             (
                 "upstream_bytes",
@@ -265,7 +283,7 @@ mod tests {
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples.len(),
-            19,
+            21,
             "one series per counter and gauge: {text}"
         );
         for line in samples {

@@ -1,6 +1,8 @@
 //! Test support for the cache's integration tests (and the benchmark harness, which
 //! includes this file too): an upstream HTTP server that counts what it is asked, can be
-//! slow, delayed or rate-limited, can cut a body short, and answers conditional requests;
+//! slow, delayed or rate-limited, can cut a body short (every time, or only its first
+//! responses), can change an object after serving it, answers conditional requests and,
+//! per object, `Range` with `If-Range`;
 //! a cache running in-process; the real `vcluster` binary as a child process.
 //!
 //! Everything binds 127.0.0.1 port 0, so tests running in parallel never collide, and
@@ -53,8 +55,23 @@ pub struct Obj {
     pub body: Bytes,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
-    /// Cut the connection after this many body bytes (Content-Length still says all).
+    /// Cut the connection when the body reaches this offset in the object (Content-Length
+    /// still says all): after this many bytes of a whole body, `n - start` of a range.
     pub cut_after: Option<u64>,
+    /// Cut only the first this-many body responses for the path (None: every one).
+    pub cut_first: Option<u64>,
+    /// Honour `Range: bytes=a-[b]` (with `If-Range` against the ETag or Last-Modified).
+    pub ranges: bool,
+    /// After one body response has been served, the path serves this object instead.
+    pub then: Option<Box<Obj>>,
+}
+
+/// A request the upstream saw with a `Range` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub path: String,
+    pub range: String,
+    pub if_range: Option<String>,
 }
 
 impl Obj {
@@ -64,6 +81,9 @@ impl Obj {
             etag: None,
             last_modified: None,
             cut_after: None,
+            cut_first: None,
+            ranges: false,
+            then: None,
         }
     }
 
@@ -79,6 +99,23 @@ impl Obj {
 
     pub fn cut_after(mut self, n: u64) -> Obj {
         self.cut_after = Some(n);
+        self
+    }
+
+    /// With `cut_after`: cut only the first `k` body responses.
+    pub fn cut_first(mut self, k: u64) -> Obj {
+        self.cut_first = Some(k);
+        self
+    }
+
+    pub fn ranges(mut self) -> Obj {
+        self.ranges = true;
+        self
+    }
+
+    /// Serve `next` for this path once one body response of `self` has gone out.
+    pub fn then(mut self, next: Obj) -> Obj {
+        self.then = Some(Box::new(next));
         self
     }
 }
@@ -110,6 +147,9 @@ struct Shared {
     objects: Mutex<HashMap<String, Obj>>,
     dir: Option<PathBuf>,
     per_path: Mutex<HashMap<String, u64>>,
+    /// Body responses served per path (for `cut_first`).
+    bodies: Mutex<HashMap<String, u64>>,
+    ranges: Mutex<Vec<RangeRequest>>,
     counters: Counters,
     pacing: Pacing,
     link_next: Mutex<Instant>,
@@ -149,6 +189,8 @@ impl Upstream {
             objects: Mutex::new(HashMap::new()),
             dir,
             per_path: Mutex::new(HashMap::new()),
+            bodies: Mutex::new(HashMap::new()),
+            ranges: Mutex::new(Vec::new()),
             counters: Counters::default(),
             pacing,
             link_next: Mutex::new(Instant::now()),
@@ -211,6 +253,11 @@ impl Upstream {
     pub fn request_log(&self) -> HashMap<String, u64> {
         self.shared.per_path.lock().unwrap().clone()
     }
+
+    /// Every request that carried a `Range` header, in order.
+    pub fn range_requests(&self) -> Vec<RangeRequest> {
+        self.shared.ranges.lock().unwrap().clone()
+    }
 }
 
 type FixtureBody = BoxBody<Bytes, io::Error>;
@@ -272,11 +319,54 @@ async fn serve(
             return Ok(r);
         }
     }
-    let len = obj.body.len();
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let if_range = req
+        .headers()
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(r) = &range {
+        s.ranges.lock().unwrap().push(RangeRequest {
+            path: path.clone(),
+            range: r.clone(),
+            if_range: if_range.clone(),
+        });
+    }
+    let total = obj.body.len();
+    // `bytes=a-[b]` when this object honours ranges and If-Range (if any) still holds.
+    let part = range.as_deref().filter(|_| obj.ranges).and_then(|r| {
+        let holds = match &if_range {
+            None => true,
+            Some(v) => Some(v) == obj.etag.as_ref() || Some(v) == obj.last_modified.as_ref(),
+        };
+        let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+        let a: usize = a.parse().ok()?;
+        let b: usize = if b.is_empty() {
+            total.checked_sub(1)?
+        } else {
+            b.parse::<usize>().ok()?.min(total.checked_sub(1)?)
+        };
+        (holds && a <= b).then_some((a, b + 1))
+    });
+    let (start, end) = part.unwrap_or((0, total));
     let mut resp = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_LENGTH, len)
+        .status(if part.is_some() {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        })
+        .header(header::CONTENT_LENGTH, end - start)
         .header(header::CONTENT_TYPE, "application/octet-stream");
+    if part.is_some() {
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{total}", end - 1),
+        );
+    }
     if let Some(e) = &obj.etag {
         resp = resp.header(header::ETAG, e);
     }
@@ -288,22 +378,40 @@ async fn serve(
             .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
             .unwrap());
     }
+    let served_before = {
+        let mut bodies = s.bodies.lock().unwrap();
+        let n = bodies.entry(path.clone()).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    if let Some(next) = &obj.then {
+        s.objects
+            .lock()
+            .unwrap()
+            .insert(path.clone(), (**next).clone());
+    }
+    let cut = obj
+        .cut_after
+        .filter(|_| obj.cut_first.is_none_or(|k| served_before < k))
+        .map(|c| c as usize);
     let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(2);
     let s2 = s.clone();
     tokio::spawn(async move {
         let chunk = 64 * 1024;
-        let mut sent = 0usize;
-        let start = Instant::now();
+        // `sent` is an offset in the object: the body is `start..end`.
+        let mut sent = start;
+        let len = end;
+        let begun = Instant::now();
         while sent < len {
             let mut n = chunk.min(len - sent);
-            if let Some(cut) = obj.cut_after {
-                if sent as u64 >= cut {
+            if let Some(cut) = cut {
+                if sent >= cut {
                     let _ = tx
                         .send(Err(io::Error::other("fixture cuts the body")))
                         .await;
                     return;
                 }
-                n = n.min(cut as usize - sent);
+                n = n.min(cut - sent);
             }
             if let Some(rate) = s2.pacing.link_rate {
                 let wake = {
@@ -315,7 +423,7 @@ async fn serve(
                 tokio::time::sleep_until(wake.into()).await;
             }
             if let Some(rate) = s2.pacing.per_response_rate {
-                let due = start + Duration::from_secs_f64((sent + n) as f64 / rate as f64);
+                let due = begun + Duration::from_secs_f64((sent - start + n) as f64 / rate as f64);
                 tokio::time::sleep_until(due.into()).await;
             }
             if tx
