@@ -12,3 +12,5 @@ pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod model;
+pub mod secret;
+pub mod tls;
