@@ -27,6 +27,9 @@ impl Capture {
                 iface,
                 "-n",
                 "-U",
+                // Hand each packet to tcpdump at once: without it, packets still in the
+                // kernel's ring block when SIGINT comes are counted but never written.
+                "--immediate-mode",
                 "-s",
                 "0",
                 "-w",
