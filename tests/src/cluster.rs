@@ -4,7 +4,7 @@
 //! driving the REST API as a person would.
 //!
 //! ```text
-//!  wan namespace   wanbr 10.254.0.254 ── vcluster serve :7200 (SQLite in the topology's dir)
+//!  wan namespace   wanbr 10.254.0.254 ── vcluster serve :7200 (TLS; SQLite and tls/ in the topology's dir)
 //!  site i host     wan0 10.254.0.i ── vpnd :51820 ◀─control socket── vcluster host-agent :7300
 //!                  vcbr<id> bridge, vctap<id> TAP, node veths vc<id>n<k>: the agent's and vpnd's
 //!  node namespaces <cluster>-node-<k>: made by the agents, visible machine-wide
@@ -22,6 +22,11 @@
 //! [`unique_name`](crate::unique_name) (`st<pid>-...`) so that nodes of a test process
 //! killed outright are swept by the next run, like its namespaces.
 //!
+//! Everything speaks TLS as on real hosts: the controller makes its CA in `tls/` of the
+//! topology's dir; agents pin it with `--ca` and read their token from a 0600
+//! `--token-file`; the controller pins each agent's own certificate; the API clients here
+//! pin the CA too.
+//!
 //! It never decides anything the controller decides (placement, addresses, names): it
 //! asks the API and reads the answers.
 
@@ -35,10 +40,11 @@ use vcluster::cli::client::ApiClient;
 use vcluster::model::{
     Accepted, Cluster, Host, IssuedToken, NetworkDevices, Node, Task, TaskState,
 };
+use vcluster::tls::ServerTrust;
 
 use crate::netns::{CmdOutput, in_netns, list_namespaces, netns_exec, run};
 use crate::ping::{PingOpts, ping_in, try_wait_until};
-use crate::{Overlay, Process, Topology, bin_path};
+use crate::{NetNs, Overlay, Process, Topology, bin_path};
 
 /// The controller's address on the WAN bridge, and its port.
 pub const CONTROLLER_IP: &str = "10.254.0.254";
@@ -81,6 +87,11 @@ pub struct ControlPlane {
     wan_ns: String,
     admin_token: String,
     user_token: String,
+    /// The agents' tokens, site 1 first.
+    agent_tokens: Vec<String>,
+    /// The controller's CA (made by the controller on its first start).
+    ca_file: std::path::PathBuf,
+    trust: ServerTrust,
     admin: ApiClient,
     user: ApiClient,
     rt: tokio::runtime::Runtime,
@@ -97,6 +108,19 @@ fn random_token() -> String {
         .and_then(|mut f| f.read_exact(&mut b))
         .expect("reading /dev/urandom");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes `secret` to a new file of mode 0600.
+fn write_owner_only(path: &std::path::Path, secret: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    writeln!(f, "{secret}").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 /// A node's address without its prefix length.
@@ -163,9 +187,11 @@ impl ControlPlane {
         let wan = topo.wan();
         wan.addr_add("wanbr", &format!("{CONTROLLER_IP}/24"));
         let listen = format!("{CONTROLLER_IP}:{CONTROLLER_PORT}");
-        let url = format!("http://{listen}");
+        let url = format!("https://{listen}");
         let admin_token = random_token();
         let store = format!("sqlite:{}", topo.dir().join("controller.db").display());
+        let tls_dir = topo.dir().join("tls");
+        let ca_file = tls_dir.join("ca.pem");
         let controller = Process::spawn(
             "controller",
             {
@@ -184,6 +210,8 @@ impl ControlPlane {
                         &opts.first_network_id.to_string(),
                         "--task-timeout",
                         &opts.task_timeout.to_string(),
+                        "--tls-dir",
+                        &tls_dir.display().to_string(),
                     ],
                 );
                 c.env("VCLUSTER_ADMIN_TOKEN", &admin_token);
@@ -195,7 +223,22 @@ impl ControlPlane {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let admin = ApiClient::new(&url, &admin_token);
+        // The CA exists once the controller has started far enough to make it.
+        let mut trust = None;
+        let made = try_wait_until(Duration::from_secs(20), || {
+            trust = ServerTrust::ca_file(&ca_file).ok();
+            trust.is_some()
+        });
+        if !made {
+            controller.dump_log();
+            panic!(
+                "the controller made no CA in {} within 20 s",
+                ca_file.display()
+            );
+        }
+        let trust = trust.expect("read above");
+        let admin = ApiClient::connect(&url, &admin_token, Some(&trust), false)
+            .unwrap_or_else(|e| panic!("admin client: {e}"));
         let mut plane = ControlPlane {
             agents: Vec::new(),
             controller: None,
@@ -203,6 +246,9 @@ impl ControlPlane {
             wan_ns: wan.name().to_string(),
             admin_token,
             user_token: String::new(),
+            agent_tokens: Vec::new(),
+            ca_file,
+            trust,
             user: admin.clone(),
             admin,
             rt,
@@ -224,7 +270,8 @@ impl ControlPlane {
             &serde_json::json!({"name": "alice", "role": "user"}),
         );
         plane.user_token = issued.token;
-        plane.user = ApiClient::new(&plane.url, &plane.user_token);
+        plane.user = ApiClient::connect(&plane.url, &plane.user_token, Some(&plane.trust), false)
+            .unwrap_or_else(|e| panic!("user client: {e}"));
 
         for i in 1..=topo.sites() {
             let site = format!("site{i}");
@@ -237,12 +284,20 @@ impl ControlPlane {
                 &serde_json::json!({"name": format!("agent-{site}"), "role": "agent"}),
             );
             let ip = topo.wan_ip(i);
-            let mut cmd = topo.host(i).command_net_only(
+            // The token reaches the agent in a file only root can read, never in argv.
+            let token_file = topo.dir().join(format!("agent{i}.token"));
+            write_owner_only(&token_file, &issued.token);
+            plane.agent_tokens.push(issued.token.clone());
+            let cmd = topo.host(i).command_net_only(
                 &vcluster,
                 [
                     "host-agent".to_string(),
                     "--controller".into(),
                     plane.url.clone(),
+                    "--ca".into(),
+                    plane.ca_file.display().to_string(),
+                    "--token-file".into(),
+                    token_file.display().to_string(),
                     "--name".into(),
                     format!("{site}-h1"),
                     "--site".into(),
@@ -263,7 +318,6 @@ impl ControlPlane {
                     opts.reconcile_every.to_string(),
                 ],
             );
-            cmd.env("VCLUSTER_AGENT_TOKEN", &issued.token);
             plane.agents.push(Process::spawn(
                 format!("agent{i} in {}", topo.host(i).name()),
                 cmd,
@@ -303,6 +357,16 @@ impl ControlPlane {
         &self.admin_token
     }
 
+    /// Every site's agent token, site 1 first.
+    pub fn agent_tokens(&self) -> &[String] {
+        &self.agent_tokens
+    }
+
+    /// The controller's CA certificate, as agents and the CLI pin it.
+    pub fn ca_file(&self) -> &std::path::Path {
+        &self.ca_file
+    }
+
     /// The token of user `alice`, who owns the clusters made through this control plane.
     pub fn user_token(&self) -> &str {
         &self.user_token
@@ -329,9 +393,21 @@ impl ControlPlane {
 
     /// `vcluster ARGS...` (the CLI) as alice, run in the wan namespace.
     pub fn cli<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> CmdOutput {
-        let mut cmd = netns_exec(&self.wan_ns, bin_path("vcluster"), args);
+        self.cli_with(netns_exec(&self.wan_ns, bin_path("vcluster"), args))
+    }
+
+    /// `vcluster ARGS...` as alice from `ns` (a site's host: its requests cross that
+    /// site's WAN link).
+    pub fn cli_in<S: AsRef<std::ffi::OsStr>>(&self, ns: &NetNs, args: &[S]) -> CmdOutput {
+        self.cli_with(ns.command(bin_path("vcluster"), args))
+    }
+
+    fn cli_with(&self, mut cmd: std::process::Command) -> CmdOutput {
+        // The token in the environment, never in argv; not the user's own config file.
         cmd.env("VCLUSTER_API", &self.url)
-            .env("VCLUSTER_TOKEN", &self.user_token);
+            .env("VCLUSTER_CA", &self.ca_file)
+            .env("VCLUSTER_TOKEN", &self.user_token)
+            .env("VCLUSTER_CONFIG", "/dev/null");
         run(&mut cmd)
     }
 

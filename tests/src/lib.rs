@@ -14,6 +14,7 @@
 //! - [`Overlay`]: `vpnd` at every site of a topology, with keys, configs and status.
 //! - [`ControlPlane`]: the cluster layer on top: the controller on the WAN and a host
 //!   agent next to every site's `vpnd`, driven through the REST API.
+//! - [`Capture`]: `tcpdump` on a link, to assert what an observer of it would see.
 //! - [`handshake`]: hand-made handshake traffic against a real `vpnd`: a flooder
 //!   replaying one initiation, an initiator counting its answers.
 //! - [`udp_flow`]: a numbered UDP stream between namespaces, timed by one clock: loss,
@@ -25,6 +26,7 @@
 //! Everything here needs root except the pure parts ([`wanem::pipeline`],
 //! [`wanem::proto`], [`PingStats::parse`]).
 
+pub mod capture;
 pub mod cluster;
 pub mod emulator;
 pub mod env;
@@ -37,6 +39,7 @@ pub mod topology;
 pub mod vpnd;
 pub mod wanem;
 
+pub use capture::Capture;
 pub use cluster::{
     ControlPlane, ControlPlaneOpts, node_ip, node_reaches, unreachable_pairs, wait_all_pairs_reach,
 };

@@ -10,9 +10,10 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use site_tests::capture::{contains_bytes, tls_records};
 use site_tests::{
-    ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, Topology, in_netns, node_ip,
-    node_reaches, require_command, require_root, unique_name, wait_all_pairs_reach,
+    Capture, ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, Topology, in_netns,
+    node_ip, node_reaches, require_command, require_root, unique_name, wait_all_pairs_reach,
 };
 use vcluster::model::{Cluster, NetworkDevices, Node, NodeState, OverlayState, TaskState};
 
@@ -465,4 +466,72 @@ fn an_operators_own_vpnd_network_is_never_taken_over_by_a_cluster() {
         assert_eq!(nets[0].tap, "vpn1");
     }
     assert!(topo.vm(1, 1).ping(&vm2).received > 0);
+}
+
+/// An observer of the WAN learns no secret: while the control plane starts (agents
+/// register, sending their token and their own secret) and a user at site 1 creates a
+/// cluster with the CLI (the controller then pushes each site its share, presenting the
+/// agent's secret), every TCP packet in the wan namespace is captured. The capture holds
+/// TLS records and none of the admin's, the user's or the agents' tokens nor the agents'
+/// secrets.
+#[test]
+fn a_wan_observer_during_a_cluster_create_sees_tls_and_no_token_or_agent_secret() {
+    let test = "a_wan_observer_during_a_cluster_create_sees_tls_and_no_token_or_agent_secret";
+    if !can_run(test) || !require_command(test, "tcpdump") {
+        return;
+    }
+    let (topo, overlay) = two_sites();
+    let capture = Capture::start(topo.wan(), "any", "tcp", &topo.dir().join("wan.pcap"));
+    let plane = ControlPlane::start(&topo, &overlay);
+    let name = unique_name("w");
+    plane.note_cluster(&name);
+    let out = plane.cli_in(
+        topo.host(1),
+        &[
+            "cluster",
+            "create",
+            &name,
+            "--site",
+            "site1=1",
+            "--site",
+            "site2=1",
+            "--node-memory-mib",
+            "64",
+            "--wait",
+        ],
+    );
+    assert!(out.success, "cluster create from site 1: {}", out.stderr);
+    let c = plane.cluster(&name);
+    assert_eq!(c.nodes.len(), 2);
+    let bytes = capture.finish();
+
+    let mut secrets = vec![
+        ("the admin's token", plane.admin_token().to_string()),
+        ("alice's token", plane.user_token().to_string()),
+    ];
+    for (i, t) in plane.agent_tokens().iter().enumerate() {
+        secrets.push(("an agent's token", t.clone()));
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(topo.dir().join(format!("agent{}/agent.json", i + 1)))
+                .expect("the agent's state"),
+        )
+        .expect("the agent's state is JSON");
+        let secret = state["agent_secret"].as_str().expect("agent_secret");
+        secrets.push(("an agent's secret", secret.to_string()));
+    }
+    // The capture could have shown them: it holds the whole exchange, in TLS.
+    assert!(bytes.len() > 20_000, "captured only {} bytes", bytes.len());
+    let handshakes = tls_records(&bytes, 22);
+    let application = tls_records(&bytes, 23);
+    assert!(
+        handshakes >= 4 && application >= 20,
+        "the capture holds {handshakes} TLS handshake and {application} application records"
+    );
+    for (what, secret) in &secrets {
+        assert!(secret.len() >= 16, "{what} is a real secret");
+        assert!(
+            !contains_bytes(&bytes, secret.as_bytes()),
+            "{what} crossed the WAN readable"
+        );
+    }
 }

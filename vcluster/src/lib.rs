@@ -13,3 +13,5 @@ pub mod cli;
 pub mod controller;
 pub mod model;
 pub mod nodeset;
+pub mod secret;
+pub mod tls;

@@ -42,6 +42,8 @@ enum Command {
     /// Write man pages and shell completions into DIR (for packages: scripts/package).
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
+    /// The CLI's config file: view, use-context, set-context.
+    Config(cli::config::ConfigCmd),
 }
 
 #[derive(Args)]
@@ -71,22 +73,47 @@ struct ServeArgs {
     /// The first overlay network id to hand out.
     #[arg(long, default_value_t = 1)]
     first_network_id: u32,
-    /// Token for the first admin user (created when the store has no admin).
-    #[arg(long, env = "VCLUSTER_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     /// Where to write a generated first admin token (default: admin.token in the working
-    /// directory; mode 0600).
+    /// directory; mode 0600). The environment variable VCLUSTER_ADMIN_TOKEN gives the
+    /// token instead (never a flag: secrets stay out of process listings).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// The controller's own CA and server certificate, made on first start (ca.pem,
+    /// ca.key, server.pem, server.key).
+    #[arg(long, default_value = controller::DEFAULT_TLS_DIR)]
+    tls_dir: PathBuf,
+    /// An extra name or IP address for the generated server certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME_OR_IP")]
+    tls_sans: Vec<String>,
+    /// The operator's certificate chain (PEM) instead of a generated one.
+    #[arg(long, requires = "tls_key", conflicts_with = "insecure")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM, mode 0600).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP: tokens and agent secrets then cross the network readable.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
 struct HostAgentArgs {
+    /// The controller's URL, https://HOST:7200.
     #[arg(long, env = "VCLUSTER_API")]
     controller: String,
-    /// An agent token (`vcluster users create NAME --role agent`).
-    #[arg(long, env = "VCLUSTER_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
+    /// The controller's CA certificate (PEM), to pin it.
+    #[arg(long, conflicts_with = "ca_fingerprint")]
+    ca: Option<PathBuf>,
+    /// Or the controller CA's SHA-256 fingerprint, as `vcluster serve` printed it.
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// A file holding the agent token (`vcluster users create NAME --role agent`; mode
+    /// 0600). Else the environment variable VCLUSTER_AGENT_TOKEN.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Plain HTTP: to a controller off loopback, and for this agent's own API.
+    #[arg(long)]
+    insecure: bool,
     /// This host's name.
     #[arg(long)]
     name: String,
@@ -98,7 +125,7 @@ struct HostAgentArgs {
     memory_mib: Option<i64>,
     #[arg(long, default_value = "0.0.0.0:7300")]
     listen: SocketAddr,
-    /// URL the controller reaches this agent at (default http://<listen>).
+    /// URL the controller reaches this agent at (default https://<listen>).
     #[arg(long)]
     advertise: Option<String>,
     /// This host's vpnd endpoint as other sites reach it, ip:port.
@@ -177,6 +204,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Node(c) => cli::node(c).await,
         Command::Vpn(c) => cli::vpn(c).await,
         Command::Task(c) => cli::task(c).await,
+        Command::Config(c) => cli::config::config(c),
     }
 }
 
@@ -194,8 +222,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--subnet-pool {}: {e}", a.subnet_pool))?;
     config.first_network_id = a.first_network_id.max(1);
-    config.bootstrap_admin_token = a.admin_token;
+    config.bootstrap_admin_token = std::env::var("VCLUSTER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     config.admin_token_file = a.admin_token_file;
+    config.tls = match (a.insecure, a.tls_cert, a.tls_key) {
+        (true, _, _) => None,
+        (false, Some(cert), Some(key)) => Some(controller::TlsSource::Files { cert, key }),
+        _ => Some(controller::TlsSource::Generate {
+            dir: a.tls_dir,
+            sans: a.tls_sans,
+        }),
+    };
     Ok(controller::serve(config).await?)
 }
 
@@ -209,9 +247,30 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
         }
         other => anyhow::bail!("unknown driver {other:?} (available: netns)"),
     };
+    let token = match &a.token_file {
+        Some(file) => vcluster::secret::read_token_file(file)?,
+        None => std::env::var("VCLUSTER_AGENT_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no agent token: pass --token-file FILE or set VCLUSTER_AGENT_TOKEN"
+                )
+            })?,
+    };
+    let controller_trust = match (&a.ca, &a.ca_fingerprint) {
+        (Some(ca), _) => Some(vcluster::tls::ServerTrust::ca_file(ca)?),
+        (None, Some(f)) => Some(vcluster::tls::ServerTrust::Fingerprint(
+            f.parse()
+                .map_err(|e| anyhow::anyhow!("--ca-fingerprint: {e}"))?,
+        )),
+        (None, None) => None,
+    };
     let config = agent::AgentConfig {
         controller: a.controller,
-        token: a.token,
+        controller_trust,
+        insecure: a.insecure,
+        token,
         name: a.name,
         site: a.site,
         cpus: a.cpus.unwrap_or_else(|| {

@@ -346,10 +346,14 @@ pub struct RegisterHost {
     pub site: String,
     pub cpus: i64,
     pub memory_mib: i64,
-    /// Where the controller reaches the agent, e.g. `http://10.0.0.5:7300`.
+    /// Where the controller reaches the agent, e.g. `https://10.0.0.5:7300`.
     pub agent_url: String,
     /// The secret the controller must present to the agent (bearer token).
     pub agent_secret: String,
+    /// The SHA-256 fingerprint of the agent's TLS certificate, which the controller pins
+    /// when it calls the agent; required for an `https://` agent URL.
+    #[serde(default)]
+    pub agent_cert_sha256: Option<String>,
     /// The host's `vpnd` UDP endpoint as other sites reach it, `ip:port`.
     pub overlay_endpoint: String,
     /// The host's `vpnd` public key (base64), from vpnd's `GET /v1/status`.

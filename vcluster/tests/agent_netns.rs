@@ -239,6 +239,8 @@ async fn the_host_agent_builds_real_nodes_and_converges_after_a_restart() {
     let state = tempfile::tempdir().unwrap();
     let agent_config = vcluster::agent::AgentConfig {
         controller: ctl.url.clone(),
+        controller_trust: ctl.trust(),
+        insecure: false,
         token: agent_token,
         name: "lab-h1".into(),
         site: "lab".into(),
@@ -357,9 +359,22 @@ fn sh(args: &[&str]) {
     );
 }
 
-async fn site(name: &str, index: u32, ctl_port: u16, agent_token: &str, site_name: &str) -> Site {
+/// The test namespace's end of site `index`'s veth: where that site reaches the controller.
+fn root_ip(index: u32) -> String {
     let octet = 1 + (std::process::id() % 200);
-    let root_ip = format!("10.251.{octet}.{}", index * 4 + 1);
+    format!("10.251.{octet}.{}", index * 4 + 1)
+}
+
+async fn site(
+    name: &str,
+    index: u32,
+    ctl_port: u16,
+    ctl_ca: &std::path::Path,
+    agent_token: &str,
+    site_name: &str,
+) -> Site {
+    let octet = 1 + (std::process::id() % 200);
+    let root_ip = root_ip(index);
     let site_ip = format!("10.251.{octet}.{}", index * 4 + 2);
     let outside = format!("vcq{}{}", std::process::id() % 10_000, index);
     sh(&["ip", "netns", "add", name]);
@@ -399,8 +414,10 @@ async fn site(name: &str, index: u32, ctl_port: u16, agent_token: &str, site_nam
         .args([
             "host-agent",
             "--controller",
-            &format!("http://{root_ip}:{ctl_port}"),
+            &format!("https://{root_ip}:{ctl_port}"),
         ])
+        .arg("--ca")
+        .arg(ctl_ca)
         .args(["--name", &format!("{site_name}-h1"), "--site", site_name])
         .args(["--cpus", "4", "--memory-mib", "4096"])
         .args(["--listen", &format!("{site_ip}:7300")])
@@ -439,8 +456,15 @@ async fn host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster(
     let backend = common::Backend::sqlite().await;
     let mut config = common::test_config(&backend.url);
     config.first_network_id = base;
-    // The agents reach the controller over their site's veth.
+    // The agents reach the controller over their site's veth, so its certificate names
+    // those addresses; they pin its CA by file.
     config.listen = "0.0.0.0:0".parse().unwrap();
+    let tls = tempfile::tempdir().unwrap();
+    let tls_dir = tls.path().join("tls");
+    config.tls = Some(vcluster::controller::TlsSource::Generate {
+        dir: tls_dir.clone(),
+        sans: vec![root_ip(0), root_ip(1)],
+    });
     let ctl = TestController::start_with(config).await;
     let port = ctl.running.as_ref().unwrap().addr.port();
     let mut sites = Vec::new();
@@ -448,7 +472,7 @@ async fn host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster(
         ctl.site(name).await;
         let token = ctl.user(&format!("agent-{name}"), "agent").await;
         let ns = format!("vcs{}{}", std::process::id() % 100_000, name);
-        sites.push(site(&ns, i as u32, port, &token, name).await);
+        sites.push(site(&ns, i as u32, port, &tls_dir.join("ca.pem"), &token, name).await);
     }
     common::eventually(
         "both agents registered and online",
@@ -461,7 +485,7 @@ async fn host_agent_processes_in_site_namespaces_build_their_share_of_a_cluster(
     .await;
     let hosts: Vec<vcluster::model::Host> = ctl.admin.get("/v1/hosts").await.unwrap();
     for (h, s) in hosts.iter().zip(&sites) {
-        assert_eq!(h.agent_url, format!("http://{}:7300", s.site_ip));
+        assert_eq!(h.agent_url, format!("https://{}:7300", s.site_ip));
         assert_eq!(
             h.public_key,
             s.vpnd.public_key.to_string(),

@@ -18,6 +18,8 @@ fn listing(ctl: &TestController, args: &[&str]) -> Value {
         .arg("--json")
         .env("VCLUSTER_API", &ctl.url)
         .env("VCLUSTER_TOKEN", ADMIN_TOKEN)
+        .env("VCLUSTER_CA_FINGERPRINT", common::test_trust_fingerprint())
+        .env("VCLUSTER_CONFIG", "/dev/null")
         .output()
         .expect("run vcluster");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -199,7 +199,7 @@ async fn bad_input_is_refused_naming_the_field_and_leaves_nothing(b: Backend) {
         body["error"].as_str().unwrap().contains("parse"),
         "a JSON error: {body}"
     );
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("{url}/v1/clusters"))
         .bearer_auth(&w.user_token)
         .body(r#"{"name":"x","nodes":1}"#)
@@ -875,7 +875,9 @@ async fn openapi_metrics_and_timeline_are_served(b: Backend) {
         assert!(doc["paths"][path].is_object(), "openapi has {path}");
     }
     assert!(doc["components"]["schemas"]["Cluster"].is_object());
-    let metrics = reqwest::get(format!("{}/metrics", w.ctl.url))
+    let metrics = common::http()
+        .get(format!("{}/metrics", w.ctl.url))
+        .send()
         .await
         .unwrap()
         .text()
@@ -911,7 +913,10 @@ async fn the_cli_drives_the_api_and_prints_server_errors(b: Backend) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vcluster"))
             .args(args)
             .env("VCLUSTER_API", &w.ctl.url)
+            .env("VCLUSTER_CA_FINGERPRINT", common::test_trust_fingerprint())
             .env("VCLUSTER_TOKEN", &w.user_token)
+            // Not the user's own config file.
+            .env("VCLUSTER_CONFIG", "/dev/null")
             .output()
             .expect("run vcluster");
         (

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use vcluster::model::{Accepted, Cluster, Reservation, Site};
 
-use common::{Backend, TestAgent, TestController, expect_success, raw};
+use common::{Backend, TestAgent, TestController, expect_success, raw, raw_with};
 
 /// A controller with one site `east` whose one host has 8 CPUs and 8192 MiB (so 32 CPUs
 /// with the default overcommit of 4, and 8192 MiB), and a user's token.
@@ -272,7 +272,9 @@ async fn unknown_fields_are_refused_naming_them(b: Backend) {
 async fn made_up_methods_and_paths_add_no_metrics_series(b: Backend) {
     let w = one_site(&b).await;
     let series = async || {
-        let text = reqwest::get(format!("{}/metrics", w.ctl.url))
+        let text = common::http()
+            .get(format!("{}/metrics", w.ctl.url))
+            .send()
             .await
             .unwrap()
             .text()
@@ -283,7 +285,7 @@ async fn made_up_methods_and_paths_add_no_metrics_series(b: Backend) {
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    let client = reqwest::Client::new();
+    let client = common::http();
     let flood = async |round: usize| {
         for i in 0..40 {
             let method = Method::from_bytes(format!("X{round}M{i}").as_bytes()).unwrap();
@@ -331,7 +333,9 @@ async fn made_up_methods_and_paths_add_no_metrics_series(b: Backend) {
         "{after_two:#?}"
     );
     // Every node state is exported, from the closed set.
-    let text = reqwest::get(format!("{}/metrics", w.ctl.url))
+    let text = common::http()
+        .get(format!("{}/metrics", w.ctl.url))
+        .send()
         .await
         .unwrap()
         .text()
@@ -399,7 +403,7 @@ async fn bodies_are_refused_with_the_status_that_says_why(b: Backend) {
         body["error"].as_str().unwrap().contains("larger than"),
         "{body}"
     );
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("{}/v1/clusters", w.ctl.url))
         .bearer_auth(&w.token)
         .header("content-type", "text/plain")
@@ -491,7 +495,8 @@ async fn the_agent_api_refuses_bad_requests_with_json_naming_the_field() {
     )
     .unwrap();
     let secret = state["agent_secret"].as_str().unwrap().to_string();
-    let url = format!("http://{}", w.agent.agent.as_ref().unwrap().addr);
+    let url = w.agent.url();
+    let agent_http = w.agent.http();
     let share = |extra: Value| {
         let mut body = json!({
             "revision": 1,
@@ -542,7 +547,14 @@ async fn the_agent_api_refuses_bad_requests_with_json_naming_the_field() {
     ];
     for (method, path, token, body, status, field) in cases {
         let target = format!("{url}/agent/v1/{path}");
-        let (s, answer) = raw(method.clone(), &target, Some(token), body.as_deref()).await;
+        let (s, answer) = raw_with(
+            &agent_http,
+            method.clone(),
+            &target,
+            Some(token),
+            body.as_deref(),
+        )
+        .await;
         assert_eq!(s, status, "{method} {path}: {answer}");
         assert!(answer["error"].is_string(), "{method} {path}: {answer}");
         if let Some(field) = field {

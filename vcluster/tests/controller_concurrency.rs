@@ -30,7 +30,7 @@ async fn hundred_concurrent_reservations_never_double_book(b: Backend) {
     let (ctl, _agents, token) = setup(&b).await;
     let start = Utc::now() + chrono::Duration::hours(1);
     let end = start + chrono::Duration::hours(2);
-    let client = Arc::new(reqwest::Client::new());
+    let client = Arc::new(common::http());
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..100 {
         let client = client.clone();

@@ -133,7 +133,10 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
 
     // A controller with two sites, hosts, a cluster and some reservations.
     let backend = common::Backend::sqlite().await;
-    let ctl = TestController::start(&backend).await;
+    // Plain HTTP on loopback (allowed there): the browser need not trust the test CA.
+    let mut config = common::test_config(&backend.url);
+    config.tls = None;
+    let ctl = TestController::start_with(config).await;
     let mut agents = Vec::new();
     for (site, hosts, cpus) in [("amsterdam", 2, 8), ("lisbon", 1, 4)] {
         ctl.site(site).await;

@@ -9,6 +9,12 @@
 //! [`driver::HostBridges`], overlay networks by the local `vpnd` (through
 //! [`vpnd_api::Client`], the control API's one client).
 //! The agent never decides placement or policy; it does what the store says.
+//!
+//! Both directions are TLS unless `--insecure`: the agent pins the controller (its CA, by
+//! file or fingerprint) before it sends its token and its secret; its own API presents a
+//! self-signed certificate from its state dir whose fingerprint it registers, so the
+//! controller pins it in turn. The API takes the controller's requests by the secret
+//! bearer alone, without a client certificate (docs/security.md says why).
 
 pub mod driver;
 pub mod netns;
@@ -31,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::tls::{self, ServerTrust, identity, listener::TlsListener};
 
 use crate::model::{
     AgentState, ApiErrorBody, AppliedCluster, ClusterOnHost, Heartbeat, HostDesired, RegisterHost,
@@ -67,12 +74,20 @@ pub enum AgentError {
     NotRegistered,
     #[error(transparent)]
     Reconcile(#[from] reconcile::ReconcileError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Config(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The controller's base URL, e.g. `http://10.0.0.1:7200`.
+    /// The controller's base URL, e.g. `https://10.0.0.1:7200`.
     pub controller: String,
+    /// How the controller is recognised (required for an `https://` URL).
+    pub controller_trust: Option<ServerTrust>,
+    /// Plain HTTP: to a controller off loopback, and for the agent's own API.
+    pub insecure: bool,
     /// An `agent` token from the controller's admin.
     pub token: String,
     pub name: String,
@@ -81,7 +96,8 @@ pub struct AgentConfig {
     pub memory_mib: i64,
     /// Where the agent's API listens.
     pub listen: SocketAddr,
-    /// The URL the controller uses to reach the agent (default `http://<listen>`).
+    /// The URL the controller uses to reach the agent (default `https://<listen>`, or
+    /// `http://<listen>` when `insecure`).
     pub advertise: Option<String>,
     /// This host's vpnd UDP endpoint as other sites reach it, `ip:port`.
     pub overlay_endpoint: String,
@@ -144,10 +160,29 @@ pub async fn start(
     };
     let state = StateStore::open(&config.state_dir).map_err(state_error)?;
     let secret = state.state.agent_secret.clone();
+    let http = controller_client(&config)?;
+    let identity = if config.insecure {
+        None
+    } else {
+        let mut names = Vec::new();
+        if !config.listen.ip().is_unspecified() {
+            names.push(config.listen.ip().to_string());
+        }
+        if let Some(host) = config
+            .advertise
+            .as_deref()
+            .and_then(|a| a.parse::<reqwest::Url>().ok())
+            .and_then(|u| u.host_str().map(str::to_string))
+        {
+            names.push(host);
+        }
+        Some(identity::agent_identity(&config.state_dir, &names)?)
+    };
     let vpnd = vpnd_api::Client::new(&config.vpnd_socket);
     let public_key = wait_for_vpnd(&vpnd).await?;
-    let bind = |source| AgentError::Bind {
-        addr: config.listen,
+    let listen = config.listen;
+    let bind = move |source| AgentError::Bind {
+        addr: listen,
         source,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -158,31 +193,34 @@ pub async fn start(
         reconciler: Reconciler::new(driver.clone(), bridges, vpnd, state),
         secret,
         host_id: tokio::sync::RwLock::new(None),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("reqwest client"),
+        http,
         config,
     });
     let (stop, stopped) = watch::channel(false);
     let mut handles = Vec::new();
 
     let router = api_router(shared.clone());
-    let mut stop_api = stopped.clone();
-    handles.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stop_api.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "agent API failed");
+    let agent_cert_sha256 = match &identity {
+        Some(id) => {
+            let tls = TlsListener::new(listener, id.server_config()?).map_err(bind)?;
+            handles.push(tokio::spawn(serve_api(tls, router, stopped.clone())));
+            Some(id.leaf_fingerprint().to_string())
         }
-    }));
-
+        None => {
+            tracing::warn!(
+                %addr,
+                "agent API in plain HTTP (--insecure): use TLS unless this network is trusted"
+            );
+            handles.push(tokio::spawn(serve_api(listener, router, stopped.clone())));
+            None
+        }
+    };
+    let scheme = if identity.is_some() { "https" } else { "http" };
     let advertise = shared
         .config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let registration = RegisterHost {
         name: shared.config.name.clone(),
         site: shared.config.site.clone(),
@@ -190,6 +228,7 @@ pub async fn start(
         memory_mib: shared.config.memory_mib,
         agent_url: advertise,
         agent_secret: shared.secret.clone(),
+        agent_cert_sha256,
         overlay_endpoint: shared.config.overlay_endpoint.clone(),
         public_key,
         driver: driver.kind().to_string(),
@@ -226,6 +265,42 @@ pub async fn start(
         handles,
         shared,
     })
+}
+
+/// The client the agent calls the controller with: pinned for `https://`, plain HTTP
+/// only to loopback or with `--insecure`.
+fn controller_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> {
+    let url = tls::check_url("--controller", &config.controller, config.insecure)
+        .map_err(AgentError::Config)?;
+    let builder = if url.scheme() == "https" {
+        let trust = config.controller_trust.as_ref().ok_or_else(|| {
+            AgentError::Config(format!(
+                "--controller {} is https: pin the controller with --ca FILE or \
+                 --ca-fingerprint SHA256 (printed by `vcluster serve` on its first start)",
+                config.controller
+            ))
+        })?;
+        trust.reqwest_builder()?
+    } else {
+        reqwest::Client::builder()
+    };
+    builder
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| AgentError::Config(format!("the controller's HTTP client: {e}")))
+}
+
+async fn serve_api<L>(listener: L, router: Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "agent API failed");
+    }
 }
 
 /// `vcluster host-agent`: runs until Ctrl-C or SIGTERM.
@@ -292,7 +367,17 @@ async fn register(shared: &Shared, reg: &RegisterHost) -> Result<Registered, Age
                 let error = error_message(r).await;
                 tracing::warn!(%error, "registration failed; retrying");
             }
-            Err(e) => tracing::warn!(error = %e, "controller unreachable; retrying"),
+            Err(e) => {
+                let error = tls::error_chain(&e);
+                if tls::is_certificate_error(&e) {
+                    // Not the controller we pinned: retrying would not make it so.
+                    return Err(AgentError::Config(format!(
+                        "the controller at {} is not the pinned one: {error}",
+                        shared.config.controller
+                    )));
+                }
+                tracing::warn!(%error, "controller unreachable; retrying")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));

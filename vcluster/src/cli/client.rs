@@ -30,23 +30,76 @@ pub enum ClientError {
     #[error(transparent)]
     Server(#[from] ServerError),
     /// The controller could not be reached, or its answer not read.
-    #[error("the controller at {url}: {source}")]
-    Http { url: String, source: reqwest::Error },
+    /// (`error`'s causes are in the message, a TLS refusal among them, so it is not a
+    /// `source` for anyhow to print twice.)
+    #[error("the controller at {url}: {}", crate::tls::error_chain(.error))]
+    Http { url: String, error: reqwest::Error },
     #[error("task {id} still running after {secs}s")]
     TaskTimeout { id: i64, secs: u64 },
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// Why a client for the controller could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Plain HTTP off loopback without `--insecure`, or not a URL.
+    #[error("{0}")]
+    Url(String),
+    #[error(
+        "{url} is https but the controller is not pinned: pass --ca FILE or --ca-fingerprint \
+         SHA256 (printed by `vcluster serve` on its first start), or set them in the context"
+    )]
+    Unpinned { url: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the HTTP client: {0}")]
+    Build(reqwest::Error),
+}
+
 impl ApiClient {
+    /// A client for a plain-HTTP controller (tests on loopback).
     pub fn new(base: &str, token: &str) -> ApiClient {
-        ApiClient {
-            base: base.trim_end_matches('/').to_string(),
-            token: token.to_string(),
-            http: reqwest::Client::builder()
+        Self::with_http(
+            base,
+            token,
+            reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("reqwest client"),
+        )
+    }
+
+    /// A client for the controller at `base`: `https://` pinned by `trust`, `http://`
+    /// only to loopback or when `insecure`.
+    pub fn connect(
+        base: &str,
+        token: &str,
+        trust: Option<&crate::tls::ServerTrust>,
+        insecure: bool,
+    ) -> std::result::Result<ApiClient, ConnectError> {
+        let url = crate::tls::check_url("the controller URL", base, insecure)
+            .map_err(ConnectError::Url)?;
+        let builder = if url.scheme() == "https" {
+            let trust = trust.ok_or_else(|| ConnectError::Unpinned {
+                url: base.to_string(),
+            })?;
+            trust.reqwest_builder()?
+        } else {
+            reqwest::Client::builder()
+        };
+        let http = builder
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(ConnectError::Build)?;
+        Ok(Self::with_http(base, token, http))
+    }
+
+    fn with_http(base: &str, token: &str, http: reqwest::Client) -> ApiClient {
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
         }
     }
 
@@ -56,7 +109,7 @@ impl ApiClient {
 
     fn http(&self, path: &str) -> impl FnOnce(reqwest::Error) -> ClientError {
         let url = self.url(path);
-        move |source| ClientError::Http { url, source }
+        move |error| ClientError::Http { url, error }
     }
 
     /// Sends the request for `path` with the token and decodes the answer or the error.

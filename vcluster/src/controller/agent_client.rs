@@ -1,27 +1,64 @@
 //! The controller's client for host agents: pushes one cluster's share of a host
 //! (`PUT /agent/v1/networks/{id}`) or removes it (`DELETE`), authenticated with the secret
 //! the agent gave at registration. It carries requests; it decides nothing.
+//!
+//! An agent with an `https://` URL is reached only over TLS pinned to the certificate
+//! fingerprint it registered with, so the secret goes to that agent and nobody else; a
+//! plain-HTTP URL was accepted at registration only on loopback or for an `--insecure`
+//! controller.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::model::{ApiErrorBody, AppliedCluster, ClusterOnHost};
 
 use super::store::HostRow;
+use crate::tls::{Fingerprint, ServerTrust};
 
 #[derive(Clone)]
 pub struct AgentClient {
-    http: reqwest::Client,
+    timeout: Duration,
+    plain: reqwest::Client,
+    /// One client per pinned agent certificate (a client's TLS config holds one pin).
+    pinned: Arc<Mutex<HashMap<Fingerprint, reqwest::Client>>>,
 }
 
 impl AgentClient {
     pub fn new(timeout: Duration) -> AgentClient {
         AgentClient {
-            http: reqwest::Client::builder()
+            timeout,
+            plain: reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .expect("reqwest client"),
+            pinned: Arc::default(),
         }
+    }
+
+    /// The client for `host`: pinned to its certificate, or plain HTTP for an agent that
+    /// registered without one.
+    fn http(&self, host: &HostRow) -> Result<reqwest::Client, String> {
+        let Some(pin) = &host.agent_cert_sha256 else {
+            return Ok(self.plain.clone());
+        };
+        let pin: Fingerprint = pin
+            .parse()
+            .map_err(|e| format!("host {}: stored agent certificate pin: {e}", host.name))?;
+        let mut pinned = self.pinned.lock().expect("agent client cache");
+        if let Some(c) = pinned.get(&pin) {
+            return Ok(c.clone());
+        }
+        let client = ServerTrust::Certificate(pin)
+            .reqwest_builder()
+            .map_err(|e| format!("host {}: {e}", host.name))?
+            .timeout(self.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("host {}: TLS client: {e}", host.name))?;
+        pinned.insert(pin, client.clone());
+        Ok(client)
     }
 
     pub async fn apply(
@@ -35,7 +72,7 @@ impl AgentClient {
             share.network.id
         );
         let resp = self
-            .http
+            .http(host)?
             .put(&url)
             .bearer_auth(&host.agent_secret)
             .json(share)
@@ -43,8 +80,10 @@ impl AgentClient {
             .await
             .map_err(|e| {
                 format!(
-                    "host {}: agent at {} unreachable: {e}",
-                    host.name, host.agent_url
+                    "host {}: agent at {} unreachable: {}",
+                    host.name,
+                    host.agent_url,
+                    crate::tls::error_chain(&e)
                 )
             })?;
         let status = resp.status();
@@ -63,15 +102,17 @@ impl AgentClient {
             host.agent_url.trim_end_matches('/')
         );
         let resp = self
-            .http
+            .http(host)?
             .delete(&url)
             .bearer_auth(&host.agent_secret)
             .send()
             .await
             .map_err(|e| {
                 format!(
-                    "host {}: agent at {} unreachable: {e}",
-                    host.name, host.agent_url
+                    "host {}: agent at {} unreachable: {}",
+                    host.name,
+                    host.agent_url,
+                    crate::tls::error_chain(&e)
                 )
             })?;
         if resp.status().is_success() {

@@ -34,6 +34,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::model::Role;
+use crate::tls::listener::TlsListener;
+use crate::tls::{ControllerTls, Fingerprint, ServerTrust};
 use agent_client::AgentClient;
 use store::Store;
 use view::Overcommit;
@@ -63,6 +65,21 @@ pub struct ControllerConfig {
     /// When the store has no admin and no token was given, a new one is written here
     /// (default: `admin.token` in the working directory), never to a log.
     pub admin_token_file: Option<PathBuf>,
+    /// Where the API's TLS certificate comes from; `None` serves plain HTTP (`--insecure`),
+    /// and then agents may register plain-HTTP URLs too.
+    pub tls: Option<TlsSource>,
+}
+
+/// Where the controller's TLS certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// A CA and server certificate of its own in `dir`, made on first start; `sans` are
+    /// extra names for the server certificate (`--tls-san`).
+    Generate { dir: PathBuf, sans: Vec<String> },
+    /// The operator's certificate chain and key (`--tls-cert`, `--tls-key`).
+    Files { cert: PathBuf, key: PathBuf },
+    /// Already loaded (tests that share one CA between controllers).
+    Loaded(ControllerTls),
 }
 
 /// Why the controller could not start.
@@ -78,11 +95,8 @@ pub enum StartError {
     Overcommit { cpu: f64, memory: f64 },
     #[error("creating the first admin: {0}")]
     Bootstrap(String),
-    #[error("writing the first admin's token to {path}: {source}")]
-    TokenFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("writing the first admin's token: {0}")]
+    TokenFile(crate::secret::SecretFileError),
     #[error("recovering tasks left by the previous run: {0}")]
     Recover(store::StoreError),
     #[error("binding {addr}: {source}")]
@@ -90,7 +104,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
+
+/// The default TLS directory (`--tls-dir`), relative to the working directory.
+pub const DEFAULT_TLS_DIR: &str = "tls";
 
 /// The default place of the first admin's token when no token or file is given.
 pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -116,6 +135,10 @@ impl ControllerConfig {
             first_network_id: 1,
             bootstrap_admin_token: None,
             admin_token_file: None,
+            tls: Some(TlsSource::Generate {
+                dir: PathBuf::from(DEFAULT_TLS_DIR),
+                sans: Vec::new(),
+            }),
         }
     }
 
@@ -170,13 +193,32 @@ impl App {
 pub struct RunningController {
     pub addr: SocketAddr,
     pub app: App,
+    /// What the API presents; `None` when it serves plain HTTP.
+    pub tls: Option<ControllerTls>,
     stop: watch::Sender<bool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl RunningController {
+    /// `https://ADDR` (or `http://` for a plain-HTTP controller).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// How a client pins this controller: its generated CA, or (for an operator's
+    /// certificate) the certificate chain's last certificate by fingerprint.
+    pub fn trust(&self) -> Option<ServerTrust> {
+        let tls = self.tls.as_ref()?;
+        Some(match &tls.ca {
+            Some((_, fingerprint)) => ServerTrust::Fingerprint(*fingerprint),
+            None => ServerTrust::Fingerprint(Fingerprint::of(
+                tls.identity
+                    .chain
+                    .last()
+                    .expect("a chain has a certificate"),
+            )),
+        })
     }
 
     pub async fn shutdown(mut self) {
@@ -209,6 +251,22 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, StartE
             url: redact(&config.store_url),
             source,
         })?;
+    let tls = match &config.tls {
+        Some(TlsSource::Generate { dir, sans }) => {
+            let mut names = sans.clone();
+            if !config.listen.ip().is_unspecified() {
+                names.push(config.listen.ip().to_string());
+            }
+            Some(ControllerTls::load_or_create(dir, &names)?)
+        }
+        Some(TlsSource::Files { cert, key }) => Some(ControllerTls::from_files(cert, key)?),
+        Some(TlsSource::Loaded(tls)) => Some(tls.clone()),
+        None => None,
+    };
+    let server_config = tls
+        .as_ref()
+        .map(|t| t.identity.server_config())
+        .transpose()?;
     bootstrap_admin(&store, &config).await?;
     let app = App(Arc::new(AppInner {
         agents: AgentClient::new(config.task_timeout.min(Duration::from_secs(60))),
@@ -229,30 +287,75 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, StartE
         .await
         .map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let router = api::router(app.clone());
     let keeper = tokio::spawn(housekeeping::run(app.clone(), stop.subscribe()));
-    let handle = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "controller server failed");
+    let handle = match server_config {
+        Some(sc) => {
+            let listener = TlsListener::new(listener, sc).map_err(bind)?;
+            tokio::spawn(serve_until(listener, router, stopped, keeper))
         }
-        keeper.abort();
-    });
-    tracing::info!(%addr, "controller listening");
+        None => tokio::spawn(serve_until(listener, router, stopped, keeper)),
+    };
+    match &tls {
+        Some(t) => match &t.ca {
+            Some((file, fingerprint)) => tracing::info!(
+                %addr, ca = %file.display(), ca_sha256 = %fingerprint,
+                "controller listening (TLS)"
+            ),
+            None => tracing::info!(%addr, "controller listening (TLS, operator's certificate)"),
+        },
+        None if crate::tls::is_loopback(&addr.ip().to_string()) => {
+            tracing::info!(%addr, "controller listening (plain HTTP on loopback)")
+        }
+        None => tracing::warn!(
+            %addr,
+            "controller listening in plain HTTP (--insecure): tokens and agent secrets cross \
+             the network readable by anyone on the path; use TLS unless this network is trusted"
+        ),
+    }
     Ok(RunningController {
         addr,
         app,
+        tls,
         stop,
         handle: Some(handle),
     })
 }
 
+async fn serve_until<L>(
+    listener: L,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+    keeper: JoinHandle<()>,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "controller server failed");
+    }
+    keeper.abort();
+}
+
 /// `vcluster serve`: runs until Ctrl-C or SIGTERM.
 pub async fn serve(config: ControllerConfig) -> Result<(), StartError> {
     let running = start(config).await?;
+    if let Some(tls) = &running.tls
+        && let Some((file, fingerprint)) = &tls.ca
+        && tls.created_ca
+    {
+        // Shown once, when the CA is made: what agents and users pin.
+        println!("created the controller's CA in {}", file.display());
+        println!("CA SHA-256 fingerprint: {fingerprint}");
+        println!(
+            "pin it with --ca {} or --ca-fingerprint {fingerprint}",
+            file.display()
+        );
+    }
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
@@ -291,24 +394,10 @@ async fn bootstrap_admin(store: &Store, config: &ControllerConfig) -> Result<(),
         .admin_token_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_TOKEN_FILE));
-    write_secret(&path, &token).map_err(|source| StartError::TokenFile {
-        path: path.clone(),
-        source,
-    })?;
+    crate::secret::write_secret_file(&path, format!("{token}\n").as_bytes())
+        .map_err(StartError::TokenFile)?;
     tracing::info!(file = %path.display(), "created user admin; its token is in the file (mode 0600)");
     Ok(())
-}
-
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{secret}")
 }
 
 /// A store URL fit for logs: the password removed.

@@ -385,7 +385,9 @@ impl CreateUser {
 }
 
 impl RegisterHost {
-    pub fn validate(&self) -> Result<(), ApiError> {
+    /// `allow_plain_agents`: the controller itself runs `--insecure`, so a plain-HTTP
+    /// agent URL off loopback is accepted too.
+    pub fn validate(&self, allow_plain_agents: bool) -> Result<(), ApiError> {
         check_name("name", &self.name)?;
         if self.site.is_empty() {
             return Err(ApiError::invalid("site", "site is required"));
@@ -402,13 +404,49 @@ impl RegisterHost {
                 format!("memory_mib must be between 1 and {MAX_HOST_MEMORY_MIB}"),
             ));
         }
-        match self.agent_url.parse::<reqwest::Url>() {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        let url = match self.agent_url.parse::<reqwest::Url>() {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
             _ => {
                 return Err(ApiError::invalid(
                     "agent_url",
                     format!("agent_url {:?} is not an http(s) URL", self.agent_url),
                 ));
+            }
+        };
+        match (url.scheme(), &self.agent_cert_sha256) {
+            ("https", Some(f)) => {
+                if f.parse::<crate::tls::Fingerprint>().is_err() {
+                    return Err(ApiError::invalid(
+                        "agent_cert_sha256",
+                        format!("agent_cert_sha256 {f:?} is not a SHA-256 in hex"),
+                    ));
+                }
+            }
+            ("https", None) => {
+                return Err(ApiError::invalid(
+                    "agent_cert_sha256",
+                    "an https agent_url needs agent_cert_sha256, the fingerprint the \
+                     controller pins the agent by",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "agent_cert_sha256",
+                    "agent_cert_sha256 is for an https agent_url only",
+                ));
+            }
+            _ => {
+                let host = url.host_str().unwrap_or("");
+                if !crate::tls::plain_http_allowed(host, allow_plain_agents) {
+                    return Err(ApiError::invalid(
+                        "agent_url",
+                        format!(
+                            "agent_url {} is plain HTTP off loopback: the agent secret would \
+                             cross the network readable; run the agent with TLS (the default)",
+                            self.agent_url
+                        ),
+                    ));
+                }
             }
         }
         if self.agent_secret.len() < 16 || self.agent_secret.len() > MAX_TEXT_BYTES {

@@ -1,6 +1,7 @@
 //! Test support for the controller and host agent tests: the two store backends (a
 //! SQLite file in a temp dir; a private PostgreSQL server started here), a controller on
-//! loopback, host agents with an in-memory VM driver and a stand-in `vpnd` that follows
+//! loopback speaking TLS with one CA made per test process ([`test_tls`], pinned by
+//! [`http`] and every client here), host agents (TLS too, pinned by the controller) with an in-memory VM driver and a stand-in `vpnd` that follows
 //! `docs/control-api.md` over a Unix socket, and helpers to drive the API as a user.
 //! Everything started here is stopped by a Drop guard.
 
@@ -10,15 +11,16 @@ pub mod fake_vpnd;
 pub mod mem_driver;
 pub mod pg;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vcluster::agent::{self, AgentConfig, RunningAgent};
 use vcluster::cli::ApiClient;
-use vcluster::controller::{self, ControllerConfig, RunningController};
+use vcluster::controller::{self, ControllerConfig, RunningController, TlsSource};
 use vcluster::model::{Accepted, Cluster, IssuedToken, Task, TaskState};
+use vcluster::tls::{ControllerTls, Fingerprint, ServerTrust};
 
 pub use fake_vpnd::FakeVpnd;
 pub use mem_driver::{MemBridges, MemDriver};
@@ -103,8 +105,43 @@ macro_rules! both_backends {
     };
 }
 
+/// The controllers' TLS identity for this test process: a CA and a server certificate for
+/// loopback, made once in a temp dir (removed again; the identity stays in memory).
+pub fn test_tls() -> &'static ControllerTls {
+    static TLS: OnceLock<ControllerTls> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ControllerTls::load_or_create(&dir.path().join("tls"), &[]).expect("test CA")
+    })
+}
+
+/// The test CA's fingerprint: how every client here pins the controllers.
+pub fn test_trust() -> ServerTrust {
+    ServerTrust::Fingerprint(test_tls().ca.as_ref().expect("a generated CA").1)
+}
+
+/// The test CA's fingerprint as `--ca-fingerprint` takes it.
+pub fn test_trust_fingerprint() -> String {
+    test_tls()
+        .ca
+        .as_ref()
+        .expect("a generated CA")
+        .1
+        .to_string()
+}
+
+/// A reqwest client that trusts the test controllers (and nothing else).
+pub fn http() -> reqwest::Client {
+    test_trust()
+        .reqwest_builder()
+        .expect("TLS client config")
+        .build()
+        .expect("reqwest client")
+}
+
 pub fn test_config(store_url: &str) -> ControllerConfig {
     let mut c = ControllerConfig::new("127.0.0.1:0".parse().unwrap(), store_url);
+    c.tls = Some(TlsSource::Loaded(test_tls().clone()));
     c.bootstrap_admin_token = Some(ADMIN_TOKEN.to_string());
     c.heartbeat = Duration::from_secs(1);
     c.housekeeping = Duration::from_millis(200);
@@ -130,13 +167,19 @@ impl TestController {
         let running = controller::start(config.clone())
             .await
             .expect("controller starts");
-        let url = running.url();
+        // A controller on every address is reached at loopback.
+        let url = running.url().replace("://0.0.0.0:", "://127.0.0.1:");
         TestController {
-            admin: ApiClient::new(&url, ADMIN_TOKEN),
+            admin: client_for(&running, &url, ADMIN_TOKEN),
             running: Some(running),
             url,
             config,
         }
+    }
+
+    /// How clients pin this controller (`None`: it serves plain HTTP).
+    pub fn trust(&self) -> Option<ServerTrust> {
+        self.running.as_ref().and_then(|r| r.trust())
     }
 
     /// Stops and starts the controller on the same store (and the same port).
@@ -161,7 +204,7 @@ impl TestController {
     }
 
     pub fn client(&self, token: &str) -> ApiClient {
-        ApiClient::new(&self.url, token)
+        ApiClient::connect(&self.url, token, self.trust().as_ref(), false).expect("API client")
     }
 
     /// Creates a user with `role` and returns their token.
@@ -183,14 +226,28 @@ impl TestController {
     }
 }
 
-/// Raw HTTP for checks on status codes and bodies.
+fn client_for(running: &RunningController, url: &str, token: &str) -> ApiClient {
+    ApiClient::connect(url, token, running.trust().as_ref(), false).expect("API client")
+}
+
+/// Raw HTTP for checks on status codes and bodies, to a test controller.
 pub async fn raw(
     method: reqwest::Method,
     url: &str,
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
+    raw_with(&http(), method, url, token, body).await
+}
+
+/// [`raw`] through `client` (an agent's pinned client, say).
+pub async fn raw_with(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut req = client.request(method, url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -232,6 +289,8 @@ impl TestAgent {
         let state = tempfile::tempdir().expect("tempdir");
         let config = AgentConfig {
             controller: ctl.url.clone(),
+            controller_trust: ctl.trust(),
+            insecure: false,
             token: token.to_string(),
             name: name.to_string(),
             site: site.to_string(),
@@ -258,6 +317,27 @@ impl TestAgent {
             config,
             _state: state,
         }
+    }
+
+    /// The agent's certificate fingerprint, as the controller pins it.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let certs = vcluster::tls::read_certs(&self.config.state_dir.join("agent.pem"))
+            .expect("the agent's certificate");
+        Fingerprint::of(&certs[0])
+    }
+
+    /// The agent's API base URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.agent.as_ref().expect("running").addr)
+    }
+
+    /// A reqwest client that trusts this agent the way the controller does.
+    pub fn http(&self) -> reqwest::Client {
+        ServerTrust::Certificate(self.fingerprint())
+            .reqwest_builder()
+            .expect("TLS client config")
+            .build()
+            .expect("reqwest client")
     }
 
     pub async fn stop(&mut self) {

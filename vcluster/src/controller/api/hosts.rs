@@ -147,7 +147,7 @@ pub async fn register_host(
     ApiJson(req): ApiJson<RegisterHost>,
 ) -> Result<ApiJson<Registered>, ApiError> {
     who.require_agent_or_admin()?;
-    req.validate()?;
+    req.validate(app.config.tls.is_none())?;
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let site = store::site_by_key(tx.conn(), &req.site)

@@ -16,6 +16,8 @@ pub struct HostRow {
     pub memory_mib: i64,
     pub agent_url: String,
     pub agent_secret: String,
+    /// The agent's pinned TLS certificate (`None`: plain HTTP, see `RegisterHost`).
+    pub agent_cert_sha256: Option<String>,
     pub overlay_endpoint: String,
     pub public_key: String,
     pub driver: String,
@@ -31,7 +33,7 @@ impl HostRow {
 }
 
 const HOST_SELECT: &str = "SELECT h.id, h.name, h.site_id, s.name AS site_name, h.agent_user_id, \
-    h.cpus, h.memory_mib, h.agent_url, h.agent_secret, h.overlay_endpoint, h.public_key, \
+    h.cpus, h.memory_mib, h.agent_url, h.agent_secret, h.agent_cert_sha256, h.overlay_endpoint, h.public_key, \
     h.driver, h.enabled, h.registered_at, h.last_seen FROM hosts h JOIN sites s ON s.id = h.site_id";
 
 pub async fn list_hosts(c: &mut Conn) -> R<Vec<HostRow>> {
@@ -73,7 +75,7 @@ pub async fn upsert_host(c: &mut Conn, h: HostRegistration<'_>, now: i64) -> R<i
             sqlx::query(
                 "UPDATE hosts SET site_id = $1, cpus = $2, memory_mib = $3, agent_url = $4, \
                  agent_secret = $5, overlay_endpoint = $6, public_key = $7, driver = $8, \
-                 last_seen = $9 WHERE id = $10",
+                 last_seen = $9, agent_cert_sha256 = $10 WHERE id = $11",
             )
             .bind(h.site_id)
             .bind(h.reg.cpus)
@@ -84,6 +86,7 @@ pub async fn upsert_host(c: &mut Conn, h: HostRegistration<'_>, now: i64) -> R<i
             .bind(&h.reg.public_key)
             .bind(&h.reg.driver)
             .bind(now)
+            .bind(&h.reg.agent_cert_sha256)
             .bind(id)
             .execute(c)
             .await?;
@@ -92,8 +95,9 @@ pub async fn upsert_host(c: &mut Conn, h: HostRegistration<'_>, now: i64) -> R<i
         None => {
             sqlx::query_scalar(
                 "INSERT INTO hosts (name, site_id, agent_user_id, cpus, memory_mib, agent_url, \
-                 agent_secret, overlay_endpoint, public_key, driver, enabled, registered_at, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11) RETURNING id",
+                 agent_secret, overlay_endpoint, public_key, driver, enabled, registered_at, last_seen, \
+                 agent_cert_sha256) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11, $12) RETURNING id",
             )
             .bind(&h.reg.name)
             .bind(h.site_id)
@@ -106,6 +110,7 @@ pub async fn upsert_host(c: &mut Conn, h: HostRegistration<'_>, now: i64) -> R<i
             .bind(&h.reg.public_key)
             .bind(&h.reg.driver)
             .bind(now)
+            .bind(&h.reg.agent_cert_sha256)
             .fetch_one(c)
             .await?
         }
