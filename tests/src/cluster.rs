@@ -382,7 +382,7 @@ impl ControlPlane {
         &self.user
     }
 
-    fn admin_post<B: Serialize + Sync, T: DeserializeOwned + Send>(
+    pub fn admin_post<B: Serialize + Sync, T: DeserializeOwned + Send>(
         &self,
         path: &str,
         body: &B,
@@ -403,12 +403,24 @@ impl ControlPlane {
     }
 
     fn cli_with(&self, mut cmd: std::process::Command) -> CmdOutput {
+        self.cli_env(&mut cmd);
+        run(&mut cmd)
+    }
+
+    /// The command `cli` runs, to spawn and drive by hand (signals, live output).
+    pub fn cli_command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> std::process::Command {
+        let mut cmd = netns_exec(&self.wan_ns, bin_path("vcluster"), args);
+        self.cli_env(&mut cmd);
+        cmd.stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    fn cli_env(&self, cmd: &mut std::process::Command) {
         // The token in the environment, never in argv; not the user's own config file.
         cmd.env("VCLUSTER_API", &self.url)
             .env("VCLUSTER_CA", &self.ca_file)
             .env("VCLUSTER_TOKEN", &self.user_token)
             .env("VCLUSTER_CONFIG", "/dev/null");
-        run(&mut cmd)
     }
 
     /// Every host as the admin sees it.
@@ -508,6 +520,9 @@ impl ControlPlane {
                 left.push(format!("node namespace {}", n.name));
             }
         }
+        for pid in node_agent_pids(cluster) {
+            left.push(format!("node agent process {pid}"));
+        }
         let net = vcluster::model::NetworkId(cluster.network_id);
         for i in 1..=topo.sites() {
             let links = topo.host(i).ip(&["-o", "link", "show"]);
@@ -555,6 +570,12 @@ impl ControlPlane {
                 .iter()
                 .any(|c| ns.starts_with(&format!("{c}-node-")));
             if ours {
+                // Its node agent (and anything it runs) first: a deleted namespace lives on
+                // while a process is in it.
+                let pids = run(std::process::Command::new("ip").args(["netns", "pids", &ns]));
+                for pid in pids.stdout.split_whitespace() {
+                    let _ = run(std::process::Command::new("kill").args(["-9", pid]));
+                }
                 let out = run(std::process::Command::new("ip").args(["netns", "del", &ns]));
                 if !out.success {
                     eprintln!("warning: ip netns del {ns}: {}", out.stderr.trim());
@@ -579,4 +600,36 @@ impl Drop for ControlPlane {
             );
         }
     }
+}
+
+/// Processes running `vcluster node-agent` for one of `cluster`'s nodes.
+pub fn node_agent_pids(cluster: &Cluster) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ours = args.iter().any(|a| a == "node-agent")
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--name" && cluster.nodes.iter().any(|n| n.name == w[1]));
+        if ours {
+            pids.push(pid);
+        }
+    }
+    pids
 }

@@ -23,6 +23,10 @@ enum Command {
     Serve(ServeArgs),
     /// Run the host agent on a hypervisor host.
     HostAgent(HostAgentArgs),
+    /// Run the node agent inside a node (the host agent starts it in lightweight nodes).
+    NodeAgent(NodeAgentArgs),
+    /// Run a command on many nodes at once, as clush does: `vcluster exec -c C 'n[1-4]' -- uname -r`.
+    Exec(cli::exec::ExecArgs),
     /// Sites: list, show, create, delete.
     Sites(cli::SitesCmd),
     /// Hosts: list, show, enable, disable, remove (admin).
@@ -143,6 +147,16 @@ struct HostAgentArgs {
     driver: String,
 }
 
+#[derive(Args)]
+struct NodeAgentArgs {
+    /// This node's name, as the controller knows it.
+    #[arg(long)]
+    name: String,
+    /// The Unix socket to serve the host agent on (made mode 0600).
+    #[arg(long)]
+    socket: PathBuf,
+}
+
 fn host_memory_mib() -> i64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -196,6 +210,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve(a) => serve(a).await,
         Command::HostAgent(a) => host_agent(a).await,
+        Command::NodeAgent(a) => {
+            vcluster::node::run(vcluster::node::NodeAgentConfig {
+                name: a.name,
+                socket: a.socket,
+            })
+            .await
+        }
+        Command::Exec(a) => cli::exec::exec(a).await,
         Command::Sites(c) => cli::sites(c).await,
         Command::Hosts(c) => cli::hosts(c).await,
         Command::Users(c) => cli::users(c).await,
@@ -243,7 +265,12 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
             agent::netns::NetnsDriver::probe()
                 .await
                 .map_err(|e| anyhow::anyhow!("the netns driver needs root and iproute2: {e}"))?;
-            Arc::new(agent::netns::NetnsDriver::new())
+            let exe = std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("finding this program for the node agents: {e}"))?;
+            Arc::new(agent::netns::NetnsDriver::with_node_agents(
+                exe,
+                a.state_dir.join("nodes"),
+            ))
         }
         other => anyhow::bail!("unknown driver {other:?} (available: netns)"),
     };

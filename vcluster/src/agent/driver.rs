@@ -48,6 +48,12 @@ pub trait VmDriver: Send + Sync {
 
     /// Destroys the node and everything the driver made for it.
     async fn remove(&self, slot: NodeSlot, name: Option<&str>) -> Result<(), DriverError>;
+
+    /// The Unix socket of the node's agent (see [`crate::node`]), when the driver runs
+    /// one in its nodes.
+    fn node_channel(&self, _name: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 #[async_trait]

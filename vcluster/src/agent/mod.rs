@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::exec::{self, ExecEvent, HostExec, NodeExec};
 use crate::tls::{self, ServerTrust, identity, listener::TlsListener};
 
 use crate::model::{
@@ -510,6 +511,7 @@ fn api_router(shared: Arc<Shared>) -> Router {
             put(put_network).delete(delete_network),
         )
         .route("/agent/v1/state", get(get_state))
+        .route("/agent/v1/exec", axum::routing::post(exec_on_nodes))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(shared)
@@ -558,4 +560,81 @@ async fn get_state(
         nodes,
         last_revision: st.state.snapshot_revision,
     }))
+}
+
+/// Runs the controller's command on some of this host's nodes, through each node's agent,
+/// at most `fanout` at a time; the answer streams every node's events as they come.
+async fn exec_on_nodes(
+    State(shared): State<Arc<Shared>>,
+    _: FromController,
+    ApiJson(req): ApiJson<HostExec>,
+) -> Result<axum::response::Response, ApiError> {
+    let bad = |(f, m): (&'static str, String)| ApiError::invalid(f, m);
+    exec::check_command(&req.command).map_err(bad)?;
+    exec::check_bound(
+        "connect_timeout_ms",
+        req.connect_timeout_ms,
+        exec::MAX_CONNECT_TIMEOUT_MS,
+    )
+    .map_err(bad)?;
+    exec::check_bound(
+        "command_timeout_ms",
+        req.command_timeout_ms,
+        exec::MAX_COMMAND_TIMEOUT_MS,
+    )
+    .map_err(bad)?;
+    exec::check_bound("fanout", u64::from(req.fanout), u64::from(exec::MAX_FANOUT)).map_err(bad)?;
+    if req.nodes.is_empty() || req.nodes.len() > crate::nodeset::MAX_NAMES {
+        return Err(ApiError::invalid(
+            "nodes",
+            format!(
+                "{} nodes; give 1 to {}",
+                req.nodes.len(),
+                crate::nodeset::MAX_NAMES
+            ),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let driver = shared.reconciler.driver.clone();
+    tokio::spawn(relay_exec(driver, req, tx));
+    Ok(crate::node::ndjson_response(rx))
+}
+
+async fn relay_exec(
+    driver: Arc<dyn VmDriver>,
+    req: HostExec,
+    tx: tokio::sync::mpsc::Sender<ExecEvent>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(req.fanout as usize));
+    let node_req = Arc::new(NodeExec {
+        command: req.command.clone(),
+        timeout_ms: req.command_timeout_ms,
+    });
+    let connect = Duration::from_millis(req.connect_timeout_ms);
+    let mut running = tokio::task::JoinSet::new();
+    for node in req.nodes {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        if tx.is_closed() {
+            break; // the controller went away: start nothing more
+        }
+        let (driver, tx, node_req) = (driver.clone(), tx.clone(), node_req.clone());
+        running.spawn(async move {
+            let _permit = permit;
+            let outcome = match driver.node_channel(&node) {
+                None => Err(format!(
+                    "the {} driver runs no node agent for {node}",
+                    driver.kind()
+                )),
+                Some(socket) => {
+                    crate::node::client::exec(&socket, &node, &node_req, connect, &tx).await
+                }
+            };
+            if let Err(reason) = outcome {
+                let _ = tx.send(ExecEvent::Unreachable { node, reason }).await;
+            }
+        });
+    }
+    while running.join_next().await.is_some() {}
 }

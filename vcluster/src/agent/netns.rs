@@ -11,6 +11,7 @@
 //! device whose name does not follow these conventions; within a network namespace it
 //! takes every device that does as its own (one agent per host namespace).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -128,13 +129,189 @@ fn check_netns_name(name: &str) -> Result<(), DriverError> {
     }
 }
 
-/// Nodes as network namespaces on veths.
+/// Nodes as network namespaces on veths, each running a node agent when the driver has
+/// [`NodeAgents`].
 #[derive(Debug, Default, Clone)]
-pub struct NetnsDriver;
+pub struct NetnsDriver {
+    agents: Option<NodeAgents>,
+}
+
+/// Where and how a lightweight node's agent runs: `<exe> node-agent` inside the node's
+/// namespace, started in a session of its own (so it outlives a restart of the host
+/// agent, as a VM does), with its socket, pid file and log in `dir`:
+/// `<node>.sock`, `<node>.pid`, `<node>.log`.
+///
+/// A node whose pid file is there but whose process is gone has crashed: it is reported
+/// as not running and is not restarted here (recovery decides that); powering the node
+/// off removes the pid file, so the next power-on starts a fresh agent.
+#[derive(Debug, Clone)]
+pub struct NodeAgents {
+    pub exe: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// How long a node agent may take to open its socket.
+const AGENT_START: Duration = Duration::from_secs(10);
+
+impl NodeAgents {
+    fn socket(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.sock"))
+    }
+
+    fn pid_file(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.pid"))
+    }
+
+    /// The agent's pid, when its pid file names a live `node-agent` for this node.
+    fn live_pid(&self, node: &str) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file(node))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let socket = self.socket(node);
+        let socket = socket.to_string_lossy();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args.contains(&b"node-agent".as_slice())
+            && args.contains(&socket.as_bytes())
+            && !is_zombie(pid);
+        ours.then_some(pid)
+    }
+
+    /// Alive, crashed (pid file left by a process that is gone) or off (no pid file).
+    fn state(&self, node: &str) -> AgentRun {
+        if self.live_pid(node).is_some() {
+            AgentRun::Alive
+        } else if self.pid_file(node).exists() {
+            AgentRun::Crashed
+        } else {
+            AgentRun::Off
+        }
+    }
+
+    async fn start(&self, node: &str) -> Result<(), DriverError> {
+        let fail = |message: String| DriverError::Node {
+            node: node.to_string(),
+            message,
+        };
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| fail(format!("creating {}: {e}", self.dir.display())))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{node}.log")))
+            .map_err(|e| fail(format!("the node agent's log: {e}")))?;
+        let socket = self.socket(node);
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", node])
+            .arg(&self.exe)
+            .args(["node-agent", "--name", node, "--socket"])
+            .arg(&socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| fail(format!("the node agent's log: {e}")))?,
+            )
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: setsid(2) in the child between fork and exec touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("starting its node agent: {e}")))?;
+        let pid = child.id().unwrap_or(0);
+        write_atomically(&self.pid_file(node), format!("{pid}\n").as_bytes())
+            .map_err(|e| fail(format!("the node agent's pid file: {e}")))?;
+        // Reap it whenever it ends (it is ours to wait for while this agent runs).
+        let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = exited.clone();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < AGENT_START {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Ok(());
+            }
+            if exited.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(fail(format!(
+                    "its node agent exited at start (see {})",
+                    self.dir.join(format!("{node}.log")).display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(fail(format!(
+            "its node agent opened no socket in {} s",
+            AGENT_START.as_secs()
+        )))
+    }
+
+    /// Stops the agent (TERM, then KILL after 2 s) and forgets it: the node is off.
+    async fn stop(&self, node: &str) {
+        if let Some(pid) = self.live_pid(node) {
+            // SAFETY: kill(2) on the pid our pid file names and /proc confirmed.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.live_pid(node).is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if self.live_pid(node).is_some() {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.pid_file(node));
+        let _ = std::fs::remove_file(self.socket(node));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentRun {
+    Alive,
+    Crashed,
+    Off,
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z"))
+        })
+        .unwrap_or(true)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
 
 impl NetnsDriver {
+    /// Namespaces only, no node agents (the driver's tests).
     pub fn new() -> NetnsDriver {
-        NetnsDriver
+        NetnsDriver { agents: None }
+    }
+
+    /// Every running node runs `exe node-agent`, with its files in `dir`.
+    pub fn with_node_agents(exe: PathBuf, dir: PathBuf) -> NetnsDriver {
+        NetnsDriver {
+            agents: Some(NodeAgents { exe, dir }),
+        }
     }
 
     /// Is `ip netns` usable here (root, iproute2 present)?
@@ -161,9 +338,16 @@ impl VmDriver for NetnsDriver {
                     .and_then(|id| namespaces.iter().find(|n| n.id == Some(id)))
                     .map(|n| n.name.clone());
                 // The host end is always up; it is UP only while the node's eth0 is up too.
-                let running = l.operstate.as_deref() == Some("UP")
+                let link_up = l.operstate.as_deref() == Some("UP")
                     || (l.flags.iter().any(|f| f == "LOWER_UP")
                         && l.flags.iter().any(|f| f == "UP"));
+                // With node agents, a node whose agent is gone is not running.
+                let agent_up = match (&self.agents, &name) {
+                    (Some(a), Some(n)) => a.live_pid(n).is_some(),
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                let running = link_up && agent_up;
                 Some(FoundNode {
                     slot,
                     name,
@@ -236,13 +420,37 @@ impl VmDriver for NetnsDriver {
             ip(&["-n", ns, "addr", "flush", "dev", "eth0"]).await?;
             ip(&["-n", ns, "addr", "add", &spec.address, "dev", "eth0"]).await?;
         }
-        let state = if spec.running { "up" } else { "down" };
+        let mut running = spec.running;
+        if let Some(agents) = &self.agents {
+            if spec.running {
+                match agents.state(ns) {
+                    AgentRun::Alive => {}
+                    AgentRun::Off => agents.start(ns).await?,
+                    AgentRun::Crashed => {
+                        tracing::warn!(
+                            node = ns,
+                            "the node's agent is gone: reported, not restarted"
+                        );
+                        running = false;
+                    }
+                }
+            } else {
+                agents.stop(ns).await;
+            }
+        }
+        let state = if running { "up" } else { "down" };
         ip(&["-n", ns, "link", "set", "dev", "eth0", state]).await?;
         Ok(FoundNode {
             slot,
             name: Some(spec.name.clone()),
-            running: spec.running,
+            running,
         })
+    }
+
+    fn node_channel(&self, name: &str) -> Option<PathBuf> {
+        let agents = self.agents.as_ref()?;
+        check_netns_name(name).ok()?;
+        Some(agents.socket(name))
     }
 
     async fn remove(&self, slot: NodeSlot, name: Option<&str>) -> Result<(), DriverError> {
@@ -253,6 +461,10 @@ impl VmDriver for NetnsDriver {
         }
         if let Some(ns) = name {
             check_netns_name(ns)?;
+            if let Some(agents) = &self.agents {
+                agents.stop(ns).await;
+                let _ = std::fs::remove_file(agents.dir.join(format!("{ns}.log")));
+            }
             if netns_exists(ns).await? {
                 ip(&["netns", "del", ns]).await?;
             }

@@ -162,6 +162,32 @@ impl ApiClient {
             .await
     }
 
+    /// Posts `body` and hands back a successful answer whose body is still to be read
+    /// (a stream, e.g. exec's events); `limit` replaces the client's time limit.
+    pub async fn post_stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        limit: Duration,
+    ) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .timeout(limit)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(self.http(path))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self
+            .decode::<serde_json::Value>(path, resp)
+            .await
+            .expect_err("a failed answer decodes to an error"))
+    }
+
     pub async fn patch<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -10,6 +10,7 @@
 pub mod client;
 mod clusters;
 pub mod config;
+pub mod exec;
 mod hosts;
 mod nodes;
 mod overlay;

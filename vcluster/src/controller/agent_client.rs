@@ -123,6 +123,46 @@ impl AgentClient {
     }
 }
 
+impl AgentClient {
+    /// Sends `req` to `host`'s agent and hands back its event stream; `Err` says why the
+    /// command could not start there. The stream may last as long as the command may
+    /// run, so this request's time limit is the command's, not the client's.
+    pub async fn exec(
+        &self,
+        host: &HostRow,
+        req: &crate::exec::HostExec,
+    ) -> Result<reqwest::Response, String> {
+        let url = format!("{}/agent/v1/exec", host.agent_url.trim_end_matches('/'));
+        let limit = Duration::from_millis(
+            req.command_timeout_ms
+                .saturating_add(req.connect_timeout_ms)
+                .saturating_mul(2)
+                .saturating_add(30_000),
+        );
+        let resp = self
+            .http(host)?
+            .post(&url)
+            .bearer_auth(&host.agent_secret)
+            .timeout(limit)
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "host {}: agent at {} unreachable: {}",
+                    host.name,
+                    host.agent_url,
+                    crate::tls::error_chain(&e)
+                )
+            })?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(format!("host {}: {}", host.name, error_text(resp).await))
+        }
+    }
+}
+
 async fn error_text(resp: reqwest::Response) -> String {
     let status = resp.status();
     match resp.json::<ApiErrorBody>().await {

@@ -4,6 +4,7 @@
 //! `capacity`, `placement` and `tasks`, errors become responses in `error`.
 
 pub mod clusters;
+pub mod exec;
 pub mod hosts;
 pub mod reservations;
 pub mod sites;
@@ -76,6 +77,7 @@ pub fn router(app: App) -> Router {
         .routes(routes!(clusters::remove_node))
         .routes(routes!(clusters::start_overlay))
         .routes(routes!(clusters::stop_overlay))
+        .routes(routes!(exec::exec_on_nodes))
         .routes(routes!(
             reservations::list_reservations,
             reservations::create_reservation

@@ -1,0 +1,212 @@
+//! `vcluster exec`: a command on many nodes, as clush runs it. Lines arrive prefixed
+//! with the node's name as they happen (`-b` gathers identical outputs under their node
+//! set instead); unreachable nodes are listed apart; `-S` exits with the largest remote
+//! code; Ctrl-C stops the command everywhere and keeps (and prints) what arrived.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::StreamExt;
+
+use super::ApiArgs;
+use crate::exec::gather::Gather;
+use crate::exec::{ClusterExec, EventReader, ExecEvent};
+use crate::nodeset::NodeSet;
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The cluster (default: the one every name of NODES belongs to, `<cluster>-node-<i>`).
+    #[arg(short, long)]
+    pub cluster: Option<String>,
+    /// The nodes: `c1-node-[1-134]`, `@all`, `@site:NAME`, `@host:NAME`.
+    pub nodes: String,
+    /// Nodes to leave out (a node set).
+    #[arg(short = 'x', long, value_name = "NODESET")]
+    pub exclude: Option<String>,
+    /// Gather: print identical outputs once, under the node set that produced them.
+    #[arg(short = 'b', long)]
+    pub gather: bool,
+    /// Exit with the largest exit code of any node (255 for one that timed out or was
+    /// unreachable).
+    #[arg(short = 'S', long)]
+    pub max_rc: bool,
+    /// Nodes running the command at once, per host.
+    #[arg(short = 'f', long, default_value_t = crate::exec::DEFAULT_FANOUT)]
+    pub fanout: u32,
+    /// Seconds to wait for a node's agent to take the command.
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+    /// Seconds a command may run on a node before it is killed (default one hour).
+    #[arg(short = 'u', long, value_name = "SECONDS", default_value_t = 3600.0)]
+    pub command_timeout: f64,
+    /// The command line (after `--`), run by /bin/sh -c on each node as ssh runs it.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+fn millis(flag: &str, secs: f64) -> anyhow::Result<u64> {
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        anyhow::bail!("{flag} {secs}: give seconds, more than 0 and at most 86400");
+    }
+    Ok(((secs * 1000.0).ceil() as u64).max(1))
+}
+
+/// The cluster every plain name of `nodes` belongs to.
+fn infer_cluster(nodes: &str) -> anyhow::Result<String> {
+    let set = NodeSet::parse_plain(nodes)
+        .map_err(|e| anyhow::anyhow!("{e} (with @groups, name the cluster with --cluster)"))?;
+    let mut clusters = set
+        .iter()
+        .map(|n| n.rsplit_once("-node-").map(|(c, _)| c.to_string()));
+    let first = clusters.next().flatten();
+    match first {
+        Some(c) if clusters.all(|o| o.as_deref() == Some(c.as_str())) => Ok(c),
+        _ => anyhow::bail!(
+            "cannot tell the cluster from {nodes:?} (node names are <cluster>-node-<i>): give --cluster"
+        ),
+    }
+}
+
+pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
+    let nodes = a.nodes.clone();
+    let mut rest = a.command.clone();
+    if rest.first().map(String::as_str) == Some("--") {
+        rest.remove(0);
+    }
+    if rest.is_empty() {
+        anyhow::bail!("give a command after the nodes: vcluster exec {nodes} -- COMMAND");
+    }
+    let command = rest.join(" ");
+    let cluster = match &a.cluster {
+        Some(c) => c.clone(),
+        None => infer_cluster(&nodes)?,
+    };
+    let req = ClusterExec {
+        nodes,
+        exclude: a.exclude.clone(),
+        command,
+        connect_timeout_ms: Some(millis("--connect-timeout", a.connect_timeout)?),
+        command_timeout_ms: Some(millis("--command-timeout", a.command_timeout)?),
+        fanout: Some(a.fanout),
+    };
+    let limit = Duration::from_millis(
+        req.command_timeout_ms.unwrap_or(0) + req.connect_timeout_ms.unwrap_or(0) * 2 + 60_000,
+    );
+    let client = a.api.client()?;
+    let resp = client
+        .post_stream(&format!("/v1/clusters/{cluster}/exec"), &req, limit)
+        .await?;
+    let mut body = resp.bytes_stream();
+    let mut reader = EventReader::new();
+    let mut gather = Gather::new(std::iter::empty());
+    let mut interrupted = false;
+    let mut broken = None;
+    let mut stdout = std::io::stdout().lock();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let chunk = tokio::select! {
+            c = body.next() => c,
+            _ = &mut ctrl_c => { interrupted = true; break; }
+        };
+        let Some(chunk) = chunk else { break };
+        let events = match chunk {
+            Ok(bytes) => reader.push(&bytes).map_err(anyhow::Error::msg),
+            Err(e) => Err(anyhow::anyhow!(
+                "the controller's stream broke: {}",
+                crate::tls::error_chain(&e)
+            )),
+        };
+        let events = match events {
+            Ok(e) => e,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        };
+        for e in events {
+            gather.add(&e);
+            if a.api.json {
+                let _ = stdout.write_all(&e.to_line());
+            } else {
+                show_live(&mut stdout, &e, a.gather);
+            }
+        }
+        let _ = stdout.flush();
+    }
+    drop(body); // stops the command wherever it still runs
+    if a.gather && !a.api.json {
+        let _ = stdout.write_all(gather.render().as_bytes());
+    }
+    let _ = stdout.flush();
+    let unfinished = gather.unfinished();
+    if interrupted {
+        eprintln!("vcluster: interrupted; the command was stopped where it still ran");
+    }
+    if !unfinished.is_empty() && !a.gather {
+        eprintln!(
+            "vcluster: {unfinished} ({}): no end received",
+            unfinished.len()
+        );
+    }
+    if let Some(e) = broken {
+        eprintln!("vcluster: {e}");
+    }
+    let code = if interrupted {
+        130
+    } else if a.max_rc {
+        gather.max_code()
+    } else if gather.all_ran() {
+        0
+    } else {
+        1
+    };
+    if code != 0 {
+        std::process::exit(code.clamp(0, 255));
+    }
+    Ok(())
+}
+
+fn show_live(out: &mut impl Write, e: &ExecEvent, gathering: bool) {
+    match e {
+        ExecEvent::Out { node, line } if !gathering => {
+            let _ = writeln!(out, "{node}: {line}");
+        }
+        ExecEvent::Out { .. } => {}
+        ExecEvent::Err { node, line } => eprintln!("{node}: {line}"),
+        ExecEvent::Exit { node, code } if *code != 0 && !gathering => {
+            eprintln!("vcluster: {node}: exited with exit code {code}")
+        }
+        ExecEvent::Exit { .. } => {}
+        ExecEvent::Timeout { node, after_ms } if !gathering => eprintln!(
+            "vcluster: {node}: command timeout after {:.1} s",
+            *after_ms as f64 / 1000.0
+        ),
+        ExecEvent::Timeout { .. } => {}
+        ExecEvent::Unreachable { node, reason } if !gathering => {
+            eprintln!("vcluster: {node}: unreachable: {reason}")
+        }
+        ExecEvent::Unreachable { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_is_read_from_plain_names_only_when_they_agree() {
+        assert_eq!(infer_cluster("c1-node-[1-4]").unwrap(), "c1");
+        assert_eq!(infer_cluster("my-c-node-1,my-c-node-7").unwrap(), "my-c");
+        assert!(infer_cluster("c1-node-1,c2-node-1").is_err());
+        assert!(infer_cluster("node[1-3]").is_err());
+        assert!(infer_cluster("@all").is_err());
+        assert!(millis("-u", 0.0).is_err());
+        assert!(millis("-u", f64::NAN).is_err());
+        assert!(millis("-u", 1e300).is_err());
+        assert_eq!(millis("-u", 0.0001).unwrap(), 1);
+    }
+}
