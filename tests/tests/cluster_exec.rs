@@ -12,7 +12,7 @@ use site_tests::cluster::node_agent_pids;
 use site_tests::{
     ControlPlane, LinkParams, Overlay, Topology, require_root, unique_name, wait_until,
 };
-use vcluster::model::Cluster;
+use vcluster::model::{Cluster, Event, Health};
 
 fn two_sites() -> (Topology, Overlay) {
     let topo = Topology::builder()
@@ -64,6 +64,18 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
     assert_eq!(c.nodes.len(), 6);
     assert_eq!(node_agent_pids(&c).len(), 6, "one node agent per node");
     let all = format!("{name}-node-[1-6]");
+    // Monitoring: each node's agent answers its host's heartbeat (1 s here).
+    wait_until(
+        "every node is up with figures",
+        Duration::from_secs(10),
+        || {
+            plane.cluster(&name).nodes.iter().all(|n| {
+                n.health.as_ref().is_some_and(|h| {
+                    h.health == Health::Up && h.load1.is_some() && h.memory_total_bytes > Some(0)
+                })
+            })
+        },
+    );
 
     // Live: every line prefixed by its node, and each ran in its own namespace.
     let started = Instant::now();
@@ -239,6 +251,79 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
     });
     let out = plane.cli(&["exec", "-b", &all, "--", "echo", "up"]);
     assert_eq!(out.code, Some(1), "{out:?}");
+    // ...and monitoring marks it down within 4 heartbeats (plus a housekeeping round),
+    // with an event saying so; the others stay up.
+    let health = |node: &str| {
+        plane
+            .cluster(&name)
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| n.health.clone())
+            .map(|h| h.health)
+    };
+    let killed_at = Instant::now();
+    wait_until("the dead node is down", Duration::from_secs(15), || {
+        health(&dead) == Some(Health::Down)
+    });
+    eprintln!(
+        "node down {:.1} s after its agent was killed (4 beats of 1 s)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let events = |kind: &str| -> Vec<Event> {
+        plane
+            .block_on(plane.user().get::<Vec<Event>>("/v1/events?limit=1000"))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    };
+    let down = events("node-down");
+    assert!(
+        down.iter()
+            .any(|e| e.message.contains(&dead) && e.message.contains("has not answered")),
+        "{down:?}"
+    );
+    assert_eq!(health(&format!("{name}-node-1")), Some(Health::Up));
+    // A node that hangs (its agent stopped) is down, and up again when it answers.
+    let hung = format!("{name}-node-4");
+    let hung_pid =
+        std::fs::read_to_string(topo.dir().join("agent2/nodes").join(format!("{hung}.pid")))
+            .unwrap();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, hung_pid.trim()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    wait_until("the hung node is down", Duration::from_secs(15), || {
+        health(&hung) == Some(Health::Down)
+    });
+    signal("-CONT");
+    wait_until("the hung node is up again", Duration::from_secs(10), || {
+        health(&hung) == Some(Health::Up)
+    });
+    let up = events("node-up");
+    assert!(up.iter().any(|e| e.message.contains(&hung)), "{up:?}");
+    let metrics = curl_text(&plane, &topo, "/metrics");
+    assert!(
+        metrics.contains("vcluster_nodes_health{health=\"down\"} 1"),
+        "{metrics}"
+    );
+    let shown = plane.cli(&["cluster", "show", &name]);
+    assert!(shown.success, "{shown:?}");
+    assert!(
+        shown
+            .stdout
+            .lines()
+            .any(|l| l.contains(&dead) && l.contains(" down ")),
+        "{}",
+        shown.stdout
+    );
     assert!(
         out.stdout.contains(&format!("{dead} (1) unreachable:")),
         "{}",
@@ -288,4 +373,28 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
     plane.delete_cluster(&name);
     let left = plane.leftovers(&topo, &overlay, &c);
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `GET path` from the wan namespace with curl, pinned to the test CA; its body.
+fn curl_text(plane: &ControlPlane, topo: &Topology, path: &str) -> String {
+    let out = topo
+        .wan()
+        .command(
+            "curl",
+            [
+                "-sS",
+                "--fail",
+                "--cacert",
+                &plane.ca_file().display().to_string(),
+                &format!("{}{path}", plane.url()),
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

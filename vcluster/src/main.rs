@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Seconds between host agent heartbeats (offline after three missed).
     #[arg(long, default_value_t = 5)]
     heartbeat: u64,
+    /// A running node whose agent has not answered for this many heartbeats is down
+    /// (Ganglia's rule: 4).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    down_after_beats: u32,
     /// Seconds between usage samples for the portal's timeline.
     #[arg(long, default_value_t = 60)]
     sample_every: u64,
@@ -238,6 +242,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     config.task_timeout = Duration::from_secs(a.task_timeout);
     config.heartbeat = Duration::from_secs(a.heartbeat.max(1));
+    config.down_after_beats = a.down_after_beats;
     config.sample_every = Duration::from_secs(a.sample_every.max(1));
     config.subnet_pool = a
         .subnet_pool

@@ -400,6 +400,9 @@ pub struct Heartbeat {
     /// Overlay networks present in the host's vpnd.
     #[serde(default)]
     pub networks: Vec<u32>,
+    /// The agents of the host's running nodes, asked just before this beat.
+    #[serde(default)]
+    pub node_agents: Vec<NodeAgentReport>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -512,6 +515,53 @@ closed_set! {
     }
 }
 
+closed_set! {
+    pub enum Health as "node health" {
+        /// No report from the node's agent yet (since the node or the controller started).
+        Unknown = "unknown",
+        /// Its agent answered its host within the last k heartbeats.
+        Up = "up",
+        /// Its agent has not answered for k heartbeats (Ganglia's rule: k = 4).
+        Down = "down",
+    }
+}
+
+/// What monitoring knows of a running node: the state its heartbeats give and the last
+/// figures its agent reported.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeHealth {
+    pub health: Health,
+    /// Since when the node has been in this health.
+    pub since: DateTime<Utc>,
+    /// When its agent last answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<f64>,
+    /// The last hour, one sample per heartbeat at most every minute: (unix ms, load1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_history: Vec<(i64, f64)>,
+}
+
+/// One node's agent as its host agent found it at a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAgentReport {
+    pub name: String,
+    /// What the agent answered, or `None` when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::node::metrics::NodeStatus>,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Node {
     pub id: i64,
@@ -530,6 +580,9 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Monitoring's view of a running node (absent for others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<NodeHealth>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -435,12 +435,20 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
             continue;
         };
         let beat = match shared.reconciler.observe().await {
-            Ok((networks, nodes)) => Heartbeat { nodes, networks },
+            Ok((networks, nodes)) => {
+                let node_agents = ask_node_agents(&shared.reconciler.driver, &nodes, every).await;
+                Heartbeat {
+                    nodes,
+                    networks,
+                    node_agents,
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "looking at the host failed");
                 Heartbeat {
                     nodes: vec![],
                     networks: vec![],
+                    node_agents: vec![],
                 }
             }
         };
@@ -463,6 +471,42 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// Asks every running node's agent for its status, all at once, each within half a beat
+/// (at most 2 s): a node that does not answer in time is reported with why.
+async fn ask_node_agents(
+    driver: &Arc<dyn VmDriver>,
+    nodes: &[crate::model::ObservedNode],
+    beat: Duration,
+) -> Vec<crate::model::NodeAgentReport> {
+    let wait = (beat / 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut asks = tokio::task::JoinSet::new();
+    for n in nodes.iter().filter(|n| n.running) {
+        let Some(socket) = driver.node_channel(&n.name) else {
+            continue;
+        };
+        let name = n.name.clone();
+        asks.spawn(async move {
+            let (status, error) = match crate::node::client::status(&socket, wait).await {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e)),
+            };
+            crate::model::NodeAgentReport {
+                name,
+                status,
+                error,
+            }
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(r) = asks.join_next().await {
+        if let Ok(r) = r {
+            reports.push(r);
+        }
+    }
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
+    reports
 }
 
 // ---------------------------------------------------------------------------------------

@@ -85,17 +85,30 @@ pub(super) fn print_cluster(c: &Cluster) {
         println!("  reservation: {r}");
     }
     println!(
-        "  {:<24} {:<12} {:<10} {:<18} {:<18} STATE",
-        "NODE", "HOST", "SITE", "MAC", "ADDRESS"
+        "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} STATE",
+        "NODE", "HOST", "SITE", "MAC", "ADDRESS", "HEALTH", "LOAD", "MEMORY"
     );
     for n in &c.nodes {
+        let h = n.health.as_ref();
+        let health = h.map(|h| h.health.as_str()).unwrap_or("-");
+        let load = h
+            .and_then(|h| h.load1)
+            .map(|l| format!("{l:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let memory = match h.and_then(|h| h.memory_used_bytes.zip(h.memory_total_bytes)) {
+            Some((used, total)) => format!("{}/{} MiB", used >> 20, total >> 20),
+            None => "-".into(),
+        };
         println!(
-            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:?}{}",
+            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:?}{}",
             n.name,
             n.host,
             n.site,
             n.mac,
             n.address,
+            health,
+            load,
+            memory,
             n.state,
             n.reason
                 .as_ref()

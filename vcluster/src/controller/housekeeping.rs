@@ -34,6 +34,9 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         if let Err(e) = fail_overdue_tasks(&app).await {
             tracing::warn!(error = %e, "failing overdue tasks failed");
         }
+        if let Err(e) = check_node_health(&app).await {
+            tracing::warn!(error = %e, "checking node health failed");
+        }
         let now = now_ms();
         if now - last_sample >= app.config.sample_every.as_millis() as i64 {
             last_sample = now;
@@ -42,6 +45,46 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Marks running nodes whose agents fell silent down, each with an event.
+pub async fn check_node_health(app: &App) -> Result<(), store::StoreError> {
+    let now = now_ms();
+    let mut rx = app.store.read().await?;
+    let nodes = store::all_nodes(rx.conn()).await?;
+    let owners: std::collections::HashMap<i64, i64> = store::list_clusters(rx.conn(), None)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.owner_id))
+        .collect();
+    rx.finish().await?;
+    let down_after = app.config.node_down_after().as_millis() as i64;
+    let changes = app.monitor.sweep(&nodes, now, down_after);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut tx = app.store.write().await?;
+    for c in &changes {
+        tracing::warn!(node = %c.node, "{}", c.message);
+        let owner = nodes
+            .iter()
+            .find(|n| n.name == c.node)
+            .and_then(|n| owners.get(&n.cluster_id).copied());
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: "node-down",
+                cluster: Some(&c.cluster),
+                owner_id: owner,
+                task_id: None,
+                message: &c.message,
+            },
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Ends the leases whose time is up: their clusters' nodes and overlays are stopped.

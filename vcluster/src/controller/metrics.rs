@@ -40,6 +40,11 @@ struct SiteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -197,6 +202,18 @@ impl Metrics {
                 .inc();
         }
         live.register("vcluster_nodes", "Nodes by state", by_state);
+        let by_health = Family::<HealthLabels, Gauge>::default();
+        let counts = app.monitor.counts();
+        for h in crate::model::Health::ALL {
+            by_health
+                .get_or_create(&HealthLabels { health: h.as_str() })
+                .set(counts.get(h).copied().unwrap_or(0));
+        }
+        live.register(
+            "vcluster_nodes_health",
+            "Running nodes by health (their agents' heartbeats)",
+            by_health,
+        );
         encode_registry(&mut out, &live).expect("writing to a String");
         encode_eof(&mut out).expect("writing to a String");
         Ok(out)

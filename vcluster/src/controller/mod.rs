@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod capacity;
 pub mod desired;
+pub mod health;
 pub mod housekeeping;
 pub mod metrics;
 pub mod placement;
@@ -51,8 +52,10 @@ pub struct ControllerConfig {
     pub task_timeout: Duration,
     /// How often agents heartbeat; a host is offline after three missed beats.
     pub heartbeat: Duration,
-    /// How often leases, stuck tasks and usage samples are looked at.
+    /// How often leases, stuck tasks, node health and usage samples are looked at.
     pub housekeeping: Duration,
+    /// A running node whose agent has not answered for this many heartbeats is down.
+    pub down_after_beats: u32,
     /// How often each site's capacity / in use / reserved is sampled for the timeline.
     pub sample_every: Duration,
     /// Clusters' subnets are carved from this pool, one /24 each, unless given.
@@ -130,6 +133,7 @@ impl ControllerConfig {
             task_timeout: Duration::from_secs(120),
             heartbeat: Duration::from_secs(5),
             housekeeping: Duration::from_secs(2),
+            down_after_beats: 4,
             sample_every: Duration::from_secs(60),
             subnet_pool: "10.128.0.0/9".parse().expect("valid pool"),
             first_network_id: 1,
@@ -145,6 +149,11 @@ impl ControllerConfig {
     pub fn host_timeout(&self) -> Duration {
         self.heartbeat * 3
     }
+
+    /// How long a running node's agent may stay silent before the node is down.
+    pub fn node_down_after(&self) -> Duration {
+        self.heartbeat.saturating_mul(self.down_after_beats.max(1))
+    }
 }
 
 pub struct AppInner {
@@ -152,6 +161,8 @@ pub struct AppInner {
     pub store: Store,
     pub agents: AgentClient,
     pub metrics: metrics::Metrics,
+    /// Nodes' health from their agents' reports.
+    pub monitor: health::Monitor,
     /// One lock per cluster: its tasks run one at a time, so each push reads the
     /// cluster's newest desired state.
     cluster_locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
@@ -271,6 +282,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, StartE
     let app = App(Arc::new(AppInner {
         agents: AgentClient::new(config.task_timeout.min(Duration::from_secs(60))),
         metrics: metrics::Metrics::new(),
+        monitor: health::Monitor::new(),
         cluster_locks: Mutex::new(HashMap::new()),
         store,
         config,

@@ -32,13 +32,20 @@ use crate::model::{
 pub(crate) async fn cluster_model(
     conn: &mut sqlx::AnyConnection,
     row: &ClusterRow,
+    monitor: &crate::controller::health::Monitor,
 ) -> Result<Cluster, ApiError> {
     let nodes = store::nodes_of_cluster(conn, row.id).await?;
     Ok(row.to_model(
         nodes
             .iter()
             .filter(|n| n.state != NodeState::Deleted)
-            .map(|n| n.to_model())
+            .map(|n| {
+                let mut m = n.to_model();
+                if n.state == NodeState::Running {
+                    m.health = monitor.health(&n.name);
+                }
+                m
+            })
             .collect(),
     ))
 }
@@ -66,7 +73,7 @@ pub async fn list_clusters(
     let rows = store::list_clusters(rx.conn(), who.owner_filter()).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(cluster_model(rx.conn(), r).await?);
+        out.push(cluster_model(rx.conn(), r, &app.monitor).await?);
     }
     rx.finish().await?;
     Ok(ApiJson(out))
@@ -83,7 +90,7 @@ pub async fn get_cluster(
     who.require_person()?;
     let mut rx = app.store.read().await?;
     let row = visible_cluster(rx.conn(), &who, &cluster).await?;
-    let model = cluster_model(rx.conn(), &row).await?;
+    let model = cluster_model(rx.conn(), &row, &app.monitor).await?;
     rx.finish().await?;
     Ok(ApiJson(model))
 }
@@ -363,7 +370,7 @@ async fn run_as_task(
         now,
     )
     .await?;
-    let cluster = cluster_model(tx.conn(), &row).await?;
+    let cluster = cluster_model(tx.conn(), &row, &app.monitor).await?;
     tx.commit().await?;
     tracing::info!(cluster = %row.name, task = task.id, kind = %op.kind(), "task started");
     tasks::spawn(app.clone(), task.clone(), row.id, op);

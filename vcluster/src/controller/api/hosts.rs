@@ -206,7 +206,42 @@ pub async fn heartbeat(
     let mut conn = app.store.conn().await?;
     let row = host_or_404(&mut conn, &host).await?;
     require_owner(&who, &row)?;
-    store::touch_host(&mut conn, row.id, now_ms()).await?;
+    let now = now_ms();
+    store::touch_host(&mut conn, row.id, now).await?;
+    // An agent speaks for the nodes placed on its own host only.
+    let ours = store::nodes_on_host(&mut conn, row.id).await?;
+    let reports: Vec<_> = beat
+        .node_agents
+        .iter()
+        .filter(|r| ours.iter().any(|n| n.name == r.name))
+        .cloned()
+        .collect();
+    for (node, silent_ms) in app.monitor.beat(&reports, now) {
+        let Some(n) = ours.iter().find(|n| n.name == node) else {
+            continue;
+        };
+        let owner = store::cluster_by_id(&mut conn, n.cluster_id)
+            .await?
+            .map(|c| c.owner_id);
+        let message = format!(
+            "node {node} on host {} is up again: its agent answered after {:.1} s of silence",
+            row.name,
+            silent_ms as f64 / 1000.0
+        );
+        tracing::info!(%node, host = %row.name, "node up again");
+        store::insert_event(
+            &mut conn,
+            store::NewEvent {
+                kind: "node-up",
+                cluster: Some(&n.cluster_name),
+                owner_id: owner,
+                task_id: None,
+                message: &message,
+            },
+            now,
+        )
+        .await?;
+    }
     tracing::debug!(host = %row.name, nodes = beat.nodes.len(), networks = beat.networks.len(), "heartbeat");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

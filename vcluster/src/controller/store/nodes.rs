@@ -44,6 +44,7 @@ impl NodeRow {
             state: self.state(),
             reason: self.reason.clone(),
             updated_at: ms_to_time(self.updated_at),
+            health: None,
         }
     }
 }

@@ -1,0 +1,263 @@
+//! Monitoring (Ganglia's role): each host agent's heartbeat carries what the agents of
+//! its running nodes answered; a node whose agent has not answered for `k` heartbeats
+//! (`--down-after-beats`, Ganglia's 4 by default) is `down`, and `up` again at the next
+//! answer. Each change is written to the event log. The figures (load, memory, uptime,
+//! an hour of load samples for the portal's chart) are kept in memory, as gmetad keeps
+//! its round-robin data: after a controller restart nodes are `unknown` until their
+//! next report.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::model::{Health, NodeAgentReport, NodeHealth, NodeState};
+
+use super::store::{NodeRow, ms_to_time};
+
+/// One load sample a minute at most, an hour of them.
+const SAMPLE_EVERY_MS: i64 = 60_000;
+const HISTORY: usize = 60;
+
+#[derive(Debug, Clone)]
+struct Record {
+    health: Health,
+    since_ms: i64,
+    last_seen_ms: Option<i64>,
+    /// When this controller first expected a report (the node's down clock starts here
+    /// when it never reported).
+    watched_since_ms: i64,
+    status: Option<crate::node::metrics::NodeStatus>,
+    history: VecDeque<(i64, f64)>,
+}
+
+/// A change of a node's health, to be written to the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub node: String,
+    pub cluster: String,
+    pub owner_id: Option<i64>,
+    pub to: Health,
+    pub message: String,
+}
+
+#[derive(Default)]
+pub struct Monitor {
+    nodes: Mutex<HashMap<String, Record>>,
+}
+
+impl Monitor {
+    pub fn new() -> Monitor {
+        Monitor::default()
+    }
+
+    /// A host's heartbeat: nodes whose agent answered are seen now; a node that was down
+    /// is up again (returned, for the event log).
+    pub fn beat(&self, reports: &[NodeAgentReport], now: i64) -> Vec<(String, i64)> {
+        let mut nodes = self.nodes.lock().expect("monitor");
+        let mut back = Vec::new();
+        for r in reports {
+            let Some(status) = &r.status else { continue };
+            let rec = nodes.entry(r.name.clone()).or_insert_with(|| Record {
+                health: Health::Unknown,
+                since_ms: now,
+                last_seen_ms: None,
+                watched_since_ms: now,
+                status: None,
+                history: VecDeque::new(),
+            });
+            if rec.health == Health::Down {
+                back.push((
+                    r.name.clone(),
+                    now - rec.last_seen_ms.unwrap_or(rec.since_ms),
+                ));
+            }
+            if rec.health != Health::Up {
+                rec.health = Health::Up;
+                rec.since_ms = now;
+            }
+            rec.last_seen_ms = Some(now);
+            if rec
+                .history
+                .back()
+                .is_none_or(|(t, _)| now - t >= SAMPLE_EVERY_MS)
+            {
+                rec.history.push_back((now, status.load[0]));
+                while rec.history.len() > HISTORY {
+                    rec.history.pop_front();
+                }
+            }
+            rec.status = Some(status.clone());
+        }
+        back
+    }
+
+    /// Looks at every node: running nodes silent for longer than `down_after_ms` go down
+    /// (returned); nodes that are not running are forgotten.
+    pub fn sweep(&self, running: &[NodeRow], now: i64, down_after_ms: i64) -> Vec<Change> {
+        let mut nodes = self.nodes.lock().expect("monitor");
+        let live: HashMap<&str, &NodeRow> = running
+            .iter()
+            .filter(|n| n.state == NodeState::Running)
+            .map(|n| (n.name.as_str(), n))
+            .collect();
+        nodes.retain(|name, _| live.contains_key(name.as_str()));
+        let mut changes = Vec::new();
+        for (name, row) in live {
+            let rec = nodes.entry(name.to_string()).or_insert_with(|| Record {
+                health: Health::Unknown,
+                since_ms: now,
+                last_seen_ms: None,
+                watched_since_ms: now,
+                status: None,
+                history: VecDeque::new(),
+            });
+            let silent_since = rec.last_seen_ms.unwrap_or(rec.watched_since_ms);
+            if rec.health != Health::Down && now - silent_since > down_after_ms {
+                rec.health = Health::Down;
+                rec.since_ms = now;
+                let last = match rec.last_seen_ms {
+                    Some(t) => format!("last answer at {}", ms_to_time(t).format("%H:%M:%S")),
+                    None => "never answered since the controller started".to_string(),
+                };
+                changes.push(Change {
+                    node: name.to_string(),
+                    cluster: row.cluster_name.clone(),
+                    owner_id: None,
+                    to: Health::Down,
+                    message: format!(
+                        "node {name} on host {} is down: its agent has not answered for {:.1} s ({last})",
+                        row.host_name,
+                        (now - silent_since) as f64 / 1000.0
+                    ),
+                });
+            }
+        }
+        changes
+    }
+
+    /// What is known of `node`, if it is watched.
+    pub fn health(&self, node: &str) -> Option<NodeHealth> {
+        let nodes = self.nodes.lock().expect("monitor");
+        let rec = nodes.get(node)?;
+        let s = rec.status.as_ref();
+        Some(NodeHealth {
+            health: rec.health,
+            since: ms_to_time(rec.since_ms),
+            last_seen: rec.last_seen_ms.map(ms_to_time),
+            load1: s.map(|s| s.load[0]),
+            memory_used_bytes: s.map(|s| {
+                s.memory_total_bytes
+                    .saturating_sub(s.memory_available_bytes)
+            }),
+            memory_total_bytes: s.map(|s| s.memory_total_bytes),
+            uptime_secs: s.map(|s| s.uptime_secs),
+            load_history: rec.history.iter().copied().collect(),
+        })
+    }
+
+    /// Watched nodes by health.
+    pub fn counts(&self) -> HashMap<Health, i64> {
+        let nodes = self.nodes.lock().expect("monitor");
+        let mut c = HashMap::new();
+        for r in nodes.values() {
+            *c.entry(r.health).or_insert(0) += 1;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeTarget;
+
+    fn row(name: &str) -> NodeRow {
+        NodeRow {
+            id: 1,
+            cluster_id: 1,
+            cluster_name: "c".into(),
+            idx: 1,
+            name: name.into(),
+            host_id: 1,
+            host_name: "h1".into(),
+            site_name: "s1".into(),
+            mac: String::new(),
+            address: String::new(),
+            cpus: 1,
+            memory_mib: 64,
+            state: NodeState::Running,
+            target: NodeTarget::Running,
+            reason: None,
+            updated_at: 0,
+        }
+    }
+
+    fn report(name: &str, load: f64) -> NodeAgentReport {
+        NodeAgentReport {
+            name: name.into(),
+            status: Some(crate::node::metrics::NodeStatus {
+                name: name.into(),
+                load: [load, 0.0, 0.0],
+                ..Default::default()
+            }),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_node_goes_down_after_k_silent_beats_and_up_at_the_next_answer() {
+        let m = Monitor::new();
+        let rows = [row("c-node-1"), row("c-node-2")];
+        assert!(m.sweep(&rows, 0, 4000).is_empty());
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Unknown);
+        m.beat(&[report("c-node-1", 0.5), report("c-node-2", 0.1)], 1000);
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
+        assert_eq!(m.health("c-node-1").unwrap().load1, Some(0.5));
+        // node 2 keeps answering; node 1 falls silent (a report without status).
+        let silent = NodeAgentReport {
+            name: "c-node-1".into(),
+            status: None,
+            error: Some("timeout".into()),
+        };
+        for t in [2000, 3000, 4000, 5000] {
+            m.beat(&[silent.clone(), report("c-node-2", 0.1)], t);
+            assert!(m.sweep(&rows, t, 4000).is_empty(), "at {t}");
+        }
+        let changes = m.sweep(&rows, 5001, 4000);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].node, "c-node-1");
+        assert!(
+            changes[0].message.contains("has not answered for 4.0 s"),
+            "{changes:?}"
+        );
+        assert!(m.sweep(&rows, 9000, 4000).is_empty(), "down is said once");
+        let back = m.beat(&[report("c-node-1", 0.2)], 9500);
+        assert_eq!(back, vec![("c-node-1".to_string(), 8500)]);
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
+        // A node that is no longer running is forgotten.
+        m.sweep(&rows[1..], 9600, 4000);
+        assert!(m.health("c-node-1").is_none());
+        let counts = m.counts();
+        assert_eq!(counts.get(&Health::Up), Some(&1));
+    }
+
+    #[test]
+    fn a_node_that_never_answers_goes_down_from_when_it_was_first_watched() {
+        let m = Monitor::new();
+        let rows = [row("c-node-1")];
+        m.sweep(&rows, 10_000, 4000);
+        assert!(m.sweep(&rows, 14_000, 4000).is_empty());
+        let c = m.sweep(&rows, 14_001, 4000);
+        assert!(c[0].message.contains("never answered"), "{c:?}");
+    }
+
+    #[test]
+    fn load_history_keeps_an_hour_at_one_sample_a_minute() {
+        let m = Monitor::new();
+        for i in 0..200i64 {
+            m.beat(&[report("n", i as f64)], i * 30_000);
+        }
+        let h = m.health("n").unwrap().load_history;
+        assert_eq!(h.len(), HISTORY);
+        assert!(h.windows(2).all(|w| w[1].0 - w[0].0 >= SAMPLE_EVERY_MS));
+    }
+}
