@@ -230,7 +230,7 @@ mod tests {
             "{changes:?}"
         );
         assert!(m.sweep(&rows, 9000, 4000).is_empty(), "down is said once");
-        let back = m.beat(&[report("c-node-1", 0.2)], 9500);
+        let back = m.beat(&[report("c-node-1", 0.2), report("c-node-2", 0.1)], 9500);
         assert_eq!(back, vec![("c-node-1".to_string(), 8500)]);
         assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
         // A node that is no longer running is forgotten.
