@@ -65,6 +65,8 @@ pub struct ControlPlaneOpts {
     pub reconcile_every: u64,
     /// The controller's `--task-timeout`, seconds (default 60).
     pub task_timeout: u64,
+    /// The controller's `--down-after-beats` (default 4, of 1 s heartbeats).
+    pub down_after_beats: u32,
 }
 
 impl Default for ControlPlaneOpts {
@@ -75,6 +77,7 @@ impl Default for ControlPlaneOpts {
             host_memory_mib: 8192,
             reconcile_every: 5,
             task_timeout: 60,
+            down_after_beats: 4,
         }
     }
 }
@@ -210,6 +213,8 @@ impl ControlPlane {
                         &opts.first_network_id.to_string(),
                         "--task-timeout",
                         &opts.task_timeout.to_string(),
+                        "--down-after-beats",
+                        &opts.down_after_beats.to_string(),
                         "--tls-dir",
                         &tls_dir.display().to_string(),
                     ],

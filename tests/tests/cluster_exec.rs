@@ -60,6 +60,8 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
         "name": name,
         "sites": [{"site": "site1", "nodes": 3}, {"site": "site2", "nodes": 3}],
         "node_memory_mib": 64,
+        // Monitoring alone here: tests/cluster_recovery.rs brings nodes back.
+        "recovery": "off",
     }));
     assert_eq!(c.nodes.len(), 6);
     assert_eq!(node_agent_pids(&c).len(), 6, "one node agent per node");

@@ -451,6 +451,9 @@ pub struct CreateCluster {
     /// The nodes' IPv4 subnet, e.g. `10.77.3.0/24`; chosen from the controller's pool when left out.
     #[serde(default)]
     pub subnet: Option<String>,
+    /// What to do with nodes that go down (default `restart`).
+    #[serde(default)]
+    pub recovery: Option<Recovery>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -462,6 +465,56 @@ pub struct AddNodes {
     pub site: Option<String>,
     #[serde(default)]
     pub strategy: Option<Strategy>,
+}
+
+closed_set! {
+    /// What the controller does with a node that goes down.
+    pub enum Recovery as "recovery policy" {
+        /// Nothing: it stays down (and says so).
+        Off = "off",
+        /// Fence it (power off through its host, confirmed), then start it again; with
+        /// backoff, until the retry limit, then `failed`.
+        Restart = "restart",
+        /// As `restart`, but an attempt after a restart that did not bring it back
+        /// reinstalls it (a fresh node: a lightweight node's namespace is made anew).
+        RestartThenReinstall = "restart-then-reinstall",
+    }
+}
+
+closed_set! {
+    /// What a host agent does to a node's power (`POST /agent/v1/nodes/{node}/power`).
+    pub enum PowerAction as "power action" {
+        /// Start it; a fenced or crashed node runs again.
+        On = "on",
+        /// Fence it: stop everything of it now, confirmed; it stays off (whatever the
+        /// desired state says) until powered on.
+        Off = "off",
+        /// Off, then on.
+        Reset = "reset",
+        /// Destroy it and make it anew from the desired state (a fresh install).
+        Reinstall = "reinstall",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    pub action: PowerAction,
+}
+
+/// A node's power as its host agent left it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerState {
+    pub node: String,
+    pub running: bool,
+}
+
+/// `PUT /v1/clusters/{cluster}/recovery`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRecovery {
+    pub policy: Recovery,
 }
 
 closed_set! {
@@ -603,6 +656,8 @@ pub struct Cluster {
     pub node_memory_mib: i64,
     pub nodes: Vec<Node>,
     pub created_at: DateTime<Utc>,
+    /// What the controller does with nodes that go down.
+    pub recovery: Recovery,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -49,6 +49,17 @@ pub trait VmDriver: Send + Sync {
     /// Destroys the node and everything the driver made for it.
     async fn remove(&self, slot: NodeSlot, name: Option<&str>) -> Result<(), DriverError>;
 
+    /// Powers the node `name` on (a fenced or crashed node runs again) or off (fenced:
+    /// every process of it stopped, confirmed, and it stays off until powered on);
+    /// answers whether it runs afterwards.
+    async fn power(&self, name: &str, on: bool) -> Result<bool, DriverError> {
+        let _ = on;
+        Err(DriverError::Node {
+            node: name.to_string(),
+            message: format!("the {} driver has no power control", self.kind()),
+        })
+    }
+
     /// The Unix socket of the node's agent (see [`crate::node`]), when the driver runs
     /// one in its nodes.
     fn node_channel(&self, _name: &str) -> Option<std::path::PathBuf> {

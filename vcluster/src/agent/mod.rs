@@ -556,6 +556,10 @@ fn api_router(shared: Arc<Shared>) -> Router {
         )
         .route("/agent/v1/state", get(get_state))
         .route("/agent/v1/exec", axum::routing::post(exec_on_nodes))
+        .route(
+            "/agent/v1/nodes/{node}/power",
+            axum::routing::post(power_node),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(shared)
@@ -681,4 +685,52 @@ async fn relay_exec(
         });
     }
     while running.join_next().await.is_some() {}
+}
+
+/// Powers one of this host's nodes on or off (fencing: confirmed), resets it, or
+/// reinstalls it (destroyed and made anew from the desired state).
+async fn power_node(
+    State(shared): State<Arc<Shared>>,
+    _: FromController,
+    ApiPath(node): ApiPath<String>,
+    ApiJson(req): ApiJson<crate::model::PowerRequest>,
+) -> Result<ApiJson<crate::model::PowerState>, ApiError> {
+    use crate::model::PowerAction;
+    let driver = shared.reconciler.driver.clone();
+    let failed = |e: driver::DriverError| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string());
+    tracing::info!(%node, action = req.action.as_str(), "power");
+    let running = match req.action {
+        PowerAction::On => driver.power(&node, true).await.map_err(failed)?,
+        PowerAction::Off => driver.power(&node, false).await.map_err(failed)?,
+        PowerAction::Reset => {
+            driver.power(&node, false).await.map_err(failed)?;
+            driver.power(&node, true).await.map_err(failed)?
+        }
+        PowerAction::Reinstall => {
+            let found = driver.list().await.map_err(failed)?;
+            let Some(f) = found
+                .iter()
+                .find(|f| f.name.as_deref() == Some(node.as_str()))
+            else {
+                return Err(ApiError::not_found(format!("no node {node} on this host")));
+            };
+            driver.remove(f.slot, Some(&node)).await.map_err(failed)?;
+            let errors = reconcile_once(&shared)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+            if !errors.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("remaking {node}: {}", errors.join("; ")),
+                ));
+            }
+            driver
+                .list()
+                .await
+                .map_err(failed)?
+                .iter()
+                .any(|f| f.name.as_deref() == Some(node.as_str()) && f.running)
+        }
+    };
+    Ok(ApiJson(crate::model::PowerState { node, running }))
 }

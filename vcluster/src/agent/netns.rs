@@ -447,6 +447,63 @@ impl VmDriver for NetnsDriver {
         })
     }
 
+    async fn power(&self, name: &str, on: bool) -> Result<bool, DriverError> {
+        check_netns_name(name)?;
+        if !netns_exists(name).await? {
+            return Err(DriverError::Node {
+                node: name.to_string(),
+                message: "no such node on this host".to_string(),
+            });
+        }
+        let Some(agents) = &self.agents else {
+            return Err(DriverError::Node {
+                node: name.to_string(),
+                message: "this driver runs no node agents: no power control".to_string(),
+            });
+        };
+        if on {
+            let _ = std::fs::remove_file(agents.pid_file(name));
+            agents.start(name).await?;
+            ip(&["-n", name, "link", "set", "dev", "eth0", "up"]).await?;
+            return Ok(true);
+        }
+        // Fenced: off the network first, then every process in the namespace killed,
+        // and a pid file that names no process, so that nothing restarts it but a
+        // power-on.
+        ip(&["-n", name, "link", "set", "dev", "eth0", "down"]).await?;
+        write_atomically(&agents.pid_file(name), b"fenced\n").map_err(|e| DriverError::Node {
+            node: name.to_string(),
+            message: format!("marking it fenced: {e}"),
+        })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = ip(&["netns", "pids", name]).await?;
+            let pids: Vec<i32> = pids
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .filter(|p: &i32| !is_zombie(*p))
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(DriverError::Node {
+                    node: name.to_string(),
+                    message: format!("processes {pids:?} survived SIGKILL for 5 s: not fenced"),
+                });
+            }
+            for pid in pids {
+                // SAFETY: kill(2) on a process the kernel lists in this node's namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_file(agents.socket(name));
+        Ok(false)
+    }
+
     fn node_channel(&self, name: &str) -> Option<PathBuf> {
         let agents = self.agents.as_ref()?;
         check_netns_name(name).ok()?;

@@ -188,6 +188,11 @@ impl ApiClient {
             .expect_err("a failed answer decodes to an error"))
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.call(path, self.http.put(self.url(path)).json(body))
+            .await
+    }
+
     pub async fn patch<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 
 use super::tasks::accepted;
 use super::{ApiArgs, print};
-use crate::model::{Accepted, Cluster, CreateCluster, SiteCount, Strategy};
+use crate::model::{Accepted, Cluster, CreateCluster, Recovery, SetRecovery, SiteCount, Strategy};
 
 #[derive(Debug, Args)]
 pub struct ClusterCmd {
@@ -40,10 +40,17 @@ pub enum ClusterSub {
         /// The nodes' IPv4 subnet (default: a free one from the controller's pool).
         #[arg(long)]
         subnet: Option<String>,
+        /// What to do with nodes that go down: off, restart (default),
+        /// restart-then-reinstall.
+        #[arg(long)]
+        recovery: Option<String>,
         /// Wait for the task to finish.
         #[arg(long)]
         wait: bool,
     },
+    /// Set what the controller does with the cluster's nodes that go down: off, restart,
+    /// restart-then-reinstall.
+    Recovery { cluster: String, policy: String },
     /// Your clusters (admins: all).
     List,
     /// A cluster and its nodes.
@@ -75,8 +82,15 @@ fn parse_strategy(s: Option<&str>) -> anyhow::Result<Option<Strategy>> {
 
 pub(super) fn print_cluster(c: &Cluster) {
     println!(
-        "cluster {} (id {}, owner {}): {:?}, overlay {:?}, network {}, subnet {}",
-        c.name, c.id, c.owner, c.state, c.overlay, c.network_id, c.subnet
+        "cluster {} (id {}, owner {}): {:?}, overlay {:?}, network {}, subnet {}, recovery {}",
+        c.name,
+        c.id,
+        c.owner,
+        c.state,
+        c.overlay,
+        c.network_id,
+        c.subnet,
+        c.recovery.as_str()
     );
     if let Some(r) = &c.reason {
         println!("  reason: {r}");
@@ -131,8 +145,14 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
             node_cpus,
             node_memory_mib,
             subnet,
+            recovery,
             wait,
         } => {
+            let recovery = recovery
+                .as_deref()
+                .map(str::parse::<Recovery>)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let req = CreateCluster {
                 name,
                 nodes,
@@ -142,6 +162,7 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
                 node_cpus,
                 node_memory_mib,
                 subnet,
+                recovery,
             };
             let a: Accepted = client.post("/v1/clusters", &req).await?;
             accepted(&client, json, a, wait).await?;
@@ -164,6 +185,18 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
                         c.subnet
                     );
                 }
+            });
+        }
+        ClusterSub::Recovery { cluster, policy } => {
+            let policy: Recovery = policy.parse().map_err(anyhow::Error::msg)?;
+            let c: Cluster = client
+                .put(
+                    &format!("/v1/clusters/{cluster}/recovery"),
+                    &SetRecovery { policy },
+                )
+                .await?;
+            print(json, &c, |c| {
+                println!("cluster {}: recovery {}", c.name, c.recovery.as_str())
             });
         }
         ClusterSub::Show { cluster } => {

@@ -124,6 +124,46 @@ impl AgentClient {
 }
 
 impl AgentClient {
+    /// Asks `host`'s agent to power `node` (fence, start, reinstall); whether it runs
+    /// after. Within `limit`: a host that does not answer has not fenced anything.
+    pub async fn power(
+        &self,
+        host: &HostRow,
+        node: &str,
+        action: crate::model::PowerAction,
+        limit: Duration,
+    ) -> Result<bool, String> {
+        let url = format!(
+            "{}/agent/v1/nodes/{node}/power",
+            host.agent_url.trim_end_matches('/')
+        );
+        let resp = self
+            .http(host)?
+            .post(&url)
+            .bearer_auth(&host.agent_secret)
+            .timeout(limit)
+            .json(&crate::model::PowerRequest { action })
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "host {}: agent at {} unreachable: {}",
+                    host.name,
+                    host.agent_url,
+                    crate::tls::error_chain(&e)
+                )
+            })?;
+        if resp.status().is_success() {
+            let state: crate::model::PowerState = resp
+                .json()
+                .await
+                .map_err(|e| format!("host {}: bad answer from agent: {e}", host.name))?;
+            Ok(state.running)
+        } else {
+            Err(format!("host {}: {}", host.name, error_text(resp).await))
+        }
+    }
+
     /// Sends `req` to `host`'s agent and hands back its event stream; `Err` says why the
     /// command could not start there. The stream may last as long as the command may
     /// run, so this request's time limit is the command's, not the client's.

@@ -17,6 +17,7 @@ pub mod housekeeping;
 pub mod metrics;
 pub mod placement;
 pub mod portal;
+pub mod recovery;
 pub mod requests;
 pub mod store;
 pub mod tasks;
@@ -163,6 +164,8 @@ pub struct AppInner {
     pub metrics: metrics::Metrics,
     /// Nodes' health from their agents' reports.
     pub monitor: health::Monitor,
+    /// Recovery attempts of down nodes.
+    pub recoveries: recovery::Recoveries,
     /// One lock per cluster: its tasks run one at a time, so each push reads the
     /// cluster's newest desired state.
     cluster_locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
@@ -283,6 +286,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, StartE
         agents: AgentClient::new(config.task_timeout.min(Duration::from_secs(60))),
         metrics: metrics::Metrics::new(),
         monitor: health::Monitor::new(),
+        recoveries: recovery::Recoveries::new(),
         cluster_locks: Mutex::new(HashMap::new()),
         store,
         config,

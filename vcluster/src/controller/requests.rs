@@ -110,6 +110,7 @@ pub struct ClusterRequest {
     pub strategy: Strategy,
     pub reservation: Option<i64>,
     pub subnet: Option<Ipv4Net>,
+    pub recovery: crate::model::Recovery,
 }
 
 impl ClusterRequest {
@@ -181,6 +182,7 @@ impl CreateCluster {
             strategy: self.strategy.unwrap_or(Strategy::Spread),
             reservation: self.reservation,
             subnet,
+            recovery: self.recovery.unwrap_or(crate::model::Recovery::Restart),
         })
     }
 }

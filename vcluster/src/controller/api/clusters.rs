@@ -423,6 +423,7 @@ pub async fn create_cluster(
             reservation_id: reservation.as_ref().map(|r| r.id),
             node_cpus: req.per_node.cpus,
             node_memory_mib: req.per_node.memory_mib,
+            recovery: req.recovery,
         },
         now,
     )
@@ -668,4 +669,44 @@ mod tests {
         let small: Ipv4Net = "10.0.0.0/29".parse().unwrap();
         assert_eq!(max_index(small), 5);
     }
+}
+
+/// Sets what the controller does with the cluster's nodes that go down.
+#[utoipa::path(put, path = "/v1/clusters/{cluster}/recovery", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    request_body = crate::model::SetRecovery,
+    responses((status = 200, body = Cluster), (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn set_recovery(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+    ApiJson(req): ApiJson<crate::model::SetRecovery>,
+) -> Result<ApiJson<Cluster>, ApiError> {
+    who.require_person()?;
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let row = visible_cluster(tx.conn(), &who, &cluster).await?;
+    store::set_cluster_recovery(tx.conn(), row.id, req.policy, now).await?;
+    store::insert_event(
+        tx.conn(),
+        NewEvent {
+            kind: "recovery-policy",
+            cluster: Some(&row.name),
+            owner_id: Some(row.owner_id),
+            task_id: None,
+            message: &format!(
+                "cluster {}: recovery policy {} (was {}), set by {}",
+                row.name,
+                req.policy.as_str(),
+                row.recovery.as_str(),
+                who.name
+            ),
+        },
+        now,
+    )
+    .await?;
+    let row = visible_cluster(tx.conn(), &who, &cluster).await?;
+    let model = cluster_model(tx.conn(), &row, &app.monitor).await?;
+    tx.commit().await?;
+    Ok(ApiJson(model))
 }

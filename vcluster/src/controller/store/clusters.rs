@@ -22,6 +22,7 @@ pub struct ClusterRow {
     pub node_memory_mib: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub recovery: model::Recovery,
 }
 
 impl ClusterRow {
@@ -44,13 +45,14 @@ impl ClusterRow {
             node_memory_mib: self.node_memory_mib,
             nodes,
             created_at: ms_to_time(self.created_at),
+            recovery: self.recovery,
         }
     }
 }
 
 const CLUSTER_SELECT: &str = "SELECT c.id, c.name, c.owner_id, u.name AS owner_name, \
     c.network_id, c.psk, c.subnet, c.state, c.overlay, c.reason, c.reservation_id, c.node_cpus, \
-    c.node_memory_mib, c.created_at, c.updated_at FROM clusters c JOIN users u ON u.id = c.owner_id";
+    c.node_memory_mib, c.created_at, c.updated_at, c.recovery FROM clusters c JOIN users u ON u.id = c.owner_id";
 
 pub struct NewCluster<'a> {
     pub name: &'a str,
@@ -61,13 +63,14 @@ pub struct NewCluster<'a> {
     pub reservation_id: Option<i64>,
     pub node_cpus: i64,
     pub node_memory_mib: i64,
+    pub recovery: model::Recovery,
 }
 
 pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64> {
     Ok(sqlx::query_scalar(
         "INSERT INTO clusters (name, owner_id, network_id, psk, subnet, state, overlay, \
-         reservation_id, node_cpus, node_memory_mib, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9) RETURNING id",
+         reservation_id, node_cpus, node_memory_mib, created_at, updated_at, recovery) \
+         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10) RETURNING id",
     )
     .bind(n.name)
     .bind(n.owner_id)
@@ -78,6 +81,7 @@ pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64>
     .bind(n.node_cpus)
     .bind(n.node_memory_mib)
     .bind(now)
+    .bind(n.recovery.as_str())
     .fetch_one(c)
     .await?)
 }
@@ -164,6 +168,21 @@ pub async fn delete_cluster(c: &mut Conn, id: i64) -> R<()> {
         .execute(&mut *c)
         .await?;
     sqlx::query("DELETE FROM clusters WHERE id = $1")
+        .bind(id)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_cluster_recovery(
+    c: &mut Conn,
+    id: i64,
+    policy: model::Recovery,
+    now: i64,
+) -> R<()> {
+    sqlx::query("UPDATE clusters SET recovery = $1, updated_at = $2 WHERE id = $3")
+        .bind(policy.as_str())
+        .bind(now)
         .bind(id)
         .execute(c)
         .await?;

@@ -257,6 +257,7 @@ text_column!(
     model::ReservationState,
     model::TaskState,
     model::TaskKind,
+    model::Recovery,
 );
 
 /// Milliseconds since the Unix epoch, the store's time unit.
