@@ -285,6 +285,36 @@ enum AgentRun {
     Off,
 }
 
+/// Kills every process in the network namespace `name` and waits until none is left
+/// (at most 5 s): what powering a machine off does to its programs.
+async fn kill_everything_in(name: &str) -> Result<(), DriverError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = ip(&["netns", "pids", name]).await?;
+        let pids: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p: &i32| !is_zombie(*p))
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(DriverError::Node {
+                node: name.to_string(),
+                message: format!("processes {pids:?} survived SIGKILL for 5 s"),
+            });
+        }
+        for pid in pids {
+            // SAFETY: kill(2) on a process the kernel lists in this node's namespace.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -475,31 +505,7 @@ impl VmDriver for NetnsDriver {
             node: name.to_string(),
             message: format!("marking it fenced: {e}"),
         })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let pids = ip(&["netns", "pids", name]).await?;
-            let pids: Vec<i32> = pids
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .filter(|p: &i32| !is_zombie(*p))
-                .collect();
-            if pids.is_empty() {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(DriverError::Node {
-                    node: name.to_string(),
-                    message: format!("processes {pids:?} survived SIGKILL for 5 s: not fenced"),
-                });
-            }
-            for pid in pids {
-                // SAFETY: kill(2) on a process the kernel lists in this node's namespace.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        kill_everything_in(name).await?;
         let _ = std::fs::remove_file(agents.socket(name));
         Ok(false)
     }
@@ -523,6 +529,9 @@ impl VmDriver for NetnsDriver {
                 let _ = std::fs::remove_file(agents.dir.join(format!("{ns}.log")));
             }
             if netns_exists(ns).await? {
+                // A namespace outlives `ip netns del` while a process is in it: what
+                // the node ran goes with it.
+                kill_everything_in(ns).await?;
                 ip(&["netns", "del", ns]).await?;
             }
         }
