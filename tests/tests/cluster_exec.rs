@@ -188,6 +188,54 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
         );
     }
 
+    // copy: a binary file to every node, whole and with its mode; rcopy: a file from each
+    // node, saved under the node's name (/proc/net/dev is each node's own).
+    let src = topo.dir().join("payload.bin");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src, &payload).unwrap();
+    let dest = format!("/tmp/{name}-copied/payload.bin");
+    let out = plane.cli(&[
+        "copy",
+        "--mode",
+        "640",
+        &all,
+        &src.display().to_string(),
+        &dest,
+    ]);
+    assert!(out.success, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("copied to {all} (6)")),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), payload);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+    let _ = std::fs::remove_dir_all(format!("/tmp/{name}-copied"));
+    let back = topo.dir().join("rcopy");
+    std::fs::create_dir_all(&back).unwrap();
+    let out = plane.cli(&[
+        "rcopy",
+        &format!("{name}-node-[1-3]"),
+        "/proc/net/dev",
+        &back.display().to_string(),
+    ]);
+    assert!(out.success, "{out:?}");
+    for i in 1..=3 {
+        let got = std::fs::read_to_string(back.join(format!("dev.{name}-node-{i}"))).unwrap();
+        assert!(got.contains("eth0:") && got.contains("lo:"), "{got}");
+    }
+    let out = plane.cli(&[
+        "rcopy",
+        &format!("{name}-node-1"),
+        "/nonexistent/file",
+        &back.display().to_string(),
+    ]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("not saved"), "{out:?}");
+
     // Bad input runs nothing and names what is wrong.
     let marker = format!("/tmp/{name}-ran");
     let out = plane.cli(&[

@@ -27,6 +27,10 @@ enum Command {
     NodeAgent(NodeAgentArgs),
     /// Run a command on many nodes at once, as clush does: `vcluster exec -c C 'n[1-4]' -- uname -r`.
     Exec(cli::exec::ExecArgs),
+    /// Copy a file to many nodes (clush --copy): `vcluster copy 'c1-node-[1-4]' FILE [DEST]`.
+    Copy(cli::exec::CopyArgs),
+    /// Copy a file from many nodes, saved as DESTDIR/NAME.NODE (clush --rcopy).
+    Rcopy(cli::exec::RcopyArgs),
     /// Sites: list, show, create, delete.
     Sites(cli::SitesCmd),
     /// Hosts: list, show, enable, disable, remove (admin).
@@ -222,6 +226,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Exec(a) => cli::exec::exec(a).await,
+        Command::Copy(a) => cli::exec::copy(a).await,
+        Command::Rcopy(a) => cli::exec::rcopy(a).await,
         Command::Sites(c) => cli::sites(c).await,
         Command::Hosts(c) => cli::hosts(c).await,
         Command::Users(c) => cli::users(c).await,

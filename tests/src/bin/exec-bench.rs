@@ -46,10 +46,21 @@ fn main() {
         eprintln!("exec-bench: needs root (it creates network namespaces)");
         std::process::exit(1);
     }
-    for cmd in ["ip", "ethtool", "nsenter", "sshd", "ssh", "ssh-keygen", "clush", "pdsh"] {
+    for cmd in [
+        "ip",
+        "ethtool",
+        "nsenter",
+        "sshd",
+        "ssh",
+        "ssh-keygen",
+        "clush",
+        "pdsh",
+    ] {
         let found = find_command(cmd).is_some() || Path::new(&format!("/usr/sbin/{cmd}")).exists();
         if !found {
-            eprintln!("exec-bench: `{cmd}` is missing: apt-get install openssh-server clustershell pdsh");
+            eprintln!(
+                "exec-bench: `{cmd}` is missing: apt-get install openssh-server clustershell pdsh"
+            );
             std::process::exit(1);
         }
     }
@@ -85,11 +96,17 @@ fn main() {
         args.sites,
         started.elapsed().as_secs_f64()
     );
-    wait_until("every node's agent answers", Duration::from_secs(120), || {
-        plane.cluster(&name).nodes.iter().all(|n| {
-            n.health.as_ref().is_some_and(|h| h.health == Health::Up)
-        })
-    });
+    wait_until(
+        "every node's agent answers",
+        Duration::from_secs(120),
+        || {
+            plane
+                .cluster(&name)
+                .nodes
+                .iter()
+                .all(|n| n.health.as_ref().is_some_and(|h| h.health == Health::Up))
+        },
+    );
 
     // sshd in every node, one key pair for the client, one host key for all.
     let dir = topo.dir().join("ssh");
@@ -212,7 +229,10 @@ fn main() {
     };
     type Run<'a> = Box<dyn Fn() -> (Duration, bool, String) + 'a>;
     let tools: Vec<(&str, Run)> = vec![
-        ("vcluster exec (TLS, controller → host agents → node agents)", Box::new(vcluster_run)),
+        (
+            "vcluster exec (TLS, controller → host agents → node agents)",
+            Box::new(vcluster_run),
+        ),
         ("clush over ssh", Box::new(clush_run)),
         ("pdsh -R ssh", Box::new(pdsh_run)),
     ];
@@ -224,7 +244,11 @@ fn main() {
             println!(
                 "round {round}: {label}: {:.3} s{}",
                 took.as_secs_f64(),
-                if ok { String::new() } else { format!(" FAILED: {}", err.trim()) }
+                if ok {
+                    String::new()
+                } else {
+                    format!(" FAILED: {}", err.trim())
+                }
             );
             if ok {
                 times[i].push(took.as_secs_f64());
@@ -256,7 +280,10 @@ fn main() {
         args.rounds,
         args.fanout
     );
-    let _ = writeln!(md, "| tool | median | min | max | failed runs |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| tool | median | min | max | failed runs |\n|---|---|---|---|---|"
+    );
     for (i, (label, _)) in tools.iter().enumerate() {
         let mut v = times[i].clone();
         v.sort_by(f64::total_cmp);

@@ -562,6 +562,11 @@ fn api_router(shared: Arc<Shared>) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::not_found("no such route") })
+        // A command may carry a file (`vcluster copy`); only the controller gets this far
+        // (its secret is checked before a body is read).
+        .layer(axum::extract::DefaultBodyLimit::max(
+            exec::MAX_EXEC_BODY_BYTES,
+        ))
         .with_state(shared)
 }
 
@@ -632,6 +637,7 @@ async fn exec_on_nodes(
     )
     .map_err(bad)?;
     exec::check_bound("fanout", u64::from(req.fanout), u64::from(exec::MAX_FANOUT)).map_err(bad)?;
+    exec::decode_stdin(req.stdin.as_deref()).map_err(bad)?;
     if req.nodes.is_empty() || req.nodes.len() > crate::nodeset::MAX_NAMES {
         return Err(ApiError::invalid(
             "nodes",
@@ -657,6 +663,7 @@ async fn relay_exec(
     let node_req = Arc::new(NodeExec {
         command: req.command.clone(),
         timeout_ms: req.command_timeout_ms,
+        stdin: req.stdin.clone(),
     });
     let connect = Duration::from_millis(req.connect_timeout_ms);
     let mut running = tokio::task::JoinSet::new();

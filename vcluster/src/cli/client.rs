@@ -188,6 +188,34 @@ impl ApiClient {
             .expect_err("a failed answer decodes to an error"))
     }
 
+    /// Posts raw bytes with a query and hands back the successful answer's stream.
+    pub async fn post_bytes_stream<Q: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        query: &Q,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .query(query)
+            .timeout(limit)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(self.http(path))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self
+            .decode::<serde_json::Value>(path, resp)
+            .await
+            .expect_err("a failed answer decodes to an error"))
+    }
+
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.call(path, self.http.put(self.url(path)).json(body))
             .await

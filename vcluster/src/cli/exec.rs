@@ -99,6 +99,55 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
     let resp = client
         .post_stream(&format!("/v1/clusters/{cluster}/exec"), &req, limit)
         .await?;
+    let mode = Show {
+        json: a.api.json,
+        gather: a.gather,
+        live_out: true,
+    };
+    let followed = follow(resp, mode).await;
+    let code = followed.code(a.max_rc);
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// How a command's events are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Show {
+    /// Each event as a JSON line.
+    pub json: bool,
+    /// `-b`: standard output gathered and folded at the end.
+    pub gather: bool,
+    /// Standard output lines printed as they come (when not gathering).
+    pub live_out: bool,
+}
+
+/// What a followed stream left.
+pub struct Followed {
+    pub gather: Gather,
+    pub interrupted: bool,
+}
+
+impl Followed {
+    /// The exit code of the command: 130 after Ctrl-C; with `max_rc` the largest remote
+    /// code; else 0 when every node ran it, 1 when one did not.
+    pub fn code(&self, max_rc: bool) -> i32 {
+        if self.interrupted {
+            130
+        } else if max_rc {
+            self.gather.max_code().clamp(0, 255)
+        } else if self.gather.all_ran() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Reads the event stream to its end (or Ctrl-C, which drops it and so stops the command
+/// wherever it still runs), showing events as `mode` says.
+pub async fn follow(resp: reqwest::Response, mode: Show) -> Followed {
     let mut body = resp.bytes_stream();
     let mut reader = EventReader::new();
     let mut gather = Gather::new(std::iter::empty());
@@ -129,16 +178,16 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
         };
         for e in events {
             gather.add(&e);
-            if a.api.json {
+            if mode.json {
                 let _ = stdout.write_all(&e.to_line());
             } else {
-                show_live(&mut stdout, &e, a.gather);
+                show_live(&mut stdout, &e, mode.gather || !mode.live_out);
             }
         }
         let _ = stdout.flush();
     }
-    drop(body); // stops the command wherever it still runs
-    if a.gather && !a.api.json {
+    drop(body);
+    if mode.gather && !mode.json {
         let _ = stdout.write_all(gather.render().as_bytes());
     }
     let _ = stdout.flush();
@@ -146,7 +195,7 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
     if interrupted {
         eprintln!("vcluster: interrupted; the command was stopped where it still ran");
     }
-    if !unfinished.is_empty() && !a.gather {
+    if !unfinished.is_empty() && !mode.gather {
         eprintln!(
             "vcluster: {unfinished} ({}): no end received",
             unfinished.len()
@@ -155,19 +204,10 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
     if let Some(e) = broken {
         eprintln!("vcluster: {e}");
     }
-    let code = if interrupted {
-        130
-    } else if a.max_rc {
-        gather.max_code()
-    } else if gather.all_ran() {
-        0
-    } else {
-        1
-    };
-    if code != 0 {
-        std::process::exit(code.clamp(0, 255));
+    Followed {
+        gather,
+        interrupted,
     }
-    Ok(())
 }
 
 fn show_live(out: &mut impl Write, e: &ExecEvent, gathering: bool) {
@@ -209,4 +249,220 @@ mod tests {
         assert!(millis("-u", 1e300).is_err());
         assert_eq!(millis("-u", 0.0001).unwrap(), 1);
     }
+}
+
+/// `vcluster copy`: a file to every node of a set (clush `--copy`).
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The cluster (default: the one every name of NODES belongs to).
+    #[arg(short, long)]
+    pub cluster: Option<String>,
+    /// Nodes to leave out (a node set).
+    #[arg(short = 'x', long, value_name = "NODESET")]
+    pub exclude: Option<String>,
+    /// Permissions of the copies (octal; default: the source's).
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[arg(short = 'f', long, default_value_t = crate::exec::DEFAULT_FANOUT)]
+    pub fanout: u32,
+    /// The nodes.
+    pub nodes: String,
+    /// The local file (at most 8 MiB).
+    pub src: std::path::PathBuf,
+    /// The absolute path on each node (default: the source's absolute path); a path
+    /// ending in `/` is a directory the file goes into.
+    pub dest: Option<String>,
+}
+
+pub async fn copy(a: CopyArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(&a.src).map_err(|e| anyhow::anyhow!("{}: {e}", a.src.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{}: not a regular file", a.src.display());
+    }
+    if meta.len() > crate::exec::MAX_STDIN_BYTES as u64 {
+        anyhow::bail!(
+            "{}: {} bytes; vcluster copy takes at most {} bytes",
+            a.src.display(),
+            meta.len(),
+            crate::exec::MAX_STDIN_BYTES
+        );
+    }
+    let bytes = std::fs::read(&a.src).map_err(|e| anyhow::anyhow!("{}: {e}", a.src.display()))?;
+    let base = a
+        .src
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: no file name", a.src.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let dest = match &a.dest {
+        Some(d) if d.ends_with('/') => format!("{d}{base}"),
+        Some(d) => d.clone(),
+        None => std::path::absolute(&a.src)?.to_string_lossy().into_owned(),
+    };
+    let mode = a
+        .mode
+        .clone()
+        .unwrap_or_else(|| format!("{:o}", meta.permissions().mode() & 0o777));
+    let cluster = match &a.cluster {
+        Some(c) => c.clone(),
+        None => infer_cluster(&a.nodes)?,
+    };
+    let mut query = vec![
+        ("nodes", a.nodes.clone()),
+        ("dest", dest.clone()),
+        ("mode", mode),
+        ("fanout", a.fanout.to_string()),
+    ];
+    if let Some(x) = &a.exclude {
+        query.push(("exclude", x.clone()));
+    }
+    let client = a.api.client()?;
+    let resp = client
+        .post_bytes_stream(
+            &format!("/v1/clusters/{cluster}/copy"),
+            &query,
+            bytes,
+            Duration::from_secs(3600),
+        )
+        .await?;
+    let followed = follow(
+        resp,
+        Show {
+            json: a.api.json,
+            gather: false,
+            live_out: true,
+        },
+    )
+    .await;
+    let g = &followed.gather;
+    if !a.api.json {
+        let ok: NodeSet = g
+            .groups()
+            .into_iter()
+            .filter(|grp| grp.outcome == crate::exec::gather::Outcome::Exit(0))
+            .flat_map(|grp| grp.nodes.iter().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        if !ok.is_empty() {
+            println!("{dest}: copied to {ok} ({})", ok.len());
+        }
+    }
+    let code = followed.code(true);
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// `vcluster rcopy`: a file from every node of a set, saved as `DESTDIR/<name>.<node>`
+/// (clush `--rcopy`).
+#[derive(Debug, Args)]
+pub struct RcopyArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[arg(short, long)]
+    pub cluster: Option<String>,
+    #[arg(short = 'x', long, value_name = "NODESET")]
+    pub exclude: Option<String>,
+    #[arg(short = 'f', long, default_value_t = crate::exec::DEFAULT_FANOUT)]
+    pub fanout: u32,
+    /// The nodes.
+    pub nodes: String,
+    /// The absolute path of the file on the nodes (at most 6 MiB each).
+    pub src: String,
+    /// The local directory the copies go into (default: the current one).
+    #[arg(default_value = ".")]
+    pub dest_dir: std::path::PathBuf,
+}
+
+pub async fn rcopy(a: RcopyArgs) -> anyhow::Result<()> {
+    use base64::Engine;
+    if !a.src.starts_with('/') {
+        anyhow::bail!("{}: give the absolute path of the file on the nodes", a.src);
+    }
+    let base = a
+        .src
+        .rsplit('/')
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{}: no file name", a.src))?
+        .to_string();
+    if !a.dest_dir.is_dir() {
+        anyhow::bail!("{}: not a directory", a.dest_dir.display());
+    }
+    let cluster = match &a.cluster {
+        Some(c) => c.clone(),
+        None => infer_cluster(&a.nodes)?,
+    };
+    let req = ClusterExec {
+        nodes: a.nodes.clone(),
+        exclude: a.exclude.clone(),
+        command: format!("base64 < {}", crate::exec::shell_quote(&a.src)),
+        connect_timeout_ms: None,
+        command_timeout_ms: None,
+        fanout: Some(a.fanout),
+    };
+    let client = a.api.client()?;
+    let resp = client
+        .post_stream(
+            &format!("/v1/clusters/{cluster}/exec"),
+            &req,
+            Duration::from_secs(3600),
+        )
+        .await?;
+    let followed = follow(
+        resp,
+        Show {
+            json: false,
+            gather: false,
+            live_out: false,
+        },
+    )
+    .await;
+    let mut saved = NodeSet::new();
+    let mut failed = false;
+    for (node, out, outcome) in followed.gather.per_node() {
+        if outcome != Some(&crate::exec::gather::Outcome::Exit(0)) {
+            let why = outcome
+                .map(|o| o.describe().trim().to_string())
+                .unwrap_or_else(|| "no end received".into());
+            eprintln!("vcluster: {node}: {} not saved ({why})", a.src);
+            failed = true;
+            continue;
+        }
+        let text: String = out.concat();
+        let bytes = match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("vcluster: {node}: the copy came back damaged ({e}): not saved");
+                failed = true;
+                continue;
+            }
+        };
+        let path = a.dest_dir.join(format!("{base}.{node}"));
+        if let Err(e) = std::fs::write(&path, &bytes) {
+            eprintln!("vcluster: {}: {e}", path.display());
+            failed = true;
+            continue;
+        }
+        saved.insert(node);
+    }
+    if !saved.is_empty() {
+        println!(
+            "{}: saved from {saved} ({}) as {}/{base}.<node>",
+            a.src,
+            saved.len(),
+            a.dest_dir.display()
+        );
+    }
+    if followed.interrupted {
+        std::process::exit(130);
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -30,7 +30,8 @@ impl Outcome {
         }
     }
 
-    fn describe(&self) -> String {
+    /// How it ended, for people (empty for exit code 0).
+    pub fn describe(&self) -> String {
         match self {
             Outcome::Exit(0) => String::new(),
             Outcome::Exit(c) => format!(" exit code {c}"),
@@ -149,6 +150,13 @@ impl Gather {
         self.nodes
             .values()
             .all(|r| matches!(r.outcome, Some(Outcome::Exit(_))))
+    }
+
+    /// Every node's standard output lines and end, by name.
+    pub fn per_node(&self) -> impl Iterator<Item = (&str, &[String], Option<&Outcome>)> {
+        self.nodes
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.out.as_slice(), r.outcome.as_ref()))
     }
 
     /// Nodes whose end is not yet known.

@@ -35,6 +35,10 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Output kept per node and command (stdout and stderr together); past it the node says
 /// so once and the rest is read and dropped.
 pub const MAX_OUTPUT_BYTES: usize = 8 << 20;
+/// The largest standard input a command gets (`vcluster copy`'s file), in bytes.
+pub const MAX_STDIN_BYTES: usize = 8 << 20;
+/// The body limit of the hops that carry a command with its standard input (base64).
+pub const MAX_EXEC_BODY_BYTES: usize = MAX_STDIN_BYTES / 3 * 4 + 8 + MAX_COMMAND_BYTES * 2 + 4096;
 
 /// What the CLI asks of the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -65,6 +69,9 @@ pub struct HostExec {
     pub connect_timeout_ms: u64,
     pub command_timeout_ms: u64,
     pub fanout: u32,
+    /// The command's standard input, base64 (else `/dev/null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
 }
 
 /// What a host agent asks of one node's agent.
@@ -73,6 +80,36 @@ pub struct HostExec {
 pub struct NodeExec {
     pub command: String,
     pub timeout_ms: u64,
+    /// The command's standard input, base64 (else `/dev/null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+}
+
+/// Decodes a standard input given in base64, within [`MAX_STDIN_BYTES`].
+pub fn decode_stdin(stdin: Option<&str>) -> Result<Option<Vec<u8>>, (&'static str, String)> {
+    use base64::Engine;
+    let Some(text) = stdin else { return Ok(None) };
+    if text.len() > MAX_STDIN_BYTES / 3 * 4 + 8 {
+        return Err((
+            "stdin",
+            format!("the standard input is larger than {MAX_STDIN_BYTES} bytes"),
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| ("stdin", format!("the standard input is not base64: {e}")))?;
+    if bytes.len() > MAX_STDIN_BYTES {
+        return Err((
+            "stdin",
+            format!("the standard input is larger than {MAX_STDIN_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// `s` quoted for `/bin/sh`: one word whatever it holds.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// One thing that happened on one node, a line of the exec stream.
@@ -245,6 +282,30 @@ mod tests {
         let mut r = EventReader::new();
         let long = vec![b'a'; MAX_EVENT_LINE + 1];
         assert!(r.push(&long).unwrap_err().contains("longer"));
+    }
+
+    #[test]
+    fn quoting_keeps_a_word_whole_and_stdin_is_bounded() {
+        for s in ["a b", "it's", "$(rm -rf /)", "`x`", "\"q\"", "a\\b", ""] {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+        use base64::Engine;
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        assert_eq!(decode_stdin(None).unwrap(), None);
+        assert_eq!(decode_stdin(Some(&b64(3))).unwrap(), Some(vec![7u8; 3]));
+        assert!(decode_stdin(Some(&b64(MAX_STDIN_BYTES))).is_ok());
+        assert!(decode_stdin(Some(&b64(MAX_STDIN_BYTES + 1))).is_err());
+        assert!(
+            decode_stdin(Some("not base64!"))
+                .unwrap_err()
+                .1
+                .contains("base64")
+        );
     }
 
     #[test]

@@ -16,11 +16,25 @@ use super::{ExecEvent, MAX_LINE_BYTES, MAX_OUTPUT_BYTES, NodeExec};
 /// Runs `req` and sends its events to `tx`, the final one last. Returns when the command
 /// and its output are done, or it was killed.
 pub async fn run(node: &str, req: &NodeExec, tx: mpsc::Sender<ExecEvent>) {
+    run_with_input(node, req, None, tx).await
+}
+
+/// [`run`], with `input` as the command's standard input (else `/dev/null`).
+pub async fn run_with_input(
+    node: &str,
+    req: &NodeExec,
+    input: Option<Vec<u8>>,
+    tx: mpsc::Sender<ExecEvent>,
+) {
     let started = Instant::now();
     let mut child = match Command::new("/bin/sh")
         .arg("-c")
         .arg(&req.command)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -45,6 +59,15 @@ pub async fn run(node: &str, req: &NodeExec, tx: mpsc::Sender<ExecEvent>) {
         }
     };
     let pgid = child.id().map(|p| p as i32);
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Written beside the reading of its output (a command may answer as it reads);
+        // a command that stops reading early just loses the rest.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&input).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let budget = std::sync::atomic::AtomicUsize::new(MAX_OUTPUT_BYTES);
@@ -193,6 +216,7 @@ mod tests {
         let req = NodeExec {
             command: command.to_string(),
             timeout_ms,
+            stdin: None,
         };
         let runner = tokio::spawn(async move { run("n1", &req, tx).await });
         let mut events = Vec::new();

@@ -104,7 +104,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(
-            exec::MAX_COMMAND_BYTES * 2 + 1024,
+            exec::MAX_EXEC_BODY_BYTES,
         ))
         .with_state(shared)
 }
@@ -122,6 +122,8 @@ async fn exec_command(
     exec::check_command(&req.command).map_err(|(f, m)| ApiError::invalid(f, m))?;
     exec::check_bound("timeout_ms", req.timeout_ms, exec::MAX_COMMAND_TIMEOUT_MS)
         .map_err(|(f, m)| ApiError::invalid(f, m))?;
+    let input =
+        exec::decode_stdin(req.stdin.as_deref()).map_err(|(f, m)| ApiError::invalid(f, m))?;
     let permit = shared.execs.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -132,7 +134,7 @@ async fn exec_command(
     let node = shared.name.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        exec::run::run(&node, &req, tx).await;
+        exec::run::run_with_input(&node, &req, input, tx).await;
     });
     Ok(ndjson_response(rx))
 }

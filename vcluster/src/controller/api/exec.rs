@@ -83,29 +83,167 @@ pub async fn exec_on_nodes(
     ApiJson(req): ApiJson<ClusterExec>,
 ) -> Result<Response, ApiError> {
     who.require_person()?;
-    let bad = |(f, m): (&'static str, String)| ApiError::invalid(f, m);
-    exec::check_command(&req.command).map_err(bad)?;
-    let connect_timeout_ms = req
-        .connect_timeout_ms
-        .unwrap_or(exec::DEFAULT_CONNECT_TIMEOUT_MS);
-    let command_timeout_ms = req
-        .command_timeout_ms
-        .unwrap_or(exec::DEFAULT_COMMAND_TIMEOUT_MS);
-    let fanout = req.fanout.unwrap_or(exec::DEFAULT_FANOUT);
-    exec::check_bound(
-        "connect_timeout_ms",
-        connect_timeout_ms,
-        exec::MAX_CONNECT_TIMEOUT_MS,
-    )
-    .map_err(bad)?;
-    exec::check_bound(
-        "command_timeout_ms",
-        command_timeout_ms,
-        exec::MAX_COMMAND_TIMEOUT_MS,
-    )
-    .map_err(bad)?;
-    exec::check_bound("fanout", u64::from(fanout), u64::from(exec::MAX_FANOUT)).map_err(bad)?;
+    let plan = Plan::new(
+        req.nodes,
+        req.exclude,
+        req.command,
+        None,
+        req.connect_timeout_ms,
+        req.command_timeout_ms,
+        req.fanout,
+    )?;
+    start(app, who, cluster, plan).await
+}
 
+/// `vcluster copy`'s query: the file is the request's body (at most
+/// [`exec::MAX_STDIN_BYTES`]).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CopyQuery {
+    /// The node set, as for exec.
+    pub nodes: String,
+    #[serde(default)]
+    pub exclude: Option<String>,
+    /// The absolute path the file gets on each node (its directory is made).
+    pub dest: String,
+    /// Octal permissions, e.g. `644` (default `600`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub command_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub fanout: Option<u32>,
+}
+
+/// Writes the body as a file on each node of the set (clush `--copy`): written to a
+/// temporary name beside `dest`, then renamed, so a node never shows half a file. The
+/// answer streams events as exec does (a node's end is `cat`'s and `mv`'s).
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/copy", tag = "clusters",
+    params(("cluster" = String, Path, description = "cluster name or id"), CopyQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "one ExecEvent per line (application/x-ndjson)", body = ExecEvent),
+        (status = 404, body = ApiErrorBody), (status = 413, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn copy_to_nodes(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+    crate::api_error::ApiQuery(q): crate::api_error::ApiQuery<CopyQuery>,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use base64::Engine;
+    use http_body_util::BodyExt;
+    who.require_person()?;
+    let dest = q.dest.trim_end_matches('/');
+    if !dest.starts_with('/') || dest.len() < 2 || dest.contains('\0') || dest.len() > 4096 {
+        return Err(ApiError::invalid(
+            "dest",
+            format!("dest {:?} must be an absolute file path", q.dest),
+        ));
+    }
+    let mode = q.mode.as_deref().unwrap_or("600");
+    if mode.is_empty() || mode.len() > 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(ApiError::invalid(
+            "mode",
+            format!("mode {mode:?} is not octal permissions like 644"),
+        ));
+    }
+    let bytes = http_body_util::Limited::new(body, exec::MAX_STDIN_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the file: {e} (at most {} bytes)", exec::MAX_STDIN_BYTES),
+            )
+        })?
+        .to_bytes();
+    let dir = match dest.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((d, _)) => d.to_string(),
+    };
+    // The temporary name is the shell's own ($$): nodes that share a file system (the
+    // lightweight ones do) never write into one another's.
+    let tmp = format!("{dest}.vcluster-copy.");
+    let command = format!(
+        "mkdir -p {dir} && cat > {tmp}$$ && chmod {mode} {tmp}$$ && mv -f {tmp}$$ {dst}",
+        dir = exec::shell_quote(&dir),
+        tmp = exec::shell_quote(&tmp),
+        dst = exec::shell_quote(dest),
+    );
+    let plan = Plan::new(
+        q.nodes,
+        q.exclude,
+        command,
+        Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+        q.connect_timeout_ms,
+        q.command_timeout_ms,
+        q.fanout,
+    )?;
+    start(app, who, cluster, plan).await
+}
+
+/// A command checked, with its defaults filled in.
+struct Plan {
+    nodes: String,
+    exclude: Option<String>,
+    command: String,
+    stdin: Option<String>,
+    connect_timeout_ms: u64,
+    command_timeout_ms: u64,
+    fanout: u32,
+}
+
+impl Plan {
+    fn new(
+        nodes: String,
+        exclude: Option<String>,
+        command: String,
+        stdin: Option<String>,
+        connect_timeout_ms: Option<u64>,
+        command_timeout_ms: Option<u64>,
+        fanout: Option<u32>,
+    ) -> Result<Plan, ApiError> {
+        let bad = |(f, m): (&'static str, String)| ApiError::invalid(f, m);
+        exec::check_command(&command).map_err(bad)?;
+        let connect_timeout_ms = connect_timeout_ms.unwrap_or(exec::DEFAULT_CONNECT_TIMEOUT_MS);
+        let command_timeout_ms = command_timeout_ms.unwrap_or(exec::DEFAULT_COMMAND_TIMEOUT_MS);
+        let fanout = fanout.unwrap_or(exec::DEFAULT_FANOUT);
+        exec::check_bound(
+            "connect_timeout_ms",
+            connect_timeout_ms,
+            exec::MAX_CONNECT_TIMEOUT_MS,
+        )
+        .map_err(bad)?;
+        exec::check_bound(
+            "command_timeout_ms",
+            command_timeout_ms,
+            exec::MAX_COMMAND_TIMEOUT_MS,
+        )
+        .map_err(bad)?;
+        exec::check_bound("fanout", u64::from(fanout), u64::from(exec::MAX_FANOUT)).map_err(bad)?;
+        Ok(Plan {
+            nodes,
+            exclude,
+            command,
+            stdin,
+            connect_timeout_ms,
+            command_timeout_ms,
+            fanout,
+        })
+    }
+}
+
+/// Resolves the node set in the cluster (or refuses, running nothing), then runs the
+/// plan on each host's share and streams the events back.
+async fn start(
+    app: App,
+    who: Principal,
+    cluster: String,
+    plan: Plan,
+) -> Result<Response, ApiError> {
     let mut rx = app.store.read().await?;
     let row = match store::cluster_by_key(rx.conn(), &cluster).await? {
         Some(c) if who.may_see(c.owner_id) => c,
@@ -123,9 +261,9 @@ pub async fn exec_on_nodes(
         cluster: &row.name,
         nodes: &nodes,
     };
-    let mut set = NodeSet::parse(&req.nodes, &groups)
+    let mut set = NodeSet::parse(&plan.nodes, &groups)
         .map_err(|e| ApiError::invalid("nodes", e.to_string()))?;
-    if let Some(x) = &req.exclude {
+    if let Some(x) = &plan.exclude {
         let x =
             NodeSet::parse(x, &groups).map_err(|e| ApiError::invalid("exclude", e.to_string()))?;
         set = set.difference(&x);
@@ -188,10 +326,11 @@ pub async fn exec_on_nodes(
         let host = Arc::new(host_by_id[&host_id].clone());
         let share = HostExec {
             nodes: names,
-            command: req.command.clone(),
-            connect_timeout_ms,
-            command_timeout_ms,
-            fanout,
+            command: plan.command.clone(),
+            connect_timeout_ms: plan.connect_timeout_ms,
+            command_timeout_ms: plan.command_timeout_ms,
+            fanout: plan.fanout,
+            stdin: plan.stdin.clone(),
         };
         tokio::spawn(run_on_host(app.clone(), host, share, tx.clone()));
     }

@@ -78,6 +78,7 @@ pub fn router(app: App) -> Router {
         .routes(routes!(clusters::start_overlay))
         .routes(routes!(clusters::stop_overlay))
         .routes(routes!(exec::exec_on_nodes))
+        .routes(routes!(exec::copy_to_nodes))
         .routes(routes!(clusters::set_recovery))
         .routes(routes!(
             reservations::list_reservations,
