@@ -4,8 +4,9 @@
 //! boot file served across sites by a real dnsmasq, and `vpnd status` at a site. Then the
 //! cluster layer on top: the controller and a host agent per site, a virtual cluster of
 //! six lightweight nodes created through the API with the `vcluster` CLI, every node
-//! reaching every other over its own overlay network, and the cluster deleted without a
-//! trace. Everything it creates is removed when it ends, also on Ctrl-C.
+//! reaching every other over its own overlay network, a command run on all of them with
+//! `vcluster exec` (output folded), a node whose agent is killed fenced and restarted by
+//! the controller, and the cluster deleted without a trace. Everything it creates is removed when it ends, also on Ctrl-C.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -259,6 +260,8 @@ fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
         overlay,
         &ControlPlaneOpts {
             first_network_id: 100,
+            // A node is down after 2 silent heartbeats of 1 s: recovery shows in seconds.
+            down_after_beats: 2,
             ..ControlPlaneOpts::default()
         },
     );
@@ -327,6 +330,72 @@ fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
         "      {}/{pairs} ordered pairs reach each other",
         pairs - missing.len()
     );
+    check()?;
+
+    println!(
+        "\n      every node runs its node agent; a command on all of them, output folded (clush -b):"
+    );
+    println!(
+        "\n      $ vcluster exec -b -c {name} @all -- 'ip -o -4 addr show dev eth0 | wc -l; uname -s'"
+    );
+    let started = Instant::now();
+    let out = plane.cli(&[
+        "exec",
+        "-b",
+        "-c",
+        &name,
+        "@all",
+        "--",
+        "ip -o -4 addr show dev eth0 | wc -l; uname -s",
+    ]);
+    print_indented(&out.stdout);
+    println!(
+        "      (6 nodes at 3 sites in {:.2} s{})",
+        started.elapsed().as_secs_f64(),
+        if out.success { "" } else { ", FAILED" }
+    );
+    check()?;
+
+    // Monitoring and recovery: kill one node's agent, watch the controller bring it back.
+    let victim = c.nodes[c.nodes.len() - 1].name.clone();
+    println!("\n      $ kill -9 <the node agent of {victim}>   # the node crashes");
+    let killed = site_tests::cluster::node_agent_pids(&c)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&victim))
+                .unwrap_or(false)
+        });
+    if let Some(pid) = killed {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+        let started = Instant::now();
+        let mut shown = 0;
+        while started.elapsed() < Duration::from_secs(40) {
+            pause(Duration::from_millis(500))?;
+            let events: Vec<vcluster::model::Event> = plane
+                .block_on(plane.user().get("/v1/events?limit=1000"))
+                .unwrap_or_default();
+            let mut mine: Vec<_> = events
+                .into_iter()
+                .filter(|e| e.message.contains(&format!("node {victim}")))
+                .collect();
+            mine.sort_by_key(|e| e.id);
+            for e in mine.iter().skip(shown) {
+                println!(
+                    "      {:>5.1} s  {:<10} {}",
+                    started.elapsed().as_secs_f64(),
+                    e.kind,
+                    e.message
+                );
+            }
+            shown = mine.len();
+            if mine.iter().any(|e| e.kind == "recovered") {
+                break;
+            }
+        }
+    }
     check()?;
 
     println!("\n[7/7] deleting the cluster: its nodes, bridges, TAPs and vpnd networks go");
