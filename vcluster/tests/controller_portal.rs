@@ -138,12 +138,14 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
     config.tls = None;
     let ctl = TestController::start_with(config).await;
     let mut agents = Vec::new();
+    let mut agent_tokens = std::collections::HashMap::new();
     for (site, hosts, cpus) in [("amsterdam", 2, 8), ("lisbon", 1, 4)] {
         ctl.site(site).await;
         for h in 0..hosts {
             let host = format!("{site}-{h}");
             let token = ctl.user(&format!("agent-{host}"), "agent").await;
             agents.push(TestAgent::start(&ctl, &token, &host, site, cpus).await);
+            agent_tokens.insert(host, token);
         }
     }
     let token = ctl.user("ada", "user").await;
@@ -156,6 +158,30 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
         .await
         .unwrap();
     expect_success(&user, &a).await;
+    // Each host reports its nodes' agents as a host agent's heartbeat does (the in-memory
+    // driver runs none): figures for the nodes table.
+    let genomics: vcluster::model::Cluster = user.get("/v1/clusters/genomics").await.unwrap();
+    for (host, token) in &agent_tokens {
+        let reports: Vec<serde_json::Value> = genomics
+            .nodes
+            .iter()
+            .filter(|n| &n.host == host)
+            .map(|n| json!({"name": n.name, "status": {
+                "name": n.name, "uptime_secs": 100.0, "agent_uptime_secs": 90, "load": [0.42, 0.3, 0.2],
+                "memory_total_bytes": 2u64 << 30, "memory_available_bytes": 1u64 << 30,
+                "cpu": {"user": 1.0, "nice": 0.0, "system": 1.0, "idle": 9.0, "iowait": 0.0, "irq": 0.0, "softirq": 0.0, "steal": 0.0},
+                "cpus": 2, "network": [], "filesystem": {"size_bytes": 10, "available_bytes": 5}}}))
+            .collect();
+        let agent = ctl.client(token);
+        agent
+            .post_stream(
+                &format!("/v1/hosts/{host}/heartbeat"),
+                &json!({"node_agents": reports}),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .expect("a heartbeat with node reports");
+    }
     let soon = Utc::now() + chrono::Duration::hours(20);
     let _: Reservation = user
         .post("/v1/reservations", &json!({"site": "amsterdam", "nodes": 24, "node_memory_mib": 64, "start": soon, "end": soon + chrono::Duration::hours(30), "note": "training run"}))
@@ -228,6 +254,14 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
         assert!(ams.contains("64") && ams.contains("CPUS CAPACITY"), "{ams}");
         let clusters = browser.find(Locator::Id("clusters")).await?.text().await?;
         assert!(clusters.contains("genomics") && clusters.contains("6/6 running"), "{clusters}");
+        // Every node by site, with its health, its figures and a line of its last hour.
+        let rows = browser.find_all(Locator::Css("#nodes tbody tr")).await?;
+        assert_eq!(rows.len(), 6);
+        let first = browser.find(Locator::Css("#nodes tbody tr")).await?.text().await?;
+        assert!(first.contains("genomics-node-") && first.contains("0.42") && first.contains("1024 / 2048 MiB"), "{first}");
+        let health = browser.find(Locator::Css("#nodes tbody tr td.health span.state")).await?.text().await?;
+        assert!(["up", "down"].contains(&health.as_str()), "{health}");
+        browser.find(Locator::Css("#nodes tbody tr svg.spark polyline")).await?;
 
         // A valid reservation is accepted and listed.
         browser.execute("document.getElementById('r-site').value = 'lisbon'", vec![]).await?;

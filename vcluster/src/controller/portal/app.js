@@ -102,6 +102,7 @@ async function refresh() {
   renderSiteChoices(sites);
   renderReservations(reservations);
   renderClusters(clusters);
+  renderNodes(clusters);
 }
 
 function renderSites(sites, timelines) {
@@ -248,6 +249,45 @@ function renderClusters(list) {
       el("td", {}, `${running}/${c.nodes.length} running`), el("td", {}, sites || "–"), el("td", {}, c.subnet)));
   }
   $("clusters-empty").hidden = list.length > 0;
+}
+
+// Every node of the user's clusters, by site: state, health from its agent's heartbeats,
+// load and memory, and its load over the last hour as a small line.
+function renderNodes(clusters) {
+  const body = $("nodes").querySelector("tbody");
+  body.replaceChildren();
+  const nodes = clusters.flatMap((c) => c.nodes);
+  nodes.sort((a, b) => a.site.localeCompare(b.site) || a.cluster.localeCompare(b.cluster) || a.index - b.index);
+  for (const n of nodes) {
+    const h = n.health;
+    const load = h && h.load1 != null ? h.load1.toFixed(2) : "–";
+    const mem = h && h.memory_total_bytes
+      ? `${Math.round(h.memory_used_bytes / 1048576)} / ${Math.round(h.memory_total_bytes / 1048576)} MiB`
+      : "–";
+    body.append(el("tr", { "data-node": n.name },
+      el("td", {}, n.site), el("td", {}, n.name), el("td", {}, stateBadge(n.state)),
+      el("td", { class: "health" }, h ? stateBadge(h.health) : "–"),
+      el("td", { class: "load" }, load), el("td", {}, mem),
+      el("td", {}, sparkline(h ? h.load_history || [] : []))));
+  }
+  $("nodes-empty").hidden = nodes.length > 0;
+}
+
+// A line of (time ms, value) samples over the last hour, scaled to its own maximum.
+function sparkline(samples) {
+  const w = 120, hgt = 24;
+  const box = svg("svg", { class: "spark", width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}` });
+  if (samples.length === 0) return box;
+  const end = Date.now(), start = end - 3600 * 1000;
+  const top = Math.max(1, ...samples.map((s) => s[1]));
+  const pts = samples.map(([t, v]) => {
+    const x = Math.max(0, Math.min(w, ((t - start) / (end - start)) * w));
+    const y = hgt - 1 - (v / top) * (hgt - 2);
+    return `${x.toFixed(1)},${y.toFixed(1)}`;
+  });
+  if (pts.length === 1) pts.push(`${w},${pts[0].split(",")[1]}`);
+  box.append(svg("polyline", { points: pts.join(" ") }));
+  return box;
 }
 
 // ---------------------------------------------------------------------------------------
