@@ -293,6 +293,18 @@ fn a_site_cut_off_the_wan_is_never_fenced_from_afar_and_no_node_runs_twice() {
         );
     }
     assert!(tried >= cut.len(), "recovery never tried");
+    // The host itself went offline and came back, each an event (the admin's).
+    let host_events: Vec<Event> = plane
+        .block_on(plane.admin().get::<Vec<Event>>("/v1/events?limit=1000"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.message.contains("host site1-h1"))
+        .collect();
+    let kinds: Vec<&str> = host_events.iter().map(|e| e.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"host-down") && kinds.contains(&"host-up"),
+        "{host_events:#?}"
+    );
     // Site 2 was never touched.
     let after = agent_pids(&plane.cluster(&name));
     for n in c.nodes.iter().filter(|n| n.site == "site2") {

@@ -42,6 +42,8 @@ pub struct Change {
 #[derive(Default)]
 pub struct Monitor {
     nodes: Mutex<HashMap<String, Record>>,
+    /// Each host's last known online state (by id).
+    hosts: Mutex<HashMap<i64, bool>>,
 }
 
 impl Monitor {
@@ -154,6 +156,21 @@ impl Monitor {
         })
     }
 
+    /// Records each host's online state; the hosts whose state changed since the last
+    /// look (a host first seen offline counts as a change, one first seen online not).
+    pub fn hosts_changed(&self, hosts: &[(i64, bool)]) -> Vec<(i64, bool)> {
+        let mut known = self.hosts.lock().expect("monitor");
+        let mut changed = Vec::new();
+        for &(id, online) in hosts {
+            let before = known.insert(id, online);
+            if before.unwrap_or(true) != online {
+                changed.push((id, online));
+            }
+        }
+        known.retain(|id, _| hosts.iter().any(|(h, _)| h == id));
+        changed
+    }
+
     /// Watched nodes by health.
     pub fn counts(&self) -> HashMap<Health, i64> {
         let nodes = self.nodes.lock().expect("monitor");
@@ -248,6 +265,14 @@ mod tests {
         assert!(m.sweep(&rows, 14_000, 4000).is_empty());
         let c = m.sweep(&rows, 14_001, 4000);
         assert!(c[0].message.contains("never answered"), "{c:?}");
+    }
+
+    #[test]
+    fn host_changes_are_reported_once() {
+        let m = Monitor::new();
+        assert!(m.hosts_changed(&[(1, true), (2, false)]) == vec![(2, false)]);
+        assert!(m.hosts_changed(&[(1, true), (2, false)]).is_empty());
+        assert_eq!(m.hosts_changed(&[(1, false), (2, true)]), vec![(1, false), (2, true)]);
     }
 
     #[test]

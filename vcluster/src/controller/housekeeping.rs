@@ -63,10 +63,51 @@ pub async fn check_node_health(app: &App) -> Result<(), store::StoreError> {
     rx.finish().await?;
     let down_after = app.config.node_down_after().as_millis() as i64;
     let changes = app.monitor.sweep(&nodes, now, down_after);
-    if changes.is_empty() {
+    let mut rx = app.store.read().await?;
+    let hosts = store::list_hosts(rx.conn()).await?;
+    rx.finish().await?;
+    let timeout = app.host_timeout_ms();
+    let states: Vec<(i64, bool)> = hosts
+        .iter()
+        .map(|h| (h.id, h.is_online(now, timeout)))
+        .collect();
+    let host_changes = app.monitor.hosts_changed(&states);
+    if changes.is_empty() && host_changes.is_empty() {
         return Ok(());
     }
     let mut tx = app.store.write().await?;
+    for (id, online) in host_changes {
+        let Some(h) = hosts.iter().find(|h| h.id == id) else {
+            continue;
+        };
+        let on_it = nodes
+            .iter()
+            .filter(|n| n.host_id == id && n.state == crate::model::NodeState::Running)
+            .count();
+        let message = if online {
+            format!("host {} at {} is online again", h.name, h.site_name)
+        } else {
+            format!(
+                "host {} at {} is offline: no heartbeat for {:.0} s ({on_it} running nodes on it)",
+                h.name,
+                h.site_name,
+                (now - h.last_seen.unwrap_or(h.registered_at)) as f64 / 1000.0
+            )
+        };
+        tracing::warn!(host = %h.name, online, "{message}");
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: if online { "host-up" } else { "host-down" },
+                cluster: None,
+                owner_id: None,
+                task_id: None,
+                message: &message,
+            },
+            now,
+        )
+        .await?;
+    }
     for c in &changes {
         tracing::warn!(node = %c.node, "{}", c.message);
         let owner = nodes

@@ -23,8 +23,23 @@ pub struct NodeStatus {
     pub cpu: CpuSeconds,
     pub cpus: u32,
     pub network: Vec<NetDevice>,
+    /// Block devices (partitions, loop and ram devices left out).
+    #[serde(default)]
+    pub disks: Vec<DiskDevice>,
     /// The root filesystem.
     pub filesystem: Filesystem,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDevice {
+    pub device: String,
+    pub reads_completed: u64,
+    pub read_bytes: u64,
+    pub writes_completed: u64,
+    pub written_bytes: u64,
+    /// Milliseconds spent doing I/O.
+    pub io_time_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -74,6 +89,7 @@ impl NodeStatus {
         (s.memory_total_bytes, s.memory_available_bytes) = parse_meminfo(&text("/proc/meminfo"));
         (s.cpu, s.cpus) = parse_stat(&text("/proc/stat"), clock_ticks());
         s.network = parse_net_dev(&text("/proc/net/dev"));
+        s.disks = parse_diskstats(&text("/proc/diskstats"));
         s.filesystem = statvfs("/");
         s
     }
@@ -192,6 +208,38 @@ pub fn parse_net_dev(s: &str) -> Vec<NetDevice> {
         .collect()
 }
 
+/// Whole block devices from `/proc/diskstats` (sectors are 512 bytes there, whatever the
+/// device's own sector size).
+pub fn parse_diskstats(s: &str) -> Vec<DiskDevice> {
+    s.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 14 {
+                return None;
+            }
+            let name = f[2];
+            let skip = ["loop", "ram", "zram", "dm-", "sr"];
+            if skip.iter().any(|p| name.starts_with(p)) {
+                return None;
+            }
+            // A partition is its disk's name plus a number (sda1, vda2, nvme0n1p1).
+            let is_partition = std::path::Path::new(&format!("/sys/class/block/{name}/partition")).exists();
+            if is_partition {
+                return None;
+            }
+            let n = |i: usize| f[i].parse::<u64>().unwrap_or(0);
+            Some(DiskDevice {
+                device: name.to_string(),
+                reads_completed: n(3),
+                read_bytes: n(5).saturating_mul(512),
+                writes_completed: n(7),
+                written_bytes: n(9).saturating_mul(512),
+                io_time_ms: n(12),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +266,13 @@ mod tests {
         assert_eq!(devs.len(), 2);
         assert_eq!(devs[0].device, "eth0");
         assert_eq!(devs[0].transmit_bytes, 200);
+        let disks = "   7       0 loop0 1 0 2 0 0 0 0 0 0 0 0 0 0\n 254       0 vdz 100 5 2000 30 50 7 4000 60 0 90 120\n bad line\n";
+        let d = parse_diskstats(disks);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].device, "vdz");
+        assert_eq!(d[0].read_bytes, 2000 * 512);
+        assert_eq!(d[0].written_bytes, 4000 * 512);
+        assert_eq!(d[0].io_time_ms, 90);
     }
 
     #[test]
