@@ -638,3 +638,41 @@ pub fn node_agent_pids(cluster: &Cluster) -> Vec<u32> {
     }
     pids
 }
+
+/// The kernel's neighbour (ARP, NDP) table limits, raised for a run with many lightweight
+/// nodes (they share one table on one kernel: see
+/// `vcluster::agent::netns::NEIGHBOUR_LIMITS`), and put back as they were when dropped.
+/// The host agents raise them too where they can (in the first network namespace); in
+/// these topologies they run inside a site's namespace, where the limits do not exist.
+pub struct NeighbourLimits {
+    old: Vec<(String, String)>,
+}
+
+impl NeighbourLimits {
+    pub fn raise() -> NeighbourLimits {
+        let mut old = Vec::new();
+        for family in ["ipv4", "ipv6"] {
+            for (name, want) in vcluster::agent::netns::NEIGHBOUR_LIMITS {
+                let path = format!("/proc/sys/net/{family}/neigh/default/{name}");
+                let Ok(now) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                if now.trim().parse::<u64>().is_ok_and(|n| n < want)
+                    && std::fs::write(&path, want.to_string()).is_ok()
+                {
+                    old.push((path, now.trim().to_string()));
+                }
+            }
+        }
+        NeighbourLimits { old }
+    }
+}
+
+impl Drop for NeighbourLimits {
+    fn drop(&mut self) {
+        // Lower thresholds first (the kernel wants thresh1 <= thresh2 <= thresh3).
+        for (path, value) in &self.old {
+            let _ = std::fs::write(path, value);
+        }
+    }
+}

@@ -64,6 +64,8 @@ fn main() {
         }
     }
     assert!(args.sites >= 1 && args.nodes >= 2 && args.rounds >= 1);
+    // Every node ARPs for every other on one kernel: room in its shared neighbour table.
+    let _limits = site_tests::cluster::NeighbourLimits::raise();
     let mut rounds = Vec::new();
     for r in 1..=args.rounds {
         let round = run_round(&args);
@@ -202,7 +204,8 @@ fn run_round(args: &Args) -> Round {
         .iter()
         .map(|n| n.address.split('/').next().unwrap())
         .collect();
-    let probe = format!("fping -q -r 1 -t 500 {}", ips.join(" "));
+    // `-u`: only the unreachable targets are printed, one line each.
+    let probe = format!("fping -u -r 1 -t 500 {}", ips.join(" "));
     let mut probes = 0;
     loop {
         probes += 1;
@@ -210,11 +213,84 @@ fn run_round(args: &Args) -> Round {
         if out.success {
             break;
         }
-        let unreachable = out.stderr.matches("unreachable").count();
+        let unreachable: Vec<&str> = out
+            .stdout
+            .lines()
+            // `fping -u` prints each unreachable target's address alone: "node: ADDRESS".
+            .filter(|l| {
+                l.rsplit_once(": ")
+                    .is_some_and(|(_, a)| a.parse::<std::net::Ipv4Addr>().is_ok())
+            })
+            .collect();
+        eprintln!(
+            "probe {probes} at {:.1} s: {} pairs unreachable, e.g. {:?}",
+            started.elapsed().as_secs_f64(),
+            unreachable.len(),
+            &unreachable[..unreachable.len().min(5)]
+        );
+        eprintln!(
+            "  stderr: {}\n  stdout: {}",
+            out.stderr
+                .lines()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join("\n    "),
+            out.stdout
+                .lines()
+                .take(6)
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        );
+        if probes == 2 {
+            for i in 1..=args.sites {
+                let n = overlay.network(i, c.network_id);
+                eprintln!(
+                    "  site{i} vpnd: from_tap {} to_tap {} tx_dgrams {} rx_dgrams {} arp_replies {} drops {:?}",
+                    n.counters.frames_from_tap,
+                    n.counters.frames_to_tap,
+                    n.counters.tx_datagrams,
+                    n.counters.rx_datagrams,
+                    n.counters.arp_replies,
+                    n.counters
+                        .drops
+                        .iter()
+                        .filter(|(_, v)| **v > 0)
+                        .collect::<Vec<_>>()
+                );
+            }
+            eprintln!(
+                "  softnet: {}",
+                std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default()
+            );
+            eprintln!(
+                "  site1 links: {}",
+                topo.host(1).sh(
+                    "ip -s -o link show | awk '{print $2, $0}' | grep -E 'vctap|vcbr' | head -5"
+                )
+            );
+            let st = std::process::Command::new("ip")
+                .args(["netns", "exec", &c.nodes[0].name, "ip", "neigh"])
+                .output()
+                .unwrap();
+            let neigh = String::from_utf8_lossy(&st.stdout);
+            eprintln!(
+                "  node-1 neigh: {} entries, {} FAILED, {} REACHABLE/STALE",
+                neigh.lines().count(),
+                neigh.matches("FAILED").count(),
+                neigh.matches("REACHABLE").count() + neigh.matches("STALE").count()
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "pairs still unreachable after 120 s ({unreachable} lines): {}",
-            out.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
+            "pairs still unreachable after 120 s ({} pairs): {}\n{}",
+            unreachable.len(),
+            unreachable
+                .iter()
+                .take(20)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            out.stderr.lines().take(10).collect::<Vec<_>>().join("\n")
         );
         std::thread::sleep(Duration::from_millis(200));
     }

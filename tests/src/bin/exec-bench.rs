@@ -64,6 +64,8 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // The nodes share one kernel's neighbour table: room for all of them.
+    let _limits = site_tests::cluster::NeighbourLimits::raise();
     let d = Duration::from_micros(args.rtt_ms * 1000 / 4);
     let topo = Topology::builder()
         .sites(args.sites)

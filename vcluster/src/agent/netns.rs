@@ -331,6 +331,40 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The kernel's neighbour (ARP, NDP) tables are shared by every network namespace, with
+/// one cap for all of them (`gc_thresh3`, 1024 entries by default): lightweight nodes
+/// that all talk to each other need nodes × (nodes − 1) entries on one kernel (17,822 for
+/// 134), and past the cap the kernel drops entries ("neighbor table overflow") and pairs
+/// of nodes stop reaching each other. What this driver asks for: room for ~250 nodes that
+/// all talk to each other.
+pub const NEIGHBOUR_LIMITS: [(&str, u64); 3] = [
+    ("gc_thresh1", 8192),
+    ("gc_thresh2", 32768),
+    ("gc_thresh3", 65536),
+];
+
+/// Raises the host's neighbour table limits to [`NEIGHBOUR_LIMITS`] where they are lower,
+/// for IPv4 and IPv6; what it changed, or why it could not (they exist only in the
+/// host's first network namespace, so an agent started inside another cannot).
+pub fn raise_neighbour_limits() -> Result<Vec<String>, String> {
+    let mut changed = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        for (name, want) in NEIGHBOUR_LIMITS {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{name}");
+            let now: u64 = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{path}: {e}"))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("{path}: {e}"))?;
+            if now < want {
+                std::fs::write(&path, want.to_string()).map_err(|e| format!("{path}: {e}"))?;
+                changed.push(format!("net.{family}.neigh.default.{name} {now} -> {want}"));
+            }
+        }
+    }
+    Ok(changed)
+}
+
 impl NetnsDriver {
     /// Namespaces only, no node agents (the driver's tests).
     pub fn new() -> NetnsDriver {

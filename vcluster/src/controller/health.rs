@@ -272,7 +272,10 @@ mod tests {
         let m = Monitor::new();
         assert!(m.hosts_changed(&[(1, true), (2, false)]) == vec![(2, false)]);
         assert!(m.hosts_changed(&[(1, true), (2, false)]).is_empty());
-        assert_eq!(m.hosts_changed(&[(1, false), (2, true)]), vec![(1, false), (2, true)]);
+        assert_eq!(
+            m.hosts_changed(&[(1, false), (2, true)]),
+            vec![(1, false), (2, true)]
+        );
     }
 
     #[test]

@@ -223,7 +223,8 @@ pub fn parse_diskstats(s: &str) -> Vec<DiskDevice> {
                 return None;
             }
             // A partition is its disk's name plus a number (sda1, vda2, nvme0n1p1).
-            let is_partition = std::path::Path::new(&format!("/sys/class/block/{name}/partition")).exists();
+            let is_partition =
+                std::path::Path::new(&format!("/sys/class/block/{name}/partition")).exists();
             if is_partition {
                 return None;
             }
