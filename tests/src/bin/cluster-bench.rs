@@ -228,58 +228,6 @@ fn run_round(args: &Args) -> Round {
             unreachable.len(),
             &unreachable[..unreachable.len().min(5)]
         );
-        eprintln!(
-            "  stderr: {}\n  stdout: {}",
-            out.stderr
-                .lines()
-                .take(6)
-                .collect::<Vec<_>>()
-                .join("\n    "),
-            out.stdout
-                .lines()
-                .take(6)
-                .collect::<Vec<_>>()
-                .join("\n    ")
-        );
-        if probes == 2 {
-            for i in 1..=args.sites {
-                let n = overlay.network(i, c.network_id);
-                eprintln!(
-                    "  site{i} vpnd: from_tap {} to_tap {} tx_dgrams {} rx_dgrams {} arp_replies {} drops {:?}",
-                    n.counters.frames_from_tap,
-                    n.counters.frames_to_tap,
-                    n.counters.tx_datagrams,
-                    n.counters.rx_datagrams,
-                    n.counters.arp_replies,
-                    n.counters
-                        .drops
-                        .iter()
-                        .filter(|(_, v)| **v > 0)
-                        .collect::<Vec<_>>()
-                );
-            }
-            eprintln!(
-                "  softnet: {}",
-                std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default()
-            );
-            eprintln!(
-                "  site1 links: {}",
-                topo.host(1).sh(
-                    "ip -s -o link show | awk '{print $2, $0}' | grep -E 'vctap|vcbr' | head -5"
-                )
-            );
-            let st = std::process::Command::new("ip")
-                .args(["netns", "exec", &c.nodes[0].name, "ip", "neigh"])
-                .output()
-                .unwrap();
-            let neigh = String::from_utf8_lossy(&st.stdout);
-            eprintln!(
-                "  node-1 neigh: {} entries, {} FAILED, {} REACHABLE/STALE",
-                neigh.lines().count(),
-                neigh.matches("FAILED").count(),
-                neigh.matches("REACHABLE").count() + neigh.matches("STALE").count()
-            );
-        }
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "pairs still unreachable after 120 s ({} pairs): {}\n{}",
