@@ -293,18 +293,21 @@ fn a_site_cut_off_the_wan_is_never_fenced_from_afar_and_no_node_runs_twice() {
         );
     }
     assert!(tried >= cut.len(), "recovery never tried");
-    // The host itself went offline and came back, each an event (the admin's).
-    let host_events: Vec<Event> = plane
-        .block_on(plane.admin().get::<Vec<Event>>("/v1/events?limit=1000"))
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.message.contains("host site1-h1"))
-        .collect();
-    let kinds: Vec<&str> = host_events.iter().map(|e| e.kind.as_str()).collect();
-    assert!(
-        kinds.contains(&"host-down") && kinds.contains(&"host-up"),
-        "{host_events:#?}"
-    );
+    // The host itself went offline and came back, each an event (the admin's), written by
+    // the controller's next housekeeping round.
+    let host_events = || -> Vec<Event> {
+        plane
+            .block_on(plane.admin().get::<Vec<Event>>("/v1/events?limit=1000"))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.message.contains("host site1-h1"))
+            .collect()
+    };
+    let has = |kind: &str| host_events().iter().any(|e| e.kind == kind);
+    assert!(has("host-down"), "{:#?}", host_events());
+    wait_until("the host-up event", Duration::from_secs(10), || {
+        has("host-up")
+    });
     // Site 2 was never touched.
     let after = agent_pids(&plane.cluster(&name));
     for n in c.nodes.iter().filter(|n| n.site == "site2") {
