@@ -289,6 +289,105 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
     assert!(refused.unwrap_err().to_string().contains("as_root"));
     assert!(!std::path::Path::new(&marker).exists(), "a node ran it");
 
+    // One user's flood of commands does not starve anyone: 16 at once, the 17th is
+    // refused with 429 and says why, another user's command still runs, and the slots
+    // are free again once the 16 callers go away.
+    let exec_path = format!("/v1/clusters/{name}/exec");
+    let sleeper = json!({"nodes": format!("{name}-node-1"), "command": "sleep 30"});
+    let held: Vec<_> = (0..16)
+        .map(|i| {
+            plane
+                .block_on(
+                    plane
+                        .user()
+                        .post_stream(&exec_path, &sleeper, Duration::from_secs(60)),
+                )
+                .unwrap_or_else(|e| panic!("command {i} of 16: {e}"))
+        })
+        .collect();
+    let refused = plane
+        .block_on(
+            plane
+                .user()
+                .post_stream(&exec_path, &sleeper, Duration::from_secs(60)),
+        )
+        .expect_err("a 17th command at once");
+    assert!(
+        refused.to_string().contains("already runs 16 commands")
+            && refused.to_string().contains("429"),
+        "{refused}"
+    );
+    let bobs = format!("{name}b");
+    let bob_cluster: vcluster::model::Accepted = plane
+        .block_on(bob.post(
+            "/v1/clusters",
+            &json!({"name": bobs, "nodes": 1, "node_memory_mib": 64, "recovery": "off"}),
+        ))
+        .unwrap();
+    plane.note_cluster(&bobs);
+    let done = plane
+        .block_on(bob.wait_task(bob_cluster.task.id, Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(
+        done.state,
+        vcluster::model::TaskState::Succeeded,
+        "{done:?}"
+    );
+    let bob_out = plane.block_on(async {
+        let resp = bob
+            .post_stream(
+                &format!("/v1/clusters/{bobs}/exec"),
+                &json!({"nodes": "@all", "command": "echo bob"}),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("bob's command runs while alice holds 16");
+        resp.text().await.unwrap()
+    });
+    assert!(bob_out.contains("\"line\":\"bob\""), "{bob_out}");
+    drop(held);
+    let alice = plane.user().clone();
+    wait_until(
+        "alice's slots are free again",
+        Duration::from_secs(15),
+        || {
+            plane.block_on(async {
+                let r = alice
+                    .post_stream(
+                        &exec_path,
+                        &json!({"nodes": format!("{name}-node-1"), "command": "true"}),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                match r {
+                    Ok(resp) => resp.text().await.is_ok(),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        false
+                    }
+                }
+            })
+        },
+    );
+    let agents = node_agent_pids(&c);
+    wait_until("the 16 sleeps are killed", Duration::from_secs(10), || {
+        others_in(&format!("{name}-node-1"), &agents).is_empty()
+    });
+    let bob_cluster_row: Cluster = plane
+        .block_on(plane.admin().get(&format!("/v1/clusters/{bobs}")))
+        .unwrap();
+    let task: vcluster::model::Accepted = plane
+        .block_on(bob.delete(&format!("/v1/clusters/{bobs}")))
+        .unwrap();
+    plane
+        .block_on(bob.wait_task(task.task.id, Duration::from_secs(60)))
+        .unwrap();
+    assert!(
+        plane
+            .leftovers(&topo, &overlay, &bob_cluster_row)
+            .is_empty()
+    );
+
     // A node whose agent died is listed apart as unreachable; the others still run it.
     let dead = format!("{name}-node-2");
     let pid_file = topo.dir().join("agent1/nodes").join(format!("{dead}.pid"));

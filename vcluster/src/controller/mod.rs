@@ -166,6 +166,8 @@ pub struct AppInner {
     pub monitor: health::Monitor,
     /// Recovery attempts of down nodes.
     pub recoveries: recovery::Recoveries,
+    /// Commands (exec, copy) each user has running now.
+    pub execs: api::exec::ExecSlots,
     /// One lock per cluster: its tasks run one at a time, so each push reads the
     /// cluster's newest desired state.
     cluster_locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
@@ -287,6 +289,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, StartE
         metrics: metrics::Metrics::new(),
         monitor: health::Monitor::new(),
         recoveries: recovery::Recoveries::new(),
+        execs: api::exec::ExecSlots::default(),
         cluster_locks: Mutex::new(HashMap::new()),
         store,
         config,

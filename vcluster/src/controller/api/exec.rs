@@ -21,6 +21,62 @@ use crate::exec::{self, ClusterExec, EventReader, ExecEvent, HostExec};
 use crate::model::{ApiErrorBody, NodeState};
 use crate::nodeset::{GroupResolver, NodeSet};
 
+/// Commands (exec, copy) one user may have running at once: one user's flood of
+/// commands never keeps the host agents from everyone else's.
+pub const MAX_EXECS_PER_USER: usize = 16;
+
+/// Each user's running commands.
+#[derive(Default)]
+pub struct ExecSlots {
+    running: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
+}
+
+/// One running command of a user; its slot is free again when the last part of the
+/// command (each host's stream) is done.
+pub struct ExecSlot {
+    app: App,
+    user: i64,
+}
+
+impl ExecSlots {
+    fn take(&self, app: &App, who: &Principal) -> Result<ExecSlot, ApiError> {
+        let mut running = self.running.lock().expect("exec slots");
+        let n = running.entry(who.user_id).or_insert(0);
+        if *n >= MAX_EXECS_PER_USER {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} already runs {MAX_EXECS_PER_USER} commands (exec, copy) at once; wait for one to end",
+                    who.name
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(ExecSlot {
+            app: app.clone(),
+            user: who.user_id,
+        })
+    }
+
+    /// Commands `user` runs now.
+    pub fn running(&self, user: i64) -> usize {
+        let running = self.running.lock().expect("exec slots");
+        running.get(&user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ExecSlot {
+    fn drop(&mut self) {
+        let mut running = self.app.execs.running.lock().expect("exec slots");
+        if let Some(n) = running.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// `@all`, `@site:NAME`, `@host:NAME` and `@cluster:NAME` (this cluster only), over the
 /// cluster's nodes.
 struct ClusterGroups<'a> {
@@ -310,6 +366,7 @@ async fn start(
             None => shares.entry(n.host_id).or_default().push(name.to_string()),
         }
     }
+    let slot = Arc::new(app.execs.take(&app, &who)?);
     tracing::info!(
         cluster = %row.name, user = %who.name, nodes = set.len(), hosts = shares.len(),
         "exec"
@@ -317,9 +374,10 @@ async fn start(
     let (tx, rx) = mpsc::channel(1024);
     for event in refused {
         // The channel is new and holds 1024; more refusals wait for the reader.
-        let tx = tx.clone();
+        let (tx, slot) = (tx.clone(), slot.clone());
         tokio::spawn(async move {
             let _ = tx.send(event).await;
+            drop(slot);
         });
     }
     for (host_id, names) in shares {
@@ -332,7 +390,11 @@ async fn start(
             fanout: plan.fanout,
             stdin: plan.stdin.clone(),
         };
-        tokio::spawn(run_on_host(app.clone(), host, share, tx.clone()));
+        let (app, tx, slot) = (app.clone(), tx.clone(), slot.clone());
+        tokio::spawn(async move {
+            run_on_host(app, host, share, tx).await;
+            drop(slot);
+        });
     }
     Ok(crate::node::ndjson_response(rx))
 }
