@@ -276,20 +276,6 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
             agent::netns::NetnsDriver::probe()
                 .await
                 .map_err(|e| anyhow::anyhow!("the netns driver needs root and iproute2: {e}"))?;
-            match agent::netns::raise_neighbour_limits() {
-                Ok(changed) if changed.is_empty() => {}
-                Ok(changed) => tracing::info!(
-                    ?changed,
-                    "raised the kernel's neighbour table limits: lightweight nodes share one ARP table"
-                ),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot raise the kernel's neighbour table limits (lightweight nodes share one ARP \
-                     table of gc_thresh3 entries; past it, nodes stop reaching each other): \
-                     raise net.ipv4.neigh.default.gc_thresh3 and net.ipv6.neigh.default.gc_thresh3 \
-                     in the host's first network namespace"
-                ),
-            }
             let exe = std::env::current_exe()
                 .map_err(|e| anyhow::anyhow!("finding this program for the node agents: {e}"))?;
             Arc::new(agent::netns::NetnsDriver::with_node_agents(

@@ -60,6 +60,10 @@ pub trait VmDriver: Send + Sync {
         })
     }
 
+    /// Readies the host for this driver's nodes, once the agent has registered (so a
+    /// command that fails earlier changes nothing on the host).
+    fn prepare_host(&self) {}
+
     /// The Unix socket of the node's agent (see [`crate::node`]), when the driver runs
     /// one in its nodes.
     fn node_channel(&self, _name: &str) -> Option<std::path::PathBuf> {

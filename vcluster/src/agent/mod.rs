@@ -246,6 +246,7 @@ pub async fn start(
         })?;
     }
     tracing::info!(host = %registered.host.name, host_id, site = %registered.host.site, "registered");
+    driver.prepare_host();
     match reconcile_once(&shared).await {
         Ok(errors) if errors.is_empty() => {}
         Ok(errors) => tracing::warn!(?errors, "first reconcile left errors"),

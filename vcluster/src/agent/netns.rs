@@ -544,6 +544,26 @@ impl VmDriver for NetnsDriver {
         Ok(false)
     }
 
+    fn prepare_host(&self) {
+        if self.agents.is_none() {
+            return;
+        }
+        match raise_neighbour_limits() {
+            Ok(changed) if changed.is_empty() => {}
+            Ok(changed) => tracing::info!(
+                ?changed,
+                "raised the kernel's neighbour table limits: lightweight nodes share one ARP table"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot raise the kernel's neighbour table limits (lightweight nodes share one ARP \
+                 table of gc_thresh3 entries; past it, nodes stop reaching each other): raise \
+                 net.ipv4.neigh.default.gc_thresh3 and net.ipv6.neigh.default.gc_thresh3 in the \
+                 host's first network namespace"
+            ),
+        }
+    }
+
     fn node_channel(&self, name: &str) -> Option<PathBuf> {
         let agents = self.agents.as_ref()?;
         check_netns_name(name).ok()?;
