@@ -198,36 +198,30 @@ fn main() {
         let ok = out.success && out.stdout.contains(&format!("({})", args.nodes));
         (took, ok, out.stderr)
     };
-    let clush_run = || {
+    // An ssh tool run from the frontend node: wall time, success, stderr.
+    let timed = |mut cmd: Command| {
         let t = Instant::now();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &frontend, "clush", "-S", "-b", "-f"])
-            .arg(args.fanout.to_string())
-            .args(["-o", &ssh_opts, "-w", &targets, "true"])
-            .env("HOME", &dir)
-            .output()
-            .unwrap();
+        let out = cmd.env("HOME", &dir).output().unwrap();
         (
             t.elapsed(),
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let clush_run = || {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &frontend, "clush", "-S", "-b", "-f"])
+            .arg(args.fanout.to_string())
+            .args(["-o", &ssh_opts, "-w", &targets, "true"]);
+        timed(cmd)
+    };
     let pdsh_run = || {
-        let t = Instant::now();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &frontend, "pdsh", "-S", "-R", "ssh", "-f"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &frontend, "pdsh", "-S", "-R", "ssh", "-f"])
             .arg(args.fanout.to_string())
             .args(["-w", &targets, "true"])
-            .env("PDSH_SSH_ARGS_APPEND", &ssh_opts)
-            .env("HOME", &dir)
-            .output()
-            .unwrap();
-        (
-            t.elapsed(),
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .env("PDSH_SSH_ARGS_APPEND", &ssh_opts);
+        timed(cmd)
     };
     type Run<'a> = Box<dyn Fn() -> (Duration, bool, String) + 'a>;
     let tools: Vec<(&str, Run)> = vec![

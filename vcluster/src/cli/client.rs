@@ -170,22 +170,8 @@ impl ApiClient {
         body: &B,
         limit: Duration,
     ) -> Result<reqwest::Response> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .timeout(limit)
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(self.http(path))?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        Err(self
-            .decode::<serde_json::Value>(path, resp)
-            .await
-            .expect_err("a failed answer decodes to an error"))
+        let req = self.http.post(self.url(path)).timeout(limit).json(body);
+        self.stream(path, req).await
     }
 
     /// Posts raw bytes with a query and hands back the successful answer's stream.
@@ -196,14 +182,21 @@ impl ApiClient {
         body: Vec<u8>,
         limit: Duration,
     ) -> Result<reqwest::Response> {
-        let resp = self
+        let req = self
             .http
             .post(self.url(path))
             .query(query)
             .timeout(limit)
-            .bearer_auth(&self.token)
             .header("content-type", "application/octet-stream")
-            .body(body)
+            .body(body);
+        self.stream(path, req).await
+    }
+
+    /// Sends the request with the token; a successful answer is handed back unread, a
+    /// failed one becomes the server's error.
+    async fn stream(&self, path: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req
+            .bearer_auth(&self.token)
             .send()
             .await
             .map_err(self.http(path))?;

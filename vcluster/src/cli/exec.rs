@@ -54,6 +54,14 @@ fn millis(flag: &str, secs: f64) -> anyhow::Result<u64> {
     Ok(((secs * 1000.0).ceil() as u64).max(1))
 }
 
+/// `--cluster`, else the cluster every plain name of `nodes` belongs to.
+fn cluster_of(given: Option<&str>, nodes: &str) -> anyhow::Result<String> {
+    match given {
+        Some(c) => Ok(c.to_string()),
+        None => infer_cluster(nodes),
+    }
+}
+
 /// The cluster every plain name of `nodes` belongs to.
 fn infer_cluster(nodes: &str) -> anyhow::Result<String> {
     let set = NodeSet::parse_plain(nodes)
@@ -80,10 +88,7 @@ pub async fn exec(a: ExecArgs) -> anyhow::Result<()> {
         anyhow::bail!("give a command after the nodes: vcluster exec {nodes} -- COMMAND");
     }
     let command = rest.join(" ");
-    let cluster = match &a.cluster {
-        Some(c) => c.clone(),
-        None => infer_cluster(&nodes)?,
-    };
+    let cluster = cluster_of(a.cluster.as_deref(), &nodes)?;
     let req = ClusterExec {
         nodes,
         exclude: a.exclude.clone(),
@@ -307,10 +312,7 @@ pub async fn copy(a: CopyArgs) -> anyhow::Result<()> {
         .mode
         .clone()
         .unwrap_or_else(|| format!("{:o}", meta.permissions().mode() & 0o777));
-    let cluster = match &a.cluster {
-        Some(c) => c.clone(),
-        None => infer_cluster(&a.nodes)?,
-    };
+    let cluster = cluster_of(a.cluster.as_deref(), &a.nodes)?;
     let mut query = vec![
         ("nodes", a.nodes.clone()),
         ("dest", dest.clone()),
@@ -393,10 +395,7 @@ pub async fn rcopy(a: RcopyArgs) -> anyhow::Result<()> {
     if !a.dest_dir.is_dir() {
         anyhow::bail!("{}: not a directory", a.dest_dir.display());
     }
-    let cluster = match &a.cluster {
-        Some(c) => c.clone(),
-        None => infer_cluster(&a.nodes)?,
-    };
+    let cluster = cluster_of(a.cluster.as_deref(), &a.nodes)?;
     let req = ClusterExec {
         nodes: a.nodes.clone(),
         exclude: a.exclude.clone(),

@@ -78,14 +78,7 @@ impl AgentClient {
             .json(share)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "host {}: agent at {} unreachable: {}",
-                    host.name,
-                    host.agent_url,
-                    crate::tls::error_chain(&e)
-                )
-            })?;
+            .map_err(|e| unreachable(host, &e))?;
         let status = resp.status();
         if status.is_success() {
             resp.json()
@@ -107,23 +100,14 @@ impl AgentClient {
             .bearer_auth(&host.agent_secret)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "host {}: agent at {} unreachable: {}",
-                    host.name,
-                    host.agent_url,
-                    crate::tls::error_chain(&e)
-                )
-            })?;
+            .map_err(|e| unreachable(host, &e))?;
         if resp.status().is_success() {
             Ok(())
         } else {
             Err(format!("host {}: {}", host.name, error_text(resp).await))
         }
     }
-}
 
-impl AgentClient {
     /// Asks `host`'s agent to power `node` (fence, start, reinstall); whether it runs
     /// after. Within `limit`: a host that does not answer has not fenced anything.
     pub async fn power(
@@ -145,14 +129,7 @@ impl AgentClient {
             .json(&crate::model::PowerRequest { action })
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "host {}: agent at {} unreachable: {}",
-                    host.name,
-                    host.agent_url,
-                    crate::tls::error_chain(&e)
-                )
-            })?;
+            .map_err(|e| unreachable(host, &e))?;
         if resp.status().is_success() {
             let state: crate::model::PowerState = resp
                 .json()
@@ -187,20 +164,23 @@ impl AgentClient {
             .json(req)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "host {}: agent at {} unreachable: {}",
-                    host.name,
-                    host.agent_url,
-                    crate::tls::error_chain(&e)
-                )
-            })?;
+            .map_err(|e| unreachable(host, &e))?;
         if resp.status().is_success() {
             Ok(resp)
         } else {
             Err(format!("host {}: {}", host.name, error_text(resp).await))
         }
     }
+}
+
+/// Why a request never got an answer from `host`'s agent.
+fn unreachable(host: &HostRow, e: &reqwest::Error) -> String {
+    format!(
+        "host {}: agent at {} unreachable: {}",
+        host.name,
+        host.agent_url,
+        crate::tls::error_chain(e)
+    )
 }
 
 async fn error_text(resp: reqwest::Response) -> String {
