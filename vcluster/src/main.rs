@@ -150,9 +150,19 @@ struct HostAgentArgs {
     /// Seconds between full reconciles.
     #[arg(long, default_value_t = 30)]
     reconcile_every: u64,
-    /// VM driver: netns
+    /// VM driver: netns (lightweight nodes: network namespaces) or qemu (real VMs).
     #[arg(long, default_value = "netns")]
     driver: String,
+    /// qemu driver: the accelerator, or `auto` (KVM where a probe guest runs under it,
+    /// else TCG).
+    #[arg(long, default_value = "auto")]
+    accel: String,
+    /// qemu driver: the virtio-net option ROM (iPXE) the VMs network-boot with.
+    #[arg(long)]
+    nic_rom: Option<PathBuf>,
+    /// qemu driver: the size of a new node's disk, in GiB.
+    #[arg(long, default_value_t = 8)]
+    disk_gib: u32,
 }
 
 #[derive(Args)]
@@ -283,7 +293,36 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
                 a.state_dir.join("nodes"),
             ))
         }
-        other => anyhow::bail!("unknown driver {other:?} (available: netns)"),
+        "qemu" => {
+            agent::netns::NetnsDriver::probe()
+                .await
+                .map_err(|e| anyhow::anyhow!("the qemu driver needs root and iproute2: {e}"))?;
+            let mut settings = agent::qemu::QemuSettings::new(a.state_dir.join("vms"));
+            if let Some(rom) = &a.nic_rom {
+                anyhow::ensure!(rom.exists(), "--nic-rom {}: no such file", rom.display());
+                settings.nic_rom = Some(rom.clone());
+            }
+            anyhow::ensure!(
+                (1..=16384).contains(&a.disk_gib),
+                "--disk-gib {}: expected 1 to 16384",
+                a.disk_gib
+            );
+            settings.disk_gib = a.disk_gib;
+            let forced = match a.accel.as_str() {
+                "auto" => None,
+                other => Some(
+                    other
+                        .parse::<agent::qemu::Accel>()
+                        .map_err(|e| anyhow::anyhow!("--accel: {e} or auto"))?,
+                ),
+            };
+            Arc::new(
+                agent::qemu::QemuDriver::probe(settings, forced)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the qemu driver: {e}"))?,
+            )
+        }
+        other => anyhow::bail!("unknown driver {other:?} (available: netns, qemu)"),
     };
     let token = match &a.token_file {
         Some(file) => vcluster::secret::read_token_file(file)?,

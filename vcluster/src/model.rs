@@ -74,6 +74,12 @@ impl NodeSlot {
         format!("vc{:x}n{}", self.network.0, self.index)
     }
 
+    /// The TAP device of the node's VM (QEMU driver): `vm<network hex>n<index>`, at most
+    /// 15 characters.
+    pub fn vm_tap_name(self) -> String {
+        format!("vm{:x}n{}", self.network.0, self.index)
+    }
+
     /// Parses a name made by [`NodeSlot::host_veth_name`].
     pub fn from_host_veth_name(name: &str) -> Option<NodeSlot> {
         let rest = name.strip_prefix("vc")?;
@@ -818,6 +824,35 @@ pub struct NodeSpec {
     pub address: String,
     /// Up (true) or present but stopped (false).
     pub running: bool,
+    /// Virtual CPUs (drivers that run real VMs; lightweight nodes share the host's).
+    #[serde(default = "one_cpu")]
+    pub cpus: u32,
+    /// Memory in MiB (drivers that run real VMs).
+    #[serde(default = "default_node_memory_mib")]
+    pub memory_mib: u32,
+    /// What the node boots from: the network while an install is pending, else its disk.
+    #[serde(default)]
+    pub boot: BootDevice,
+}
+
+fn one_cpu() -> u32 {
+    1
+}
+
+fn default_node_memory_mib() -> u32 {
+    512
+}
+
+closed_set! {
+    /// The first boot device of a node that has a disk (`NodeSpec::boot`).
+    #[derive(Default)]
+    pub enum BootDevice as "boot device" {
+        /// PXE first, the disk after it: while an install is pending.
+        Network = "network",
+        /// The disk only: an installed node never PXE-boots again by accident.
+        #[default]
+        Disk = "disk",
+    }
 }
 
 /// Everything of one cluster on one host, as of store revision `revision`.
@@ -890,6 +925,7 @@ mod tests {
                 network: net,
                 index: MAX_NODE_INDEX,
             };
+            assert!(slot.vm_tap_name().len() <= 15, "{}", slot.vm_tap_name());
             assert!(
                 slot.host_veth_name().len() <= 15,
                 "{}",

@@ -150,6 +150,9 @@ async fn netns_nodes_on_one_bridge_reach_each_other_and_stop_and_go() {
         .mac()
         .to_string(),
         address: format!("10.250.{}.{i}/24", base % 200),
+        cpus: 1,
+        memory_mib: 512,
+        boot: vcluster::model::BootDevice::Disk,
         running,
     };
     let slot = |i| NodeSlot {

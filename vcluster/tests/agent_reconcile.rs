@@ -48,6 +48,9 @@ fn share(revision: i64, id: u32, nodes: &[u32], peers: &[u8], running: bool) -> 
                 .mac()
                 .to_string(),
                 address: format!("10.77.0.{i}/24"),
+                cpus: 1,
+                memory_mib: 512,
+                boot: vcluster::model::BootDevice::Disk,
                 running: true,
             })
             .collect(),

@@ -5,7 +5,7 @@
 //! whole desired state and converges to it, so after an agent or controller restart what
 //! exists on the host and what the store says meet again.
 //!
-//! Nodes are made by a [`driver::VmDriver`] (`netns` today), bridges by
+//! Nodes are made by a [`driver::VmDriver`] (`netns` or `qemu`), bridges by
 //! [`driver::HostBridges`], overlay networks by the local `vpnd` (through
 //! [`vpnd_api::Client`], the control API's one client).
 //! The agent never decides placement or policy; it does what the store says.
@@ -18,6 +18,7 @@
 
 pub mod driver;
 pub mod netns;
+pub mod qemu;
 pub mod reconcile;
 pub mod state;
 

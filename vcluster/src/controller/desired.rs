@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::AnyConnection;
 
 use super::store::{self, ClusterRow, HostRow, NodeRow, StoreError};
-use crate::model::{ClusterOnHost, HostDesired, NetworkSpec, NodeSpec, PeerSpec};
+use crate::model::{BootDevice, ClusterOnHost, HostDesired, NetworkSpec, NodeSpec, PeerSpec};
 
 fn node_is_present(n: &NodeRow) -> bool {
     n.target != NodeTarget::Deleted && !matches!(n.state, NodeState::Failed | NodeState::Deleted)
@@ -45,6 +45,9 @@ pub fn cluster_on_host(
             mac: n.mac.clone(),
             address: n.address.clone(),
             running: n.target == NodeTarget::Running,
+            cpus: u32::try_from(cluster.node_cpus).unwrap_or(1),
+            memory_mib: u32::try_from(cluster.node_memory_mib).unwrap_or(512),
+            boot: BootDevice::Disk,
         })
         .collect();
     if mine.is_empty() {
