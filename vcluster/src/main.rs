@@ -25,6 +25,9 @@ enum Command {
     HostAgent(HostAgentArgs),
     /// Run the node agent inside a node (the host agent starts it in lightweight nodes).
     NodeAgent(NodeAgentArgs),
+    /// Relay a cluster's site-local address to the site's cache (started by the host agent).
+    #[command(hide = true)]
+    SiteRelay(SiteRelayArgs),
     /// Run a command on many nodes at once, as clush does: `vcluster exec -c C 'n[1-4]' -- uname -r`.
     Exec(cli::exec::ExecArgs),
     /// Copy a file to many nodes (clush --copy): `vcluster copy 'c1-node-[1-4]' FILE [DEST]`.
@@ -160,9 +163,30 @@ struct HostAgentArgs {
     /// qemu driver: the virtio-net option ROM (iPXE) the VMs network-boot with.
     #[arg(long)]
     nic_rom: Option<PathBuf>,
+    /// The site's package cache (ip:port) as this host reaches it: provisioned clusters'
+    /// nodes reach it at their subnet's site-local address, and this host runs their
+    /// frontend when it is theirs (docs/provisioning.md).
+    #[arg(long)]
+    site_cache: Option<std::net::SocketAddr>,
+    /// The directory with iPXE's `undionly.kpxe` and `ipxe.efi` for frontends.
+    #[arg(long, default_value = vcluster::agent::services::DEBIAN_IPXE_DIR)]
+    ipxe_dir: PathBuf,
     /// qemu driver: the size of a new node's disk, in GiB.
     #[arg(long, default_value_t = 8)]
     disk_gib: u32,
+}
+
+#[derive(Args)]
+struct SiteRelayArgs {
+    /// The network namespace to accept connections in.
+    #[arg(long)]
+    netns: String,
+    /// ip:port to accept on (repeatable).
+    #[arg(long, required = true)]
+    listen: Vec<std::net::SocketAddr>,
+    /// The site's cache, reached from this program's own namespace.
+    #[arg(long)]
+    to: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -234,6 +258,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 socket: a.socket,
             })
             .await
+        }
+        Command::SiteRelay(a) => {
+            vcluster::agent::services::run_relay(&a.netns, &a.listen, a.to).await
         }
         Command::Exec(a) => cli::exec::exec(a).await,
         Command::Copy(a) => cli::exec::copy(a).await,
@@ -360,8 +387,18 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
         advertise: a.advertise,
         overlay_endpoint: a.overlay_endpoint,
         vpnd_socket: a.vpnd_socket,
-        state_dir: a.state_dir,
+        state_dir: a.state_dir.clone(),
         reconcile_every: Duration::from_secs(a.reconcile_every.max(1)),
+        services: match a.site_cache {
+            Some(site_cache) => Some(agent::services::ServicesConfig {
+                dir: a.state_dir.join("services"),
+                exe: std::env::current_exe()
+                    .map_err(|e| anyhow::anyhow!("finding this program for the site relay: {e}"))?,
+                site_cache,
+                ipxe_dir: a.ipxe_dir.clone(),
+            }),
+            None => None,
+        },
     };
     Ok(agent::run(config, driver, Arc::new(agent::netns::LinuxBridges)).await?)
 }

@@ -855,6 +855,66 @@ closed_set! {
     }
 }
 
+/// A provisioned cluster's services on one host (docs/provisioning.md): the site-local
+/// address at which every host serves its site's package cache (boot files and packages
+/// cross the WAN once per site), and, on the cluster's frontend host only, the frontend:
+/// DHCP with a static lease per node, PXE chaining to iPXE, and each node's iPXE script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesSpec {
+    /// With prefix, e.g. `10.77.3.254/24`: the subnet's last host address.
+    pub site_address: String,
+    /// The same at every site; its frames never cross the WAN.
+    pub site_mac: String,
+    #[serde(default)]
+    pub frontend: Option<FrontendSpec>,
+}
+
+/// The provisioning frontend of a cluster, as its frontend host must run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendSpec {
+    /// With prefix, e.g. `10.77.3.253/24`: the subnet's second-to-last host address.
+    pub address: String,
+    pub mac: String,
+    /// One per node of the cluster, whatever its host: nodes not listed get no lease.
+    pub leases: Vec<LeaseSpec>,
+}
+
+/// A node's static DHCP lease and the iPXE script it boots with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSpec {
+    pub node: String,
+    pub mac: String,
+    /// Without prefix.
+    pub address: String,
+    /// The node's iPXE script (`#!ipxe` ...), served to that node's address only.
+    pub ipxe: String,
+}
+
+/// The addresses of a cluster's services in its subnet: the site-local address (the
+/// last host address) and the frontend's (the one before it). Node addresses stop below
+/// both.
+pub fn service_addresses(subnet: ipnet::Ipv4Net) -> (std::net::Ipv4Addr, std::net::Ipv4Addr) {
+    let last = u32::from(subnet.broadcast()).saturating_sub(1);
+    (
+        std::net::Ipv4Addr::from(last),
+        std::net::Ipv4Addr::from(last.saturating_sub(1)),
+    )
+}
+
+/// The MACs of a cluster's services: `02`, the network id's low 24 bits, then `ff:fe`
+/// (site-local address) or `ff:fd` (frontend). Node MACs end in their index (at most
+/// 9999), so these never collide with a node's.
+pub fn service_macs(network: NetworkId) -> (MacAddr, MacAddr) {
+    let n = network.0.to_be_bytes();
+    (
+        MacAddr([0x02, n[1], n[2], n[3], 0xff, 0xfe]),
+        MacAddr([0x02, n[1], n[2], n[3], 0xff, 0xfd]),
+    )
+}
+
 /// Everything of one cluster on one host, as of store revision `revision`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -862,6 +922,9 @@ pub struct ClusterOnHost {
     pub revision: i64,
     pub network: NetworkSpec,
     pub nodes: Vec<NodeSpec>,
+    /// Present for clusters whose nodes are provisioned (they have a profile).
+    #[serde(default)]
+    pub services: Option<ServicesSpec>,
 }
 
 /// Everything a host must have, as of store revision `revision`: clusters not listed

@@ -255,6 +255,7 @@ async fn the_host_agent_builds_real_nodes_and_converges_after_a_restart() {
         vpnd_socket: vpnd.socket.clone(),
         state_dir: state.path().to_path_buf(),
         reconcile_every: Duration::from_secs(60),
+        services: None,
     };
     let start_agent = || {
         vcluster::agent::start(

@@ -72,7 +72,9 @@ impl Drop for Cleanup {
                 index: i,
             }
             .vm_tap_name();
-            let _ = Command::new("ip").args(["link", "del", "dev", &tap]).output();
+            let _ = Command::new("ip")
+                .args(["link", "del", "dev", &tap])
+                .output();
         }
         let _ = Command::new("ip")
             .args(["link", "del", "dev", &self.net.bridge_name()])
@@ -116,7 +118,10 @@ fn pid_of(dir: &Path, node: &str) -> Option<i32> {
 
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -157,10 +162,17 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
     let dhcp_log = dir.join("dnsmasq.log");
     cleanup.dnsmasq = Some(
         Command::new("dnsmasq")
-            .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0"])
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+            ])
             .arg(format!("--interface={bridge}"))
             .arg("--bind-interfaces")
-            .arg(format!("--dhcp-range=10.251.{octet}.10,10.251.{octet}.20,1m"))
+            .arg(format!(
+                "--dhcp-range=10.251.{octet}.10,10.251.{octet}.20,1m"
+            ))
             .arg("--log-dhcp")
             .arg(format!("--log-facility={}", dhcp_log.display()))
             .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
@@ -180,7 +192,11 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
     };
     let mac = slot.mac().to_string();
     let found = driver
-        .ensure(slot, &bridge, &spec(net, 1, &name, true, BootDevice::Network))
+        .ensure(
+            slot,
+            &bridge,
+            &spec(net, 1, &name, true, BootDevice::Network),
+        )
         .await
         .unwrap();
     assert!(found.running);
@@ -189,7 +205,10 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
     assert!(alive(pid));
     let qmp_socket = vms.join(&name).join("qmp.sock");
     assert_eq!(qmp::status(&qmp_socket).await.unwrap(), "running");
-    assert!(vms.join(&name).join("disk.qcow2").exists(), "a qcow2 disk per node");
+    assert!(
+        vms.join(&name).join("disk.qcow2").exists(),
+        "a qcow2 disk per node"
+    );
     // The TAP is on the cluster's bridge.
     let master = Command::new("ip")
         .args(["-j", "link", "show", "dev", &slot.vm_tap_name()])
@@ -199,11 +218,15 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
     assert_eq!(master[0]["master"], bridge.as_str());
 
     // Network first: the NIC's iPXE asks for a lease, from the node's MAC, on the bridge.
-    wait_for("the VM's DHCP request in dnsmasq's log", Duration::from_secs(60), || {
-        std::fs::read_to_string(&dhcp_log)
-            .unwrap_or_default()
-            .contains(&format!("DHCPDISCOVER({bridge}) {mac}"))
-    })
+    wait_for(
+        "the VM's DHCP request in dnsmasq's log",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&dhcp_log)
+                .unwrap_or_default()
+                .contains(&format!("DHCPDISCOVER({bridge}) {mac}"))
+        },
+    )
     .await;
 
     // The boot order of a running VM changes through QMP (at its next reset).
@@ -218,8 +241,15 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
     )
     .await
     .unwrap();
-    assert_eq!(bootindex, 1, "the disk boots first once the install is done");
-    assert_eq!(pid_of(&vms, &name), Some(pid), "no restart for a boot order change");
+    assert_eq!(
+        bootindex, 1,
+        "the disk boots first once the install is done"
+    );
+    assert_eq!(
+        pid_of(&vms, &name),
+        Some(pid),
+        "no restart for a boot order change"
+    );
 
     // An agent restart: a new driver finds the VM running and starts no second QEMU.
     drop(driver);
@@ -236,7 +266,11 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
             .unwrap()
             .running
     );
-    assert_eq!(pid_of(&vms, &name), Some(pid), "the same QEMU, not a second one");
+    assert_eq!(
+        pid_of(&vms, &name),
+        Some(pid),
+        "the same QEMU, not a second one"
+    );
 
     // Fenced: QEMU gone, confirmed, and a reconcile does not start it again.
     assert!(!driver.power(&name, false).await.unwrap());
@@ -255,9 +289,23 @@ async fn a_qemu_node_network_boots_on_its_bridge_survives_an_agent_restart_and_i
     assert!(alive(pid2));
 
     // Killed from outside: reported not running, and not restarted by a reconcile.
-    assert!(Command::new("kill").args(["-9", &pid2.to_string()]).status().unwrap().success());
-    wait_for("the killed QEMU to be gone", Duration::from_secs(10), || !alive(pid2)).await;
-    assert!(!driver.list().await.unwrap()[0].running, "a dead VM is reported");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid2.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(
+        "the killed QEMU to be gone",
+        Duration::from_secs(10),
+        || !alive(pid2),
+    )
+    .await;
+    assert!(
+        !driver.list().await.unwrap()[0].running,
+        "a dead VM is reported"
+    );
     let after = driver
         .ensure(slot, &bridge, &spec(net, 1, &name, true, BootDevice::Disk))
         .await
@@ -303,7 +351,11 @@ async fn a_qemu_node_that_cannot_start_says_why_and_is_not_left_marked_running()
         index: 2,
     };
     let err = driver
-        .ensure(slot, &bridge, &spec(net, 2, &name, true, BootDevice::Network))
+        .ensure(
+            slot,
+            &bridge,
+            &spec(net, 2, &name, true, BootDevice::Network),
+        )
         .await
         .unwrap_err()
         .to_string();

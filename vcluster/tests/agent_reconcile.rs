@@ -54,6 +54,7 @@ fn share(revision: i64, id: u32, nodes: &[u32], peers: &[u8], running: bool) -> 
                 running: true,
             })
             .collect(),
+        services: None,
     }
 }
 

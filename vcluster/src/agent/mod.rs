@@ -20,6 +20,7 @@ pub mod driver;
 pub mod netns;
 pub mod qemu;
 pub mod reconcile;
+pub mod services;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -107,6 +108,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// How often to pull and converge the whole desired state.
     pub reconcile_every: Duration,
+    /// Provisioned clusters' services (the site cache's site-local address, frontends):
+    /// `None` when this host has no site cache to serve.
+    pub services: Option<services::ServicesConfig>,
 }
 
 struct Shared {
@@ -192,7 +196,12 @@ pub async fn start(
         .map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
     let shared = Arc::new(Shared {
-        reconciler: Reconciler::new(driver.clone(), bridges, vpnd, state),
+        reconciler: Reconciler::new(driver.clone(), bridges, vpnd, state).with_services(
+            config
+                .services
+                .clone()
+                .map(|c| Arc::new(services::ClusterServices::new(c))),
+        ),
         secret,
         host_id: tokio::sync::RwLock::new(None),
         http,

@@ -99,7 +99,7 @@ async fn links(kind: &str) -> Result<Vec<Link>, DriverError> {
     )
 }
 
-async fn link_exists(name: &str) -> bool {
+pub(crate) async fn link_exists(name: &str) -> bool {
     ip(&["link", "show", "dev", name]).await.is_ok()
 }
 
@@ -107,7 +107,7 @@ async fn netns_list() -> Result<Vec<Netns>, DriverError> {
     parse("ip -j netns list", &ip(&["-j", "netns", "list"]).await?)
 }
 
-async fn netns_exists(name: &str) -> Result<bool, DriverError> {
+pub(crate) async fn netns_exists(name: &str) -> Result<bool, DriverError> {
     Ok(netns_list().await?.iter().any(|n| n.name == name))
 }
 
@@ -287,7 +287,7 @@ enum AgentRun {
 
 /// Kills every process in the network namespace `name` and waits until none is left
 /// (at most 5 s): what powering a machine off does to its programs.
-async fn kill_everything_in(name: &str) -> Result<(), DriverError> {
+pub(crate) async fn kill_everything_in(name: &str) -> Result<(), DriverError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let pids = ip(&["netns", "pids", name]).await?;

@@ -25,6 +25,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 use super::driver::{DriverError, FoundNode, HostBridges, VmDriver};
+use super::services::ClusterServices;
 use super::state::{NetworkRecord, StateStore};
 use crate::model::{
     self, AppliedCluster, ClusterOnHost, HostDesired, NetworkDevices, NetworkId, NodeSlot,
@@ -55,6 +56,9 @@ pub struct Reconciler {
     pub bridges: Arc<dyn HostBridges>,
     pub vpnd: vpnd_api::Client,
     pub state: Mutex<StateStore>,
+    /// Provisioned clusters' services (site-local address, frontend), when this host
+    /// has a site cache to serve.
+    pub services: Option<Arc<ClusterServices>>,
 }
 
 fn observed(found: &[FoundNode], network: u32, names: &BTreeMap<u32, String>) -> Vec<ObservedNode> {
@@ -78,7 +82,10 @@ fn observed(found: &[FoundNode], network: u32, names: &BTreeMap<u32, String>) ->
 
 /// vpnd's network for a cluster's overlay as the controller states it: the cluster's TAP
 /// and bridge, its key and peers parsed (a bad one is named, and nothing is sent).
-fn vpnd_network(spec: &model::NetworkSpec) -> Result<vpnd_api::NetworkSpec, ReconcileError> {
+fn vpnd_network(
+    spec: &model::NetworkSpec,
+    services: Option<&model::ServicesSpec>,
+) -> Result<vpnd_api::NetworkSpec, ReconcileError> {
     let invalid = |message: String| ReconcileError::Invalid {
         network: spec.id,
         message,
@@ -105,8 +112,31 @@ fn vpnd_network(spec: &model::NetworkSpec) -> Result<vpnd_api::NetworkSpec, Reco
             })
         })
         .collect::<Result<_, ReconcileError>>()?;
+    // The site-local address is answered at each site: its ARP and frames stay there.
+    let site_local = match services {
+        Some(sv) => {
+            let ip = sv
+                .site_address
+                .split('/')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "site_address {:?}: not an address",
+                        sv.site_address
+                    ))
+                })?;
+            let mac = sv
+                .site_mac
+                .parse()
+                .map_err(|e| invalid(format!("site_mac {:?}: {e}", sv.site_mac)))?;
+            vec![vpnd_api::SiteLocalSpec { ip, mac }]
+        }
+        None => Vec::new(),
+    };
     Ok(vpnd_api::NetworkSpec {
         name: Some(spec.name.clone()),
+        site_local,
         bridge: Some(net.bridge_name()),
         psk: Some(psk),
         arp_suppression: true,
@@ -128,7 +158,14 @@ impl Reconciler {
             bridges,
             vpnd,
             state: Mutex::new(state),
+            services: None,
         }
+    }
+
+    /// Serves provisioned clusters' site-local address and frontend on this host.
+    pub fn with_services(mut self, services: Option<Arc<ClusterServices>>) -> Reconciler {
+        self.services = services;
+        self
     }
 
     pub async fn apply(&self, share: &ClusterOnHost) -> Result<AppliedCluster, ReconcileError> {
@@ -221,6 +258,20 @@ impl Reconciler {
                 .await?;
         }
 
+        match (&self.services, &share.services) {
+            (Some(services), Some(spec)) => services.ensure(net, &bridge, spec).await?,
+            (Some(services), None) => services.remove(net).await?,
+            (None, Some(_)) => {
+                return Err(ReconcileError::Invalid {
+                    network: id,
+                    message: "the cluster is provisioned but this host agent serves no site \
+                              cache (start it with --site-cache)"
+                        .to_string(),
+                });
+            }
+            (None, None) => {}
+        }
+
         let nodes: BTreeMap<u32, String> = share
             .nodes
             .iter()
@@ -254,7 +305,7 @@ impl Reconciler {
     async fn sync_vpnd(&self, share: &ClusterOnHost) -> Result<(), ReconcileError> {
         let spec = &share.network;
         let net = NetworkId(spec.id);
-        let want = vpnd_network(spec)?;
+        let want = vpnd_network(spec, share.services.as_ref())?;
         let current = match self.vpnd.network(net).await? {
             Some(c) if NetworkId::from_tap_name(&c.tap) != Some(net) => {
                 // The operator's own network: never ours to change or remove.
@@ -338,6 +389,9 @@ impl Reconciler {
                     Some(name),
                 )
                 .await?;
+        }
+        if let Some(services) = &self.services {
+            services.remove(net).await?;
         }
         match self.vpnd.network(net).await? {
             Some(n) if NetworkId::from_tap_name(&n.tap) == Some(net) => {

@@ -78,6 +78,7 @@ pub fn cluster_on_host(
             peers,
         },
         nodes: mine,
+        services: None,
     })
 }
 

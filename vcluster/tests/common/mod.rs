@@ -302,6 +302,7 @@ impl TestAgent {
             vpnd_socket: vpnd.socket.clone(),
             state_dir: state.path().to_path_buf(),
             reconcile_every: Duration::from_secs(1),
+            services: None,
         };
         let driver = Arc::new(MemDriver::default());
         let bridges = Arc::new(MemBridges::default());

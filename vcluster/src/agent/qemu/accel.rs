@@ -40,7 +40,9 @@ impl std::str::FromStr for Accel {
         match s {
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            other => Err(format!("unknown accelerator {other:?} (expected kvm or tcg)")),
+            other => Err(format!(
+                "unknown accelerator {other:?} (expected kvm or tcg)"
+            )),
         }
     }
 }
@@ -77,7 +79,11 @@ pub async fn probe(qemu: &Path, nic_rom: Option<&Path>) -> AccelChoice {
             let pvm = Path::new("/sys/module/kvm_pvm").exists();
             tcg(format!(
                 "KVM cannot run an ordinary guest here{}: {why}",
-                if pvm { " (kvm_pvm, a paravirtual KVM)" } else { "" }
+                if pvm {
+                    " (kvm_pvm, a paravirtual KVM)"
+                } else {
+                    ""
+                }
             ))
         }
     }
@@ -87,11 +93,21 @@ async fn boots_under_kvm(qemu: &Path, rom: &Path) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let pcap = dir.path().join("probe.pcap");
     let mut child = Command::new(qemu)
-        .args(["-accel", "kvm", "-machine", "q35", "-nodefaults", "-display"])
+        .args([
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-display",
+        ])
         .args(["none", "-m", "64", "-no-reboot"])
         .args(["-netdev", "user,id=n0,restrict=on"])
         .arg("-object")
-        .arg(format!("filter-dump,id=f0,netdev=n0,file={}", pcap.display()))
+        .arg(format!(
+            "filter-dump,id=f0,netdev=n0,file={}",
+            pcap.display()
+        ))
         .arg("-device")
         .arg(format!(
             "virtio-net-pci,netdev=n0,disable-legacy=on,bootindex=1,romfile={}",
@@ -106,7 +122,10 @@ async fn boots_under_kvm(qemu: &Path, rom: &Path) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + PROBE_TIME;
     // A pcap file is a 24-byte header, then packets: any packet is iPXE talking.
     while tokio::time::Instant::now() < deadline {
-        if std::fs::metadata(&pcap).map(|m| m.len() > 24).unwrap_or(false) {
+        if std::fs::metadata(&pcap)
+            .map(|m| m.len() > 24)
+            .unwrap_or(false)
+        {
             let _ = child.kill().await;
             return Ok(());
         }

@@ -286,7 +286,14 @@ impl QemuDriver {
         cmd.arg("-name")
             .arg(format!("guest={},debug-threads=on", record.name))
             .args(["-machine", "q35", "-accel", record.accel.as_str()])
-            .args(["-cpu", if record.accel == Accel::Kvm { "host" } else { "max" }])
+            .args([
+                "-cpu",
+                if record.accel == Accel::Kvm {
+                    "host"
+                } else {
+                    "max"
+                },
+            ])
             .args(["-smp", &record.cpus.to_string()])
             .args(["-m", &record.memory_mib.to_string()])
             .args(["-nodefaults", "-display", "none", "-daemonize"])
@@ -353,7 +360,12 @@ impl QemuDriver {
         // With -daemonize the first process exits once the VM is set up.
         let status = tokio::time::timeout(START_TIME, child.wait())
             .await
-            .map_err(|_| node_error(node, format!("QEMU did not start in {} s", START_TIME.as_secs())))?
+            .map_err(|_| {
+                node_error(
+                    node,
+                    format!("QEMU did not start in {} s", START_TIME.as_secs()),
+                )
+            })?
             .map_err(|e| node_error(node, format!("QEMU: {e}")))?;
         if !status.success() || self.live_pid(node).is_none() {
             let _ = self.set_power_mark(node, PowerMark::Absent);
@@ -365,7 +377,12 @@ impl QemuDriver {
                 ),
             ));
         }
-        tracing::info!(node, accel = record.accel.as_str(), boot = record.boot.as_str(), "VM started");
+        tracing::info!(
+            node,
+            accel = record.accel.as_str(),
+            boot = record.boot.as_str(),
+            "VM started"
+        );
         Ok(())
     }
 
@@ -391,7 +408,10 @@ impl QemuDriver {
                 if tokio::time::Instant::now() > deadline {
                     return Err(node_error(
                         node,
-                        format!("QEMU (pid {pid}) survived SIGKILL for {} s", QUIT_TIME.as_secs()),
+                        format!(
+                            "QEMU (pid {pid}) survived SIGKILL for {} s",
+                            QUIT_TIME.as_secs()
+                        ),
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

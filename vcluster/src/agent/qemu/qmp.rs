@@ -43,7 +43,12 @@ pub async fn execute(
     };
     tokio::time::timeout(QMP_TIMEOUT, run(socket, command, arguments))
         .await
-        .map_err(|_| io(format!("no answer to {command} in {} s", QMP_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            io(format!(
+                "no answer to {command} in {} s",
+                QMP_TIMEOUT.as_secs()
+            ))
+        })?
 }
 
 async fn run(socket: &Path, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
@@ -70,7 +75,11 @@ async fn run(socket: &Path, command: &str, arguments: Option<Value>) -> Result<V
 
 enum Failure {
     Io(String),
-    Refused { command: String, class: String, desc: String },
+    Refused {
+        command: String,
+        class: String,
+        desc: String,
+    },
 }
 
 impl Failure {
@@ -115,7 +124,13 @@ async fn answer(
             return Ok(ret.clone());
         }
         if let Some(error) = message.get("error") {
-            let field = |k: &str| error.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+            let field = |k: &str| {
+                error
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string()
+            };
             return Err(Failure::Refused {
                 command: command.to_string(),
                 class: field("class"),
@@ -183,7 +198,9 @@ mod tests {
                     let out = match v["execute"].as_str().unwrap() {
                         "qmp_capabilities" => json!({"return": {}}),
                         "query-status" => json!({"return": {"status": "running", "running": true}}),
-                        other => json!({"error": {"class": "CommandNotFound", "desc": format!("The command {other} has not been found")}}),
+                        other => {
+                            json!({"error": {"class": "CommandNotFound", "desc": format!("The command {other} has not been found")}})
+                        }
                     };
                     let event = json!({"event": "RESET", "data": {}, "timestamp": {}});
                     write
@@ -204,7 +221,10 @@ mod tests {
         assert_eq!(status(&socket).await.unwrap(), "running");
         let err = execute(&socket, "frobnicate", None).await.unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("frobnicate") && text.contains("CommandNotFound"), "{text}");
+        assert!(
+            text.contains("frobnicate") && text.contains("CommandNotFound"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -212,6 +232,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("gone.sock");
         let err = status(&socket).await.unwrap_err().to_string();
-        assert!(err.contains("gone.sock") && err.contains("connect"), "{err}");
+        assert!(
+            err.contains("gone.sock") && err.contains("connect"),
+            "{err}"
+        );
     }
 }

@@ -145,10 +145,11 @@ fn random_psk() -> String {
 }
 
 /// The highest node index a subnet has addresses for: the network and broadcast
-/// addresses are not hosts, and the last host address is kept for site-local services
-/// (a site's package cache), as in `docs/config.md`.
+/// addresses are not hosts, the last host address is kept for site-local services (a
+/// site's package cache), as in `docs/config.md`, and the one before it for the cluster's
+/// provisioning frontend ([`crate::model::service_addresses`]).
 fn max_index(subnet: Ipv4Net) -> u32 {
-    let hosts = (1u64 << (32 - subnet.prefix_len())).saturating_sub(3);
+    let hosts = (1u64 << (32 - subnet.prefix_len())).saturating_sub(4);
     hosts.min(MAX_NODE_INDEX as u64) as u32
 }
 
@@ -661,13 +662,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_addresses_leave_the_last_host_address_for_site_services() {
+    fn node_addresses_leave_the_last_two_host_addresses_for_site_services_and_the_frontend() {
         let net: Ipv4Net = "10.77.3.0/24".parse().unwrap();
-        assert_eq!(max_index(net), 253);
+        assert_eq!(max_index(net), 252);
         assert_eq!(node_address(net, 1), "10.77.3.1/24");
-        assert_eq!(node_address(net, 253), "10.77.3.253/24");
+        assert_eq!(node_address(net, 252), "10.77.3.252/24");
+        let (site, frontend) = crate::model::service_addresses(net);
+        assert_eq!(site.to_string(), "10.77.3.254");
+        assert_eq!(frontend.to_string(), "10.77.3.253");
         let small: Ipv4Net = "10.0.0.0/29".parse().unwrap();
-        assert_eq!(max_index(small), 5);
+        assert_eq!(max_index(small), 4);
+        let (site, frontend) = crate::model::service_addresses(small);
+        assert_eq!(
+            (site.to_string().as_str(), frontend.to_string().as_str()),
+            ("10.0.0.6", "10.0.0.5")
+        );
     }
 }
 

@@ -1,0 +1,704 @@
+//! A provisioned cluster's services on one host ([`ServicesSpec`]): the site-local
+//! address and, on the cluster's frontend host, the provisioning frontend.
+//!
+//! * **Site-local address** (every host): a network namespace `vcsv<network hex>` whose
+//!   `eth0` (veth `vc<hex>s` on the cluster's bridge) has the subnet's last host address
+//!   and the services MAC, which vpnd keeps at its site (ARP and frames never cross the
+//!   WAN). A relay process (`vcluster site-relay`) accepts there on ports 80 and 3142 and
+//!   forwards each connection to the site's package cache (`--site-cache`): every site
+//!   serves the same URL from its own cache, so boot files and packages cross the WAN
+//!   once per site.
+//! * **Frontend** (the frontend host only): a namespace `vcfe<hex>` (veth `vc<hex>f`) with
+//!   the frontend address, a real dnsmasq (DHCP with one static lease per node and
+//!   nothing for unknown MACs; TFTP of iPXE for firmware without it; iPXE clients sent to
+//!   the frontend's HTTP), and the frontend's HTTP server in this agent: `/boot.ipxe`
+//!   chains to `/boot/<mac>.ipxe`, the node's own script, served only to the node's own
+//!   address.
+//!
+//! dnsmasq and the relay run in sessions of their own with pid files, so an agent restart
+//! leaves DHCP and the cache path of nodes being installed untouched; the agent finds
+//! them again and only restarts what is gone. A lease change rewrites dnsmasq's hosts
+//! file and sends it SIGHUP. Everything here is named after the network id, and removed
+//! with the cluster.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path as AxPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::process::Command;
+use tokio::sync::{Mutex, RwLock};
+use tokio::task::JoinHandle;
+
+use super::driver::DriverError;
+use super::netns::{
+    ip, is_zombie, kill_everything_in, link_exists, netns_exists, write_atomically,
+};
+use crate::model::{FrontendSpec, LeaseSpec, NetworkId, ServicesSpec};
+
+/// Where the site's cache is and where the services keep their files.
+#[derive(Debug, Clone)]
+pub struct ServicesConfig {
+    /// `<state-dir>/services`: one directory per network.
+    pub dir: PathBuf,
+    /// This program, for `site-relay`.
+    pub exe: PathBuf,
+    /// The site's package cache, as this host reaches it.
+    pub site_cache: SocketAddr,
+    /// iPXE for firmware without it: `undionly.kpxe` (BIOS) and `ipxe.efi` (UEFI).
+    pub ipxe_dir: PathBuf,
+}
+
+/// The ports the site-local address answers on: plain HTTP (mirror prefixes such as
+/// `/debian/`, `/provision/`) and the cache's usual proxy port.
+pub const SITE_PORTS: [u16; 2] = [80, 3142];
+
+/// Where Debian's ipxe package puts the network boot programs.
+pub const DEBIAN_IPXE_DIR: &str = "/usr/lib/ipxe";
+
+fn sv_netns(net: NetworkId) -> String {
+    format!("vcsv{:x}", net.0)
+}
+
+fn fe_netns(net: NetworkId) -> String {
+    format!("vcfe{:x}", net.0)
+}
+
+fn fail(net: NetworkId, message: impl Into<String>) -> DriverError {
+    DriverError::Node {
+        node: format!("services of network {:x}", net.0),
+        message: message.into(),
+    }
+}
+
+/// A running frontend's HTTP side: the leases it answers for.
+struct FrontendHttp {
+    leases: Arc<RwLock<BTreeMap<Ipv4Addr, LeaseSpec>>>,
+    address: Ipv4Addr,
+    task: JoinHandle<()>,
+}
+
+/// The services of every provisioned cluster on this host.
+pub struct ClusterServices {
+    config: ServicesConfig,
+    http: Mutex<BTreeMap<u32, FrontendHttp>>,
+}
+
+impl ClusterServices {
+    pub fn new(config: ServicesConfig) -> ClusterServices {
+        ClusterServices {
+            config,
+            http: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn dir(&self, net: NetworkId) -> PathBuf {
+        self.config.dir.join(format!("{:x}", net.0))
+    }
+
+    /// Brings the cluster's services on this host to `spec`.
+    pub async fn ensure(
+        &self,
+        net: NetworkId,
+        bridge: &str,
+        spec: &ServicesSpec,
+    ) -> Result<(), DriverError> {
+        let dir = self.dir(net);
+        std::fs::create_dir_all(&dir).map_err(|e| fail(net, format!("{}: {e}", dir.display())))?;
+        let sv = sv_netns(net);
+        attach(
+            &sv,
+            &format!("vc{:x}s", net.0),
+            bridge,
+            &spec.site_mac,
+            &spec.site_address,
+        )
+        .await?;
+        let site_ip = host_part(&spec.site_address).ok_or_else(|| {
+            fail(
+                net,
+                format!("site_address {:?}: not an address", spec.site_address),
+            )
+        })?;
+        self.ensure_relay(net, &sv, site_ip).await?;
+        match &spec.frontend {
+            Some(fe) => self.ensure_frontend(net, bridge, fe).await,
+            None => self.remove_frontend(net).await,
+        }
+    }
+
+    /// Removes everything of the cluster's services from this host.
+    pub async fn remove(&self, net: NetworkId) -> Result<(), DriverError> {
+        self.remove_frontend(net).await?;
+        let sv = sv_netns(net);
+        stop_pid(&self.dir(net).join("relay.pid"));
+        if netns_exists(&sv).await? {
+            kill_everything_in(&sv).await?;
+            ip(&["netns", "del", &sv]).await?;
+        }
+        let veth = format!("vc{:x}s", net.0);
+        if link_exists(&veth).await {
+            ip(&["link", "del", "dev", &veth]).await?;
+        }
+        let _ = std::fs::remove_dir_all(self.dir(net));
+        Ok(())
+    }
+
+    async fn ensure_relay(
+        &self,
+        net: NetworkId,
+        ns: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), DriverError> {
+        let pid_file = self.dir(net).join("relay.pid");
+        if live_pid(&pid_file, ns).is_some() {
+            return Ok(());
+        }
+        let log = self.dir(net).join("relay.log");
+        let mut cmd = Command::new(&self.config.exe);
+        cmd.args(["site-relay", "--netns", ns, "--to"])
+            .arg(self.config.site_cache.to_string());
+        for port in SITE_PORTS {
+            cmd.arg("--listen").arg(format!("{ip}:{port}"));
+        }
+        spawn_detached(cmd, &pid_file, &log)
+            .await
+            .map_err(|e| fail(net, format!("the site relay: {e}")))?;
+        // It is ready once it accepts (it binds before it reports anything).
+        for _ in 0..100 {
+            if let Ok(out) = ip_netns_ss(ns).await
+                && SITE_PORTS
+                    .iter()
+                    .all(|p| out.contains(&format!("{ip}:{p}")))
+            {
+                return Ok(());
+            }
+            if live_pid(&pid_file, ns).is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(fail(
+            net,
+            format!("the site relay did not start (see {})", log.display()),
+        ))
+    }
+
+    async fn ensure_frontend(
+        &self,
+        net: NetworkId,
+        bridge: &str,
+        fe: &FrontendSpec,
+    ) -> Result<(), DriverError> {
+        let ns = fe_netns(net);
+        attach(
+            &ns,
+            &format!("vc{:x}f", net.0),
+            bridge,
+            &fe.mac,
+            &fe.address,
+        )
+        .await?;
+        let address = host_part(&fe.address).ok_or_else(|| {
+            fail(
+                net,
+                format!("frontend address {:?}: not an address", fe.address),
+            )
+        })?;
+        let subnet: ipnet::Ipv4Net = fe
+            .address
+            .parse()
+            .map_err(|e| fail(net, format!("frontend address {:?}: {e}", fe.address)))?;
+        let mut leases = BTreeMap::new();
+        for l in &fe.leases {
+            let a: Ipv4Addr = l.address.parse().map_err(|e| {
+                fail(
+                    net,
+                    format!("lease of {}: address {:?}: {e}", l.node, l.address),
+                )
+            })?;
+            l.mac
+                .parse::<crate::model::MacAddr>()
+                .map_err(|e| fail(net, format!("lease of {}: mac {:?}: {e}", l.node, l.mac)))?;
+            check_hostname(&l.node).map_err(|m| fail(net, format!("lease of {}: {m}", l.node)))?;
+            leases.insert(a, l.clone());
+        }
+        self.ensure_dnsmasq(net, &ns, address, subnet, &leases)
+            .await?;
+
+        let mut http = self.http.lock().await;
+        match http.get(&net.0) {
+            Some(h) if h.address == address && !h.task.is_finished() => {
+                *h.leases.write().await = leases;
+            }
+            _ => {
+                if let Some(old) = http.remove(&net.0) {
+                    old.task.abort();
+                }
+                // A server just stopped (an agent restarting in this process, in tests)
+                // may hold the port for a moment.
+                let mut tries = 0;
+                let listener = loop {
+                    match listen_in(&ns, SocketAddr::from((address, 80))) {
+                        Ok(l) => break l,
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => {
+                            return Err(fail(
+                                net,
+                                format!("the frontend's HTTP on {address}:80: {e}"),
+                            ));
+                        }
+                    }
+                };
+                let leases = Arc::new(RwLock::new(leases));
+                let app = Router::new()
+                    .route("/boot.ipxe", get(chain_script))
+                    .route("/boot/{file}", get(node_script))
+                    .with_state(FrontendState {
+                        leases: leases.clone(),
+                        address,
+                    });
+                let task = tokio::spawn(async move {
+                    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+                    if let Err(e) = axum::serve(listener, service).await {
+                        tracing::warn!(error = %e, "the frontend's HTTP server stopped");
+                    }
+                });
+                http.insert(
+                    net.0,
+                    FrontendHttp {
+                        leases,
+                        address,
+                        task,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_dnsmasq(
+        &self,
+        net: NetworkId,
+        ns: &str,
+        address: Ipv4Addr,
+        subnet: ipnet::Ipv4Net,
+        leases: &BTreeMap<Ipv4Addr, LeaseSpec>,
+    ) -> Result<(), DriverError> {
+        let dir = self.dir(net);
+        let hosts: String = leases
+            .values()
+            .map(|l| format!("{},{},{}\n", l.mac.to_ascii_lowercase(), l.address, l.node))
+            .collect();
+        let hosts_path = dir.join("dhcp-hosts");
+        let hosts_changed =
+            std::fs::read_to_string(&hosts_path).ok().as_deref() != Some(hosts.as_str());
+        if hosts_changed {
+            write_atomically(&hosts_path, hosts.as_bytes())
+                .map_err(|e| fail(net, format!("{}: {e}", hosts_path.display())))?;
+        }
+        let tftp = dir.join("tftp");
+        std::fs::create_dir_all(&tftp)
+            .map_err(|e| fail(net, format!("{}: {e}", tftp.display())))?;
+        for file in ["undionly.kpxe", "ipxe.efi"] {
+            let from = self.config.ipxe_dir.join(file);
+            let to = tftp.join(file);
+            if !to.exists() && from.exists() {
+                std::fs::copy(&from, &to)
+                    .map_err(|e| fail(net, format!("{}: {e}", from.display())))?;
+            }
+        }
+        let conf = dnsmasq_conf(&dir, address, subnet, &hosts_path, &tftp);
+        let conf_path = dir.join("dnsmasq.conf");
+        let conf_changed =
+            std::fs::read_to_string(&conf_path).ok().as_deref() != Some(conf.as_str());
+        if conf_changed {
+            write_atomically(&conf_path, conf.as_bytes())
+                .map_err(|e| fail(net, format!("{}: {e}", conf_path.display())))?;
+        }
+        let pid_file = dir.join("dnsmasq.pid");
+        match live_pid(&pid_file, "dnsmasq") {
+            Some(pid) if !conf_changed => {
+                if hosts_changed {
+                    // SAFETY: kill(2) on the dnsmasq our pid file names and /proc confirmed.
+                    unsafe {
+                        libc::kill(pid, libc::SIGHUP);
+                    }
+                }
+                return Ok(());
+            }
+            Some(_) => stop_pid(&pid_file),
+            None => {}
+        }
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "dnsmasq"])
+            .arg(format!("--conf-file={}", conf_path.display()))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| fail(net, format!("starting dnsmasq: {e}")))?;
+        if !out.status.success() {
+            return Err(fail(
+                net,
+                format!("dnsmasq: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn remove_frontend(&self, net: NetworkId) -> Result<(), DriverError> {
+        if let Some(h) = self.http.lock().await.remove(&net.0) {
+            h.task.abort();
+        }
+        stop_pid(&self.dir(net).join("dnsmasq.pid"));
+        let ns = fe_netns(net);
+        if netns_exists(&ns).await? {
+            kill_everything_in(&ns).await?;
+            ip(&["netns", "del", &ns]).await?;
+        }
+        let veth = format!("vc{:x}f", net.0);
+        if link_exists(&veth).await {
+            ip(&["link", "del", "dev", &veth]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The frontends' HTTP servers live in this agent: they stop with it (dnsmasq and the
+/// relays do not).
+impl Drop for ClusterServices {
+    fn drop(&mut self) {
+        for h in self.http.get_mut().values() {
+            h.task.abort();
+        }
+    }
+}
+
+/// dnsmasq's configuration for a frontend: DHCP for known MACs only (static leases from
+/// the hosts file), no DNS, TFTP of iPXE for PXE firmware, and iPXE itself (option 175)
+/// sent to the frontend's HTTP.
+fn dnsmasq_conf(
+    dir: &Path,
+    address: Ipv4Addr,
+    subnet: ipnet::Ipv4Net,
+    hosts: &Path,
+    tftp: &Path,
+) -> String {
+    format!(
+        "# Written by the vcluster host agent: edits are overwritten.\n\
+         port=0\n\
+         interface=eth0\n\
+         bind-interfaces\n\
+         dhcp-range={network},static,{mask},1h\n\
+         dhcp-hostsfile={hosts}\n\
+         dhcp-ignore=tag:!known\n\
+         dhcp-option=3\n\
+         enable-tftp\n\
+         tftp-root={tftp}\n\
+         dhcp-match=set:ipxe,175\n\
+         dhcp-match=set:efi64,option:client-arch,7\n\
+         dhcp-match=set:efi64,option:client-arch,9\n\
+         dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi\n\
+         dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\n\
+         dhcp-boot=tag:ipxe,http://{address}/boot.ipxe\n\
+         log-dhcp\n\
+         log-facility={log}\n\
+         pid-file={pid}\n\
+         dhcp-leasefile={leases}\n",
+        network = subnet.network(),
+        mask = subnet.netmask(),
+        hosts = hosts.display(),
+        tftp = tftp.display(),
+        log = dir.join("dnsmasq.log").display(),
+        pid = dir.join("dnsmasq.pid").display(),
+        leases = dir.join("dnsmasq.leases").display(),
+    )
+}
+
+#[derive(Clone)]
+struct FrontendState {
+    leases: Arc<RwLock<BTreeMap<Ipv4Addr, LeaseSpec>>>,
+    address: Ipv4Addr,
+}
+
+fn ipxe(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// Every iPXE client first: on to its own script, named by its MAC.
+async fn chain_script(State(s): State<FrontendState>) -> Response {
+    ipxe(format!(
+        "#!ipxe\nchain http://{}/boot/${{net0/mac:hexhyp}}.ipxe\n",
+        s.address
+    ))
+}
+
+/// A node's own script, to that node's address only (it may carry a per-install secret).
+async fn node_script(
+    State(s): State<FrontendState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath(file): AxPath<String>,
+) -> Response {
+    let Some(mac) = file.strip_suffix(".ipxe") else {
+        return (StatusCode::NOT_FOUND, "no such file\n").into_response();
+    };
+    let mac = mac.replace('-', ":").to_ascii_lowercase();
+    let leases = s.leases.read().await;
+    let Some(lease) = leases.values().find(|l| l.mac.to_ascii_lowercase() == mac) else {
+        return (StatusCode::NOT_FOUND, format!("no node has MAC {mac}\n")).into_response();
+    };
+    let from_node = match peer.ip() {
+        std::net::IpAddr::V4(a) => leases.get(&a).is_some_and(|l| l.node == lease.node),
+        std::net::IpAddr::V6(_) => false,
+    };
+    if !from_node {
+        tracing::warn!(node = %lease.node, %peer, "a boot script asked for from another address: refused");
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "{}'s boot script is served to {} only\n",
+                lease.node, lease.address
+            ),
+        )
+            .into_response();
+    }
+    ipxe(lease.ipxe.clone())
+}
+
+/// The address part of `a.b.c.d/len`.
+fn host_part(with_prefix: &str) -> Option<Ipv4Addr> {
+    with_prefix.split('/').next()?.parse().ok()
+}
+
+fn check_hostname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a usable host name"))
+    }
+}
+
+/// Puts namespace `ns` on `bridge` through the veth `host_veth` (its `eth0` inside), with
+/// `mac` and exactly the address `address`. Idempotent.
+async fn attach(
+    ns: &str,
+    host_veth: &str,
+    bridge: &str,
+    mac: &str,
+    address: &str,
+) -> Result<(), DriverError> {
+    if !netns_exists(ns).await? {
+        ip(&["netns", "add", ns]).await?;
+    }
+    let inside = ip(&["-n", ns, "link", "show", "dev", "eth0"]).await.is_ok();
+    if !link_exists(host_veth).await || !inside {
+        if link_exists(host_veth).await {
+            ip(&["link", "del", "dev", host_veth]).await?;
+        }
+        if inside {
+            ip(&["-n", ns, "link", "del", "dev", "eth0"]).await?;
+        }
+        ip(&[
+            "link", "add", "name", host_veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])
+        .await?;
+    }
+    ip(&["link", "set", "dev", host_veth, "master", bridge]).await?;
+    ip(&["link", "set", "dev", host_veth, "up"]).await?;
+    ip(&["-n", ns, "link", "set", "dev", "lo", "up"]).await?;
+    let mac = mac.to_ascii_lowercase();
+    let shown = ip(&["-n", ns, "link", "show", "dev", "eth0"]).await?;
+    if !shown.contains(&mac) {
+        ip(&["-n", ns, "link", "set", "dev", "eth0", "down"]).await?;
+        ip(&["-n", ns, "link", "set", "dev", "eth0", "address", &mac]).await?;
+    }
+    let addrs = ip(&["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"]).await?;
+    let have: Vec<&str> = addrs
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.position(|x| x == "inet")?;
+            w.next()
+        })
+        .collect();
+    if have != [address] {
+        ip(&["-n", ns, "addr", "flush", "dev", "eth0"]).await?;
+        ip(&["-n", ns, "addr", "add", address, "dev", "eth0"]).await?;
+    }
+    ip(&["-n", ns, "link", "set", "dev", "eth0", "up"]).await?;
+    Ok(())
+}
+
+/// The listening TCP sockets in namespace `ns`, as `ss` prints them.
+async fn ip_netns_ss(ns: &str) -> Result<String, DriverError> {
+    ip(&["netns", "exec", ns, "ss", "-Hltn"]).await
+}
+
+/// A TCP listener bound inside network namespace `ns`, usable from this process's own
+/// namespace (a socket stays in the namespace it was made in): made on a thread of its
+/// own that enters `ns` and ends.
+pub fn listen_in(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let path = PathBuf::from("/run/netns").join(ns);
+    let std_listener = std::thread::scope(|s| {
+        s.spawn(|| -> std::io::Result<std::net::TcpListener> {
+            let f = std::fs::File::open(&path)?;
+            // SAFETY: setns(2) on this short-lived thread only, with a namespace fd we hold.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })?;
+    tokio::net::TcpListener::from_std(std_listener)
+}
+
+/// The pid a pid file names, when that process lives and its command line mentions
+/// `needle` (so a reused pid is never taken for ours).
+fn live_pid(pid_file: &Path, needle: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    (cmdline.contains(needle) && !is_zombie(pid)).then_some(pid)
+}
+
+/// Stops the process a pid file names (TERM, then KILL) and removes the file.
+fn stop_pid(pid_file: &Path) {
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    {
+        // SAFETY: kill(2) on a pid our own pid file names.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        for _ in 0..100 {
+            if is_zombie(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !is_zombie(pid) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Starts `cmd` in a session of its own (it outlives this agent), logging to `log`, and
+/// records its pid.
+async fn spawn_detached(mut cmd: Command, pid_file: &Path, log: &Path) -> std::io::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(false);
+    // SAFETY: setsid(2) in the child between fork and exec touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    write_atomically(pid_file, format!("{pid}\n").as_bytes())?;
+    // Reaped whenever it ends while this agent runs.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(())
+}
+
+/// `vcluster site-relay`: accepts on `listen` inside namespace `netns` and copies each
+/// connection to and from `to`, reached from the caller's own namespace. Runs until
+/// killed.
+pub async fn run_relay(netns: &str, listen: &[SocketAddr], to: SocketAddr) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in listen {
+        let listener = listen_in(netns, *addr)
+            .map_err(|e| anyhow::anyhow!("listening on {addr} in namespace {netns}: {e}"))?;
+        tracing::info!(%addr, netns, %to, "relaying");
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, peer)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                tokio::spawn(async move {
+                    match tokio::net::TcpStream::connect(to).await {
+                        Ok(mut outbound) => {
+                            let _ = inbound.set_nodelay(true);
+                            let _ = outbound.set_nodelay(true);
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, %to, error = %e, "the site cache is unreachable")
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsmasq_gives_known_macs_only_and_sends_ipxe_to_the_frontend() {
+        let conf = dnsmasq_conf(
+            Path::new("/s"),
+            "10.77.3.253".parse().unwrap(),
+            "10.77.3.0/24".parse().unwrap(),
+            Path::new("/s/dhcp-hosts"),
+            Path::new("/s/tftp"),
+        );
+        assert!(conf.contains("dhcp-ignore=tag:!known\n"));
+        assert!(conf.contains("dhcp-range=10.77.3.0,static,255.255.255.0,1h\n"));
+        assert!(conf.contains("dhcp-boot=tag:ipxe,http://10.77.3.253/boot.ipxe\n"));
+        assert!(conf.contains("port=0\n"), "no DNS server");
+    }
+
+    #[test]
+    fn host_names_for_leases_are_plain() {
+        assert!(check_hostname("c1-node-7").is_ok());
+        assert!(check_hostname("a,b").is_err());
+        assert!(check_hostname("a\nb").is_err());
+        assert!(check_hostname("").is_err());
+    }
+}
