@@ -424,6 +424,7 @@ pub async fn create_cluster(
             node_cpus: req.per_node.cpus,
             node_memory_mib: req.per_node.memory_mib,
             recovery: req.recovery,
+            profile_id: None,
         },
         now,
     )
