@@ -263,8 +263,14 @@ pub struct UpdateGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRoles {
-    #[serde(default)]
     pub node: String,
+    pub roles: Vec<String>,
+}
+
+/// `PUT /v1/nodes/{node}/roles`: the node's own roles, replacing the ones it had.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetNodeRoles {
     pub roles: Vec<String>,
 }
 
