@@ -668,3 +668,136 @@ both_backends!(
     a_user_cannot_edit_another_users_cluster_attributes_or_global_roles,
     bad_roles_attributes_and_groups_are_refused_naming_the_field,
 );
+
+/// Runs the `vcluster` binary as `token` against the test controller.
+fn cli(w: &World, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vcluster"))
+        .args(args)
+        .env("VCLUSTER_API", &w.ctl.url)
+        .env("VCLUSTER_TOKEN", token)
+        .env("VCLUSTER_CA_FINGERPRINT", common::test_trust_fingerprint())
+        .env("VCLUSTER_CONFIG", "/dev/null")
+        .output()
+        .expect("run vcluster");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_defines_roles_from_files_and_renders_what_a_node_gets() {
+    let b = Backend::sqlite().await;
+    let w = world(&b).await;
+    let admin = common::ADMIN_TOKEN;
+    let dir = tempfile::tempdir().unwrap();
+    let role = dir.path().join("web.toml");
+    std::fs::write(
+        &role,
+        "name = \"web\"\npackages = [\"nginx\"]\npost = \"systemctl enable nginx # {{ node.name }}\\n\"\n\
+         [[files]]\npath = \"/etc/motd\"\nmode = 0o600\ncontent = \"welcome to {{ node.name }}, port {{ http_port }}\\n\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: web\npackage: [nginx]\n").unwrap();
+    let (ok, _, err) = cli(
+        &w,
+        admin,
+        &["role", "create", "--file", bad.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml") && err.contains("unknown field `package`"),
+        "{err}"
+    );
+
+    let (ok, _, err) = cli(
+        &w,
+        admin,
+        &["role", "create", "--file", role.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &w,
+        admin,
+        &["profile", "create", "webfarm", "--roles", "web"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&w, admin, &["attr", "set", "global", "http_port", "80"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&w, admin, &["role", "list", "--json"]);
+    assert!(ok, "{err}");
+    let roles: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(roles[0]["files"][0]["mode"], 0o600);
+
+    let (ok, out, err) = cli(
+        &w,
+        &w.alice_token,
+        &[
+            "cluster",
+            "create",
+            "web",
+            "--nodes",
+            "2",
+            "--profile",
+            "webfarm",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out} {err}");
+    let (ok, _, err) = cli(
+        &w,
+        &w.alice_token,
+        &["attr", "set", "node:web-node-2", "http_port", "8080"],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(
+        &w,
+        &w.alice_token,
+        &[
+            "group",
+            "create",
+            "web",
+            "front",
+            "--nodes",
+            "web-node-[1-2]",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("web-node-1,web-node-2"), "{out}");
+    let (ok, out, err) = cli(&w, &w.alice_token, &["group", "list", "web", "--json"]);
+    assert!(ok, "{err}");
+    let groups: Vec<Group> = serde_json::from_str(&out).unwrap();
+    assert_eq!(groups[0].nodes, ["web-node-1", "web-node-2"]);
+
+    let (ok, out, err) = cli(
+        &w,
+        &w.alice_token,
+        &["profile", "render", "web-node-2", "--json"],
+    );
+    assert!(ok, "{err}");
+    let p: RenderedProfile = serde_json::from_str(&out).unwrap();
+    assert_eq!(p.files[0].content, "welcome to web-node-2, port 8080\n");
+    let (ok, out, err) = cli(&w, &w.alice_token, &["profile", "render", "web-node-1"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("--- file /etc/motd (mode 0600, role web)\nwelcome to web-node-1, port 80\n"),
+        "{out}"
+    );
+    assert!(out.contains("packages: nginx"), "{out}");
+    assert!(out.contains("systemctl enable nginx # web-node-1"), "{out}");
+
+    // A render error is the server's message, and a non-zero exit.
+    let (ok, _, err) = cli(&w, admin, &["attr", "unset", "global", "http_port"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&w, &w.alice_token, &["profile", "render", "web-node-1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("role web, file /etc/motd, line 1: undefined attribute `http_port`"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&w, admin, &["attr", "set", "rack:1", "k", "v"]);
+    assert!(!ok);
+    assert!(err.contains("group:CLUSTER/NAME"), "{err}");
+}
