@@ -506,12 +506,8 @@ pub async fn render_node_profile(
             cluster.name
         ))
     })?;
-    let site_id: Option<(i64,)> = sqlx::query_as("SELECT id FROM sites WHERE name = $1")
-        .bind(&node.site_name)
-        .fetch_optional(&mut *c)
-        .await?;
-    let site = match site_id {
-        Some((id,)) => attributes(c, AttributeTable::Site, id).await?,
+    let site = match super::site_by_key(c, &node.site_name).await? {
+        Some(s) => attributes(c, AttributeTable::Site, s.id).await?,
         None => BTreeMap::new(),
     };
     let group_rows: Vec<GroupRow> = sqlx::query_as(
