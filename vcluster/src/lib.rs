@@ -16,5 +16,6 @@ pub mod exec;
 pub mod model;
 pub mod node;
 pub mod nodeset;
+pub mod provision;
 pub mod secret;
 pub mod tls;

@@ -50,6 +50,14 @@ enum Command {
     Vpn(cli::VpnCmd),
     /// Tasks and events: list, show, wait, events.
     Task(cli::TaskCmd),
+    /// Install profiles: create, list, show, delete, render NODE.
+    Profile(cli::ProfileCmd),
+    /// Roles of install profiles: create, list, show, delete, assign.
+    Role(cli::RoleCmd),
+    /// Attributes templates see: set, unset, list, per scope.
+    Attr(cli::AttrCmd),
+    /// Groups of a cluster's nodes: create, add, remove, roles, list, delete.
+    Group(cli::GroupCmd),
     /// Write man pages and shell completions into DIR (for packages: scripts/package).
     #[command(hide = true)]
     GenerateAssets { dir: PathBuf },
@@ -273,6 +281,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Node(c) => cli::node(c).await,
         Command::Vpn(c) => cli::vpn(c).await,
         Command::Task(c) => cli::task(c).await,
+        Command::Profile(c) => cli::profile(c).await,
+        Command::Role(c) => cli::role(c).await,
+        Command::Attr(c) => cli::attr(c).await,
+        Command::Group(c) => cli::group(c).await,
         Command::Config(c) => cli::config::config(c),
     }
 }

@@ -460,6 +460,10 @@ pub struct CreateCluster {
     /// What to do with nodes that go down (default `restart`).
     #[serde(default)]
     pub recovery: Option<Recovery>,
+    /// The install profile of its nodes. Every node's profile is rendered before the
+    /// cluster is accepted: a template error is a 422 and nothing is created.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -664,6 +668,9 @@ pub struct Cluster {
     pub created_at: DateTime<Utc>,
     /// What the controller does with nodes that go down.
     pub recovery: Recovery,
+    /// The install profile of its nodes (docs/provisioning.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -971,6 +978,12 @@ pub struct Registered {
     /// How often the controller expects a heartbeat.
     pub heartbeat_secs: u64,
 }
+
+// ---------------------------------------------------------------------------------------
+// Profiles: the configuration database (attributes, roles, profiles, groups)
+
+pub mod profiles;
+pub use profiles::*;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,9 @@ use clap::{Args, Subcommand};
 
 use super::tasks::accepted;
 use super::{ApiArgs, print};
-use crate::model::{Accepted, Cluster, CreateCluster, Recovery, SetRecovery, SiteCount, Strategy};
+use crate::model::{
+    Accepted, Cluster, CreateCluster, Recovery, SetClusterProfile, SetRecovery, SiteCount, Strategy,
+};
 
 #[derive(Debug, Args)]
 pub struct ClusterCmd {
@@ -44,9 +46,21 @@ pub enum ClusterSub {
         /// restart-then-reinstall.
         #[arg(long)]
         recovery: Option<String>,
+        /// The install profile of its nodes (`vcluster profile list`); every node's
+        /// profile is rendered first, and a template error creates nothing.
+        #[arg(long)]
+        profile: Option<String>,
         /// Wait for the task to finish.
         #[arg(long)]
         wait: bool,
+    },
+    /// Set (or, with --none, clear) the install profile of the cluster's nodes.
+    Profile {
+        cluster: String,
+        #[arg(required_unless_present = "none")]
+        profile: Option<String>,
+        #[arg(long, conflicts_with = "profile")]
+        none: bool,
     },
     /// Set what the controller does with the cluster's nodes that go down: off, restart,
     /// restart-then-reinstall.
@@ -98,6 +112,9 @@ pub(super) fn print_cluster(c: &Cluster) {
     if let Some(r) = c.reservation {
         println!("  reservation: {r}");
     }
+    if let Some(p) = &c.profile {
+        println!("  profile: {p}");
+    }
     println!(
         "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} STATE",
         "NODE", "HOST", "SITE", "MAC", "ADDRESS", "HEALTH", "LOAD", "MEMORY"
@@ -146,6 +163,7 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
             node_memory_mib,
             subnet,
             recovery,
+            profile,
             wait,
         } => {
             let recovery = recovery
@@ -163,9 +181,26 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
                 node_memory_mib,
                 subnet,
                 recovery,
+                profile,
             };
             let a: Accepted = client.post("/v1/clusters", &req).await?;
             accepted(&client, json, a, wait).await?;
+        }
+        ClusterSub::Profile {
+            cluster,
+            profile,
+            none: _,
+        } => {
+            let c: Cluster = client
+                .put(
+                    &format!("/v1/clusters/{cluster}/profile"),
+                    &SetClusterProfile { profile },
+                )
+                .await?;
+            print(json, &c, |c| match &c.profile {
+                Some(p) => println!("cluster {}: profile {p}", c.name),
+                None => println!("cluster {}: no profile", c.name),
+            });
         }
         ClusterSub::List => {
             let cs: Vec<Cluster> = client.get("/v1/clusters").await?;

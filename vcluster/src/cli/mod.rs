@@ -1,5 +1,6 @@
 //! The `vcluster` commands for users and admins: sites, hosts, users, reservations,
-//! clusters, nodes, the overlay, tasks and events. They talk to the controller's REST API
+//! clusters, nodes, the overlay, tasks and events, and the configuration database
+//! (profiles, roles, attributes, groups). They talk to the controller's REST API
 //! only (a context of the config file, `cli/config.rs`, or `--api`, `--ca` /
 //! `--ca-fingerprint`, `--token-file`, or `VCLUSTER_API` / `VCLUSTER_TOKEN`), print tables for people
 //! (`--json` for scripts), and on failure print the server's message and exit non-zero.
@@ -14,6 +15,7 @@ pub mod exec;
 mod hosts;
 mod nodes;
 mod overlay;
+mod profiles;
 mod reservations;
 mod sites;
 mod tasks;
@@ -33,6 +35,10 @@ pub use clusters::{ClusterCmd, ClusterSub, cluster};
 pub use hosts::{HostsCmd, HostsSub, hosts};
 pub use nodes::{NodeCmd, NodeSub, node};
 pub use overlay::{VpnCmd, VpnSub, vpn};
+pub use profiles::{
+    AttrCmd, AttrSub, GroupCmd, GroupSub, ProfileCmd, ProfileSub, RoleCmd, RoleSub, attr, group,
+    profile, read_role_file, role,
+};
 pub use reservations::{ReserveCmd, ReserveSub, reserve};
 pub use sites::{SitesCmd, SitesSub, sites};
 pub use tasks::{TaskCmd, TaskSub, task};

@@ -111,6 +111,8 @@ pub struct ClusterRequest {
     pub reservation: Option<i64>,
     pub subnet: Option<Ipv4Net>,
     pub recovery: crate::model::Recovery,
+    /// The install profile's name.
+    pub profile: Option<String>,
 }
 
 impl ClusterRequest {
@@ -169,6 +171,9 @@ impl CreateCluster {
             ));
         }
         let subnet = self.subnet.as_deref().map(parse_subnet).transpose()?;
+        if let Some(p) = &self.profile {
+            check_name("profile", p)?;
+        }
         Ok(ClusterRequest {
             name: self.name.clone(),
             anywhere,
@@ -183,6 +188,7 @@ impl CreateCluster {
             reservation: self.reservation,
             subnet,
             recovery: self.recovery.unwrap_or(crate::model::Recovery::Restart),
+            profile: self.profile.clone(),
         })
     }
 }
@@ -476,3 +482,9 @@ impl RegisterHost {
         free_text("driver", &self.driver)
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The configuration database: roles, profiles, attributes, groups
+
+mod profiles;
+pub use profiles::check_role_list;

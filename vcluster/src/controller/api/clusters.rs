@@ -51,7 +51,7 @@ pub(crate) async fn cluster_model(
 }
 
 /// The cluster if `who` may see it; 404 otherwise.
-async fn visible_cluster(
+pub(crate) async fn visible_cluster(
     conn: &mut sqlx::AnyConnection,
     who: &Principal,
     key: &str,
@@ -401,6 +401,7 @@ pub async fn create_cluster(
         pinned.push((row.id, *nodes));
     }
     let reservation = reservation_for(&mut tx, &who, req.reservation).await?;
+    let profile_id = super::profiles::profile_id(&mut tx, req.profile.as_deref()).await?;
     let subnet = choose_subnet(
         &mut tx,
         app.config.subnet_pool,
@@ -425,6 +426,7 @@ pub async fn create_cluster(
             node_cpus: req.per_node.cpus,
             node_memory_mib: req.per_node.memory_mib,
             recovery: req.recovery,
+            profile_id,
         },
         now,
     )
@@ -447,6 +449,9 @@ pub async fn create_cluster(
         strategy: req.strategy,
     };
     place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    // Before anything is accepted: a template error refuses the create, and dropping the
+    // transaction keeps nothing of it.
+    super::profiles::render_every_node(tx.conn(), &row).await?;
     let what = format!(
         "{} asked for cluster {} of {} nodes",
         who.name,
@@ -505,6 +510,7 @@ pub async fn add_nodes(
         None => None,
     };
     let node_ids = place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    super::profiles::render_every_node(tx.conn(), &row).await?;
     let what = format!("{} asked for {count} more nodes", who.name);
     run_as_task(
         &app,

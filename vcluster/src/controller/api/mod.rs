@@ -6,6 +6,7 @@
 pub mod clusters;
 pub mod exec;
 pub mod hosts;
+pub mod profiles;
 pub mod reservations;
 pub mod sites;
 pub mod tasks;
@@ -39,7 +40,7 @@ use crate::model::MAX_BODY_BYTES;
     security(("bearer" = [])),
     tags(
         (name = "sites"), (name = "hosts"), (name = "clusters"), (name = "reservations"),
-        (name = "tasks"), (name = "users")
+        (name = "tasks"), (name = "users"), (name = "profiles")
     )
 )]
 struct ApiDoc;
@@ -80,6 +81,32 @@ pub fn router(app: App) -> Router {
         .routes(routes!(exec::exec_on_nodes))
         .routes(routes!(exec::copy_to_nodes))
         .routes(routes!(clusters::set_recovery))
+        .routes(routes!(profiles::list_roles, profiles::create_role))
+        .routes(routes!(
+            profiles::get_role,
+            profiles::replace_role,
+            profiles::delete_role
+        ))
+        .routes(routes!(profiles::list_profiles, profiles::create_profile))
+        .routes(routes!(
+            profiles::get_profile,
+            profiles::replace_profile,
+            profiles::delete_profile
+        ))
+        .routes(routes!(
+            profiles::list_attributes,
+            profiles::set_attribute,
+            profiles::unset_attribute
+        ))
+        .routes(routes!(profiles::list_groups, profiles::create_group))
+        .routes(routes!(
+            profiles::get_group,
+            profiles::update_group,
+            profiles::delete_group
+        ))
+        .routes(routes!(profiles::get_node_roles, profiles::set_node_roles))
+        .routes(routes!(profiles::render_node))
+        .routes(routes!(profiles::set_cluster_profile))
         .routes(routes!(
             reservations::list_reservations,
             reservations::create_reservation

@@ -23,6 +23,9 @@ pub struct ClusterRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub recovery: model::Recovery,
+    /// The install profile (docs/provisioning.md).
+    pub profile_id: Option<i64>,
+    pub profile_name: Option<String>,
 }
 
 impl ClusterRow {
@@ -46,13 +49,15 @@ impl ClusterRow {
             nodes,
             created_at: ms_to_time(self.created_at),
             recovery: self.recovery,
+            profile: self.profile_name.clone(),
         }
     }
 }
 
 const CLUSTER_SELECT: &str = "SELECT c.id, c.name, c.owner_id, u.name AS owner_name, \
     c.network_id, c.psk, c.subnet, c.state, c.overlay, c.reason, c.reservation_id, c.node_cpus, \
-    c.node_memory_mib, c.created_at, c.updated_at, c.recovery FROM clusters c JOIN users u ON u.id = c.owner_id";
+    c.node_memory_mib, c.created_at, c.updated_at, c.recovery, c.profile_id, p.name AS profile_name \
+    FROM clusters c JOIN users u ON u.id = c.owner_id LEFT JOIN profiles p ON p.id = c.profile_id";
 
 pub struct NewCluster<'a> {
     pub name: &'a str,
@@ -64,13 +69,14 @@ pub struct NewCluster<'a> {
     pub node_cpus: i64,
     pub node_memory_mib: i64,
     pub recovery: model::Recovery,
+    pub profile_id: Option<i64>,
 }
 
 pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64> {
     Ok(sqlx::query_scalar(
         "INSERT INTO clusters (name, owner_id, network_id, psk, subnet, state, overlay, \
-         reservation_id, node_cpus, node_memory_mib, created_at, updated_at, recovery) \
-         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10) RETURNING id",
+         reservation_id, node_cpus, node_memory_mib, created_at, updated_at, recovery, profile_id) \
+         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10, $11) RETURNING id",
     )
     .bind(n.name)
     .bind(n.owner_id)
@@ -82,6 +88,7 @@ pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64>
     .bind(n.node_memory_mib)
     .bind(now)
     .bind(n.recovery.as_str())
+    .bind(n.profile_id)
     .fetch_one(c)
     .await?)
 }
@@ -168,6 +175,21 @@ pub async fn delete_cluster(c: &mut Conn, id: i64) -> R<()> {
         .execute(&mut *c)
         .await?;
     sqlx::query("DELETE FROM clusters WHERE id = $1")
+        .bind(id)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_cluster_profile(
+    c: &mut Conn,
+    id: i64,
+    profile_id: Option<i64>,
+    now: i64,
+) -> R<()> {
+    sqlx::query("UPDATE clusters SET profile_id = $1, updated_at = $2 WHERE id = $3")
+        .bind(profile_id)
+        .bind(now)
         .bind(id)
         .execute(c)
         .await?;

@@ -10,7 +10,8 @@
 //! The revision also orders the desired state handed to host agents (see `model::HostDesired`).
 //!
 //! The queries live in one file per table (`users`, `sites`, `hosts`, `clusters`, `nodes`,
-//! `reservations`, `tasks`, `events`, `samples`, `counters`); each takes a connection, so the
+//! `reservations`, `tasks`, `events`, `samples`, `counters`, and `profiles` for the
+//! configuration database's tables); each takes a connection, so the
 //! caller decides which transaction it belongs to.
 //!
 //! This module never decides policy (placement, admission, authorisation): it reads and
@@ -21,6 +22,7 @@ mod counters;
 mod events;
 mod hosts;
 mod nodes;
+mod profiles;
 mod reservations;
 mod samples;
 mod sites;
@@ -42,6 +44,7 @@ pub use counters::*;
 pub use events::*;
 pub use hosts::*;
 pub use nodes::*;
+pub use profiles::*;
 pub use reservations::*;
 pub use samples::*;
 pub use sites::*;

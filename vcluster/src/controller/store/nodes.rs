@@ -148,3 +148,11 @@ pub async fn set_node_state(
     .await?;
     Ok(())
 }
+
+/// A node by name (node names are unique across clusters).
+pub async fn node_by_name(c: &mut Conn, name: &str) -> R<Option<NodeRow>> {
+    Ok(sqlx::query_as(&format!("{NODE_SELECT} WHERE n.name = $1"))
+        .bind(name)
+        .fetch_optional(c)
+        .await?)
+}
