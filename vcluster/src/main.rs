@@ -28,6 +28,8 @@ enum Command {
     /// Relay a cluster's site-local address to the site's cache (started by the host agent).
     #[command(hide = true)]
     SiteRelay(SiteRelayArgs),
+    /// Reinstall nodes from their cluster's profile: `vcluster reinstall 'c1-node-[1-4]' --wait`.
+    Reinstall(cli::install::ReinstallArgs),
     /// Run a command on many nodes at once, as clush does: `vcluster exec -c C 'n[1-4]' -- uname -r`.
     Exec(cli::exec::ExecArgs),
     /// Copy a file to many nodes (clush --copy): `vcluster copy 'c1-node-[1-4]' FILE [DEST]`.
@@ -88,6 +90,10 @@ struct ServeArgs {
     /// (Ganglia's rule: 4).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     down_after_beats: u32,
+    /// An install phase without word from its node for this many seconds fails,
+    /// naming the phase.
+    #[arg(long, default_value_t = 600)]
+    install_phase_timeout: u64,
     /// Seconds between usage samples for the portal's timeline.
     #[arg(long, default_value_t = 60)]
     sample_every: u64,
@@ -270,6 +276,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::SiteRelay(a) => {
             vcluster::agent::services::run_relay(&a.netns, &a.listen, a.to).await
         }
+        Command::Reinstall(a) => cli::install::reinstall(a).await,
         Command::Exec(a) => cli::exec::exec(a).await,
         Command::Copy(a) => cli::exec::copy(a).await,
         Command::Rcopy(a) => cli::exec::rcopy(a).await,
@@ -298,6 +305,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.task_timeout = Duration::from_secs(a.task_timeout);
     config.heartbeat = Duration::from_secs(a.heartbeat.max(1));
     config.down_after_beats = a.down_after_beats;
+    config.install_phase_timeout = Duration::from_secs(a.install_phase_timeout.max(1));
     config.sample_every = Duration::from_secs(a.sample_every.max(1));
     config.subnet_pool = a
         .subnet_pool

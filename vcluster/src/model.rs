@@ -646,6 +646,9 @@ pub struct Node {
     /// Monitoring's view of a running node (absent for others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<NodeHealth>,
+    /// The node's install, for nodes of provisioned clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<NodeInstall>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -898,6 +901,10 @@ pub struct LeaseSpec {
     pub address: String,
     /// The node's iPXE script (`#!ipxe` ...), served to that node's address only.
     pub ipxe: String,
+    /// The node's install token while it installs: the frontend adds it to what it
+    /// relays for the node (the `pxe` report when the node fetches its script).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// The addresses of a cluster's services in its subnet: the site-local address (the
@@ -982,7 +989,9 @@ pub struct Registered {
 // ---------------------------------------------------------------------------------------
 // Profiles: the configuration database (attributes, roles, profiles, groups)
 
+pub mod install;
 pub mod profiles;
+pub use install::*;
 pub use profiles::*;
 
 #[cfg(test)]

@@ -268,6 +268,7 @@ async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
             .to_string(),
             address: std::net::Ipv4Addr::from(u32::from(subnet.network()) + i).to_string(),
             ipxe: format!("#!ipxe\necho {name}\nchain http://{site_ip}/provision/{name}.ipxe\n"),
+            token: None,
         })
         .collect();
     let spec = ServicesSpec {

@@ -207,6 +207,14 @@ pub async fn start(
         http,
         config,
     });
+    if let Some(services) = &shared.reconciler.services {
+        services.set_relay(services::ControllerRelay {
+            http: shared.http.clone(),
+            base: shared.config.controller.clone(),
+            token: shared.config.token.clone(),
+            host: shared.config.name.clone(),
+        });
+    }
     let (stop, stopped) = watch::channel(false);
     let mut handles = Vec::new();
 

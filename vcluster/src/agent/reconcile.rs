@@ -262,12 +262,13 @@ impl Reconciler {
             (Some(services), Some(spec)) => services.ensure(net, &bridge, spec).await?,
             (Some(services), None) => services.remove(net).await?,
             (None, Some(_)) => {
-                return Err(ReconcileError::Invalid {
-                    network: id,
-                    message: "the cluster is provisioned but this host agent serves no site \
-                              cache (start it with --site-cache)"
-                        .to_string(),
-                });
+                // Its nodes are made all the same; their installs will stall and fail,
+                // naming this as the likely cause.
+                tracing::warn!(
+                    network = id,
+                    "the cluster is provisioned but this host agent serves no site cache: \
+                     its nodes cannot install from here (start the agent with --site-cache)"
+                );
             }
             (None, None) => {}
         }

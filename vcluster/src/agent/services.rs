@@ -85,10 +85,23 @@ struct FrontendHttp {
     task: JoinHandle<()>,
 }
 
+/// How a frontend reaches the controller on its nodes' behalf: as this host's agent.
+#[derive(Clone)]
+pub struct ControllerRelay {
+    pub http: reqwest::Client,
+    /// The controller's base URL.
+    pub base: String,
+    /// This agent's token.
+    pub token: String,
+    /// This host's name.
+    pub host: String,
+}
+
 /// The services of every provisioned cluster on this host.
 pub struct ClusterServices {
     config: ServicesConfig,
     http: Mutex<BTreeMap<u32, FrontendHttp>>,
+    relay: Arc<std::sync::OnceLock<ControllerRelay>>,
 }
 
 impl ClusterServices {
@@ -96,7 +109,14 @@ impl ClusterServices {
         ClusterServices {
             config,
             http: Mutex::new(BTreeMap::new()),
+            relay: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Where frontends relay their nodes' reports and profile requests (set once the
+    /// agent has its controller client).
+    pub fn set_relay(&self, relay: ControllerRelay) {
+        let _ = self.relay.set(relay);
     }
 
     fn dir(&self, net: NetworkId) -> PathBuf {
@@ -264,9 +284,13 @@ impl ClusterServices {
                 let app = Router::new()
                     .route("/boot.ipxe", get(chain_script))
                     .route("/boot/{file}", get(node_script))
+                    .route("/install/callback", axum::routing::post(install_callback))
+                    .route("/install/profile", get(install_profile))
+                    .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
                     .with_state(FrontendState {
                         leases: leases.clone(),
                         address,
+                        relay: self.relay.clone(),
                     });
                 let task = tokio::spawn(async move {
                     let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -429,6 +453,128 @@ fn dnsmasq_conf(
 struct FrontendState {
     leases: Arc<RwLock<BTreeMap<Ipv4Addr, LeaseSpec>>>,
     address: Ipv4Addr,
+    relay: Arc<std::sync::OnceLock<ControllerRelay>>,
+}
+
+impl FrontendState {
+    /// The lease of the node at `peer`, if any.
+    async fn lease_of(&self, peer: SocketAddr) -> Option<LeaseSpec> {
+        match peer.ip() {
+            std::net::IpAddr::V4(a) => self.leases.read().await.get(&a).cloned(),
+            std::net::IpAddr::V6(_) => None,
+        }
+    }
+
+    /// Posts `body` to the controller's `/v1/hosts/{this host}/{what}`; the answer's
+    /// status and body, or a 502 saying why there is none.
+    async fn relay<T: serde::Serialize>(&self, what: &str, body: &T) -> (StatusCode, String) {
+        let Some(relay) = self.relay.get() else {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the frontend has no controller yet\n".to_string(),
+            );
+        };
+        let url = format!(
+            "{}/v1/hosts/{}/{what}",
+            relay.base.trim_end_matches('/'),
+            relay.host
+        );
+        match relay
+            .http
+            .post(&url)
+            .bearer_auth(&relay.token)
+            .timeout(Duration::from_secs(30))
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(resp) => {
+                let status =
+                    StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                (status, resp.text().await.unwrap_or_default())
+            }
+            Err(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("the controller is unreachable: {e}\n"),
+            ),
+        }
+    }
+}
+
+/// The `X-Install-Token` header, or the answer to a request without one.
+fn install_token(headers: &axum::http::HeaderMap) -> Result<String, Response> {
+    headers
+        .get("x-install-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            (
+                StatusCode::UNAUTHORIZED,
+                "no X-Install-Token header\n".to_string(),
+            )
+                .into_response()
+        })
+}
+
+/// An installer's (or an installed system's) report: relayed to the controller with the
+/// node's name, known from its address.
+async fn install_callback(
+    State(s): State<FrontendState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    crate::api_error::ApiJson(cb): crate::api_error::ApiJson<crate::model::InstallCallback>,
+) -> Response {
+    let token = match install_token(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(lease) = s.lease_of(peer).await else {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("{} is no node's address\n", peer.ip()),
+        )
+            .into_response();
+    };
+    let report = crate::model::InstallReport {
+        node: lease.node.clone(),
+        token,
+        state: cb.state,
+        packages_done: cb.packages_done,
+        packages_total: cb.packages_total,
+        bytes: cb.bytes,
+        reason: cb.reason,
+    };
+    let (status, body) = s.relay("install-reports", &report).await;
+    if !status.is_success() {
+        tracing::warn!(node = %lease.node, %status, %body, "an install report was refused");
+    }
+    (status, body).into_response()
+}
+
+/// What the node at this address installs (its rendered profile, JSON).
+async fn install_profile(
+    State(s): State<FrontendState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let token = match install_token(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(lease) = s.lease_of(peer).await else {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("{} is no node's address\n", peer.ip()),
+        )
+            .into_response();
+    };
+    let (status, body) = s
+        .relay(
+            "install-profile",
+            &serde_json::json!({ "node": lease.node, "token": token }),
+        )
+        .await;
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn ipxe(body: String) -> Response {
@@ -471,6 +617,26 @@ async fn node_script(
             ),
         )
             .into_response();
+    }
+    // The node network-booted into its installer: `pxe`, reported for it.
+    if let Some(token) = lease.token.clone() {
+        let state = s.clone();
+        let node = lease.node.clone();
+        tokio::spawn(async move {
+            let report = crate::model::InstallReport {
+                node: node.clone(),
+                token,
+                state: crate::model::InstallState::Pxe,
+                packages_done: None,
+                packages_total: None,
+                bytes: None,
+                reason: None,
+            };
+            let (status, body) = state.relay("install-reports", &report).await;
+            if !status.is_success() && status != StatusCode::CONFLICT {
+                tracing::warn!(%node, %status, %body, "reporting pxe failed");
+            }
+        });
     }
     ipxe(lease.ipxe.clone())
 }

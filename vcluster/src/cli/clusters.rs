@@ -50,7 +50,8 @@ pub enum ClusterSub {
         /// profile is rendered first, and a template error creates nothing.
         #[arg(long)]
         profile: Option<String>,
-        /// Wait for the task to finish.
+        /// Wait for the task to finish (with --profile: until every node is installed and
+        /// booted from its disk, with each node's progress).
         #[arg(long)]
         wait: bool,
     },
@@ -116,8 +117,8 @@ pub(super) fn print_cluster(c: &Cluster) {
         println!("  profile: {p}");
     }
     println!(
-        "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} STATE",
-        "NODE", "HOST", "SITE", "MAC", "ADDRESS", "HEALTH", "LOAD", "MEMORY"
+        "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:<17} STATE",
+        "NODE", "HOST", "SITE", "MAC", "ADDRESS", "HEALTH", "LOAD", "MEMORY", "INSTALL"
     );
     for n in &c.nodes {
         let h = n.health.as_ref();
@@ -130,8 +131,13 @@ pub(super) fn print_cluster(c: &Cluster) {
             Some((used, total)) => format!("{}/{} MiB", used >> 20, total >> 20),
             None => "-".into(),
         };
+        let install = n
+            .install
+            .as_ref()
+            .map(|i| i.summary())
+            .unwrap_or_else(|| "-".into());
         println!(
-            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:?}{}",
+            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:<17} {:?}{}",
             n.name,
             n.host,
             n.site,
@@ -140,6 +146,7 @@ pub(super) fn print_cluster(c: &Cluster) {
             health,
             load,
             memory,
+            install,
             n.state,
             n.reason
                 .as_ref()
@@ -183,8 +190,21 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
                 recovery,
                 profile,
             };
+            let provisioned = req.profile.is_some();
+            let cluster = req.name.clone();
             let a: Accepted = client.post("/v1/clusters", &req).await?;
             accepted(&client, json, a, wait).await?;
+            if wait && provisioned {
+                // With a profile, --wait means installed and booted from disk.
+                super::install::wait_installs(
+                    &client,
+                    &cluster,
+                    None,
+                    std::time::Duration::from_secs(3600),
+                    json,
+                )
+                .await?;
+            }
         }
         ClusterSub::Profile {
             cluster,

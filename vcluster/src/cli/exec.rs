@@ -55,7 +55,7 @@ fn millis(flag: &str, secs: f64) -> anyhow::Result<u64> {
 }
 
 /// `--cluster`, else the cluster every plain name of `nodes` belongs to.
-fn cluster_of(given: Option<&str>, nodes: &str) -> anyhow::Result<String> {
+pub(crate) fn cluster_of(given: Option<&str>, nodes: &str) -> anyhow::Result<String> {
     match given {
         Some(c) => Ok(c.to_string()),
         None => infer_cluster(nodes),

@@ -13,6 +13,7 @@ mod clusters;
 pub mod config;
 pub mod exec;
 mod hosts;
+pub mod install;
 mod nodes;
 mod overlay;
 mod profiles;

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::AnyConnection;
 
-use super::store::{self, ClusterRow, HostRow, NodeRow, StoreError};
+use super::install;
+use super::store::{self, ClusterRow, HostRow, InstallRow, NodeRow, StoreError};
 use crate::model::{BootDevice, ClusterOnHost, HostDesired, NetworkSpec, NodeSpec, PeerSpec};
 
 fn node_is_present(n: &NodeRow) -> bool {
@@ -28,6 +29,7 @@ fn cluster_is_present(c: &ClusterRow) -> bool {
 pub fn cluster_on_host(
     cluster: &ClusterRow,
     nodes: &[NodeRow],
+    installs: &BTreeMap<i64, InstallRow>,
     hosts: &BTreeMap<i64, HostRow>,
     host_id: i64,
     revision: i64,
@@ -47,7 +49,11 @@ pub fn cluster_on_host(
             running: n.target == NodeTarget::Running,
             cpus: u32::try_from(cluster.node_cpus).unwrap_or(1),
             memory_mib: u32::try_from(cluster.node_memory_mib).unwrap_or(512),
-            boot: BootDevice::Disk,
+            boot: if install::boots_from_network(installs.get(&n.id)) {
+                BootDevice::Network
+            } else {
+                BootDevice::Disk
+            },
         })
         .collect();
     if mine.is_empty() {
@@ -78,7 +84,7 @@ pub fn cluster_on_host(
             peers,
         },
         nodes: mine,
-        services: None,
+        services: install::services_on_host(cluster, nodes, installs, host_id),
     })
 }
 
@@ -101,6 +107,7 @@ pub async fn cluster_plan(
         Some(_) => store::nodes_of_cluster(c, cluster_id).await?,
         None => vec![],
     };
+    let installs = installs_by_node(c, cluster_id).await?;
     let hosts: BTreeMap<i64, HostRow> = store::list_hosts(c)
         .await?
         .into_iter()
@@ -117,7 +124,7 @@ pub async fn cluster_plan(
         .map(|h| {
             let share = cluster
                 .as_ref()
-                .and_then(|c| cluster_on_host(c, &nodes, &hosts, h.id, revision));
+                .and_then(|c| cluster_on_host(c, &nodes, &installs, &hosts, h.id, revision));
             (h, share)
         })
         .collect();
@@ -144,7 +151,9 @@ pub async fn host_desired(c: &mut AnyConnection, host_id: i64) -> Result<HostDes
             continue;
         };
         let nodes = store::nodes_of_cluster(c, id).await?;
-        if let Some(share) = cluster_on_host(&cluster, &nodes, &hosts, host_id, revision) {
+        let installs = installs_by_node(c, id).await?;
+        if let Some(share) = cluster_on_host(&cluster, &nodes, &installs, &hosts, host_id, revision)
+        {
             clusters.push(share);
         }
     }
@@ -153,4 +162,15 @@ pub async fn host_desired(c: &mut AnyConnection, host_id: i64) -> Result<HostDes
         revision,
         clusters,
     })
+}
+
+async fn installs_by_node(
+    c: &mut AnyConnection,
+    cluster_id: i64,
+) -> Result<BTreeMap<i64, InstallRow>, StoreError> {
+    Ok(store::installs_of_cluster(c, cluster_id)
+        .await?
+        .into_iter()
+        .map(|i| (i.node_id, i))
+        .collect())
 }

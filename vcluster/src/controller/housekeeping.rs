@@ -40,6 +40,9 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         if let Err(e) = super::recovery::recover_down_nodes(&app).await {
             tracing::warn!(error = %e, "starting node recoveries failed");
         }
+        if let Err(e) = super::install::fail_stalled_installs(&app).await {
+            tracing::warn!(error = %e, "failing stalled installs failed");
+        }
         let now = now_ms();
         if now - last_sample >= app.config.sample_every.as_millis() as i64 {
             last_sample = now;

@@ -14,6 +14,7 @@ pub mod capacity;
 pub mod desired;
 pub mod health;
 pub mod housekeeping;
+pub mod install;
 pub mod metrics;
 pub mod placement;
 pub mod portal;
@@ -57,6 +58,8 @@ pub struct ControllerConfig {
     pub housekeeping: Duration,
     /// A running node whose agent has not answered for this many heartbeats is down.
     pub down_after_beats: u32,
+    /// An install phase without word from its node for this long fails (naming the phase).
+    pub install_phase_timeout: Duration,
     /// How often each site's capacity / in use / reserved is sampled for the timeline.
     pub sample_every: Duration,
     /// Clusters' subnets are carved from this pool, one /24 each, unless given.
@@ -135,6 +138,7 @@ impl ControllerConfig {
             heartbeat: Duration::from_secs(5),
             housekeeping: Duration::from_secs(2),
             down_after_beats: 4,
+            install_phase_timeout: Duration::from_secs(600),
             sample_every: Duration::from_secs(60),
             subnet_pool: "10.128.0.0/9".parse().expect("valid pool"),
             first_network_id: 1,

@@ -35,6 +35,12 @@ pub(crate) async fn cluster_model(
     monitor: &crate::controller::health::Monitor,
 ) -> Result<Cluster, ApiError> {
     let nodes = store::nodes_of_cluster(conn, row.id).await?;
+    let installs: std::collections::BTreeMap<i64, store::InstallRow> =
+        store::installs_of_cluster(conn, row.id)
+            .await?
+            .into_iter()
+            .map(|i| (i.node_id, i))
+            .collect();
     Ok(row.to_model(
         nodes
             .iter()
@@ -44,6 +50,7 @@ pub(crate) async fn cluster_model(
                 if n.state == NodeState::Running {
                     m.health = monitor.health(&n.name);
                 }
+                m.install = installs.get(&n.id).map(store::InstallRow::to_model);
                 m
             })
             .collect(),
@@ -448,10 +455,11 @@ pub async fn create_cluster(
         pinned,
         strategy: req.strategy,
     };
-    place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    let node_ids = place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
     // Before anything is accepted: a template error refuses the create, and dropping the
     // transaction keeps nothing of it.
     super::profiles::render_every_node(tx.conn(), &row).await?;
+    crate::controller::install::start_new_installs(tx.conn(), &row, &node_ids, now).await?;
     let what = format!(
         "{} asked for cluster {} of {} nodes",
         who.name,
@@ -511,6 +519,7 @@ pub async fn add_nodes(
     };
     let node_ids = place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
     super::profiles::render_every_node(tx.conn(), &row).await?;
+    crate::controller::install::start_new_installs(tx.conn(), &row, &node_ids, now).await?;
     let what = format!("{} asked for {count} more nodes", who.name);
     run_as_task(
         &app,

@@ -77,11 +77,12 @@ impl Drop for ExecSlot {
     }
 }
 
-/// `@all`, `@site:NAME`, `@host:NAME` and `@cluster:NAME` (this cluster only), over the
-/// cluster's nodes.
-struct ClusterGroups<'a> {
-    cluster: &'a str,
-    nodes: &'a [NodeRow],
+/// `@all`, `@site:NAME`, `@host:NAME`, `@cluster:NAME` (this cluster only) and the
+/// cluster's own groups (`@NAME`, `vcluster group`), over the cluster's nodes.
+pub(crate) struct ClusterGroups<'a> {
+    pub cluster: &'a str,
+    pub nodes: &'a [NodeRow],
+    pub groups: &'a [crate::model::Group],
 }
 
 impl GroupResolver for ClusterGroups<'_> {
@@ -109,11 +110,16 @@ impl GroupResolver for ClusterGroups<'_> {
                     "unknown group kind @{k}: (use @all, @site:NAME, @host:NAME, @cluster:NAME)"
                 ));
             }
-            (None, g) => {
-                return Err(format!(
-                    "unknown group @{g} (use @all, @site:NAME, @host:NAME, @cluster:NAME)"
-                ));
-            }
+            (None, g) => match self.groups.iter().find(|x| x.name == g) {
+                Some(group) => group.nodes.clone(),
+                None => {
+                    return Err(format!(
+                        "unknown group @{g}: cluster {} has no such group (use @all, \
+                         @site:NAME, @host:NAME, @cluster:NAME or one of its groups)",
+                        self.cluster
+                    ));
+                }
+            },
         };
         if found.is_empty() {
             return Err(format!(
@@ -311,11 +317,13 @@ async fn start(
         .filter(|n| n.state != NodeState::Deleted)
         .collect();
     let hosts = store::list_hosts(rx.conn()).await?;
+    let user_groups = store::groups_of_cluster(rx.conn(), &row).await?;
     rx.finish().await?;
 
     let groups = ClusterGroups {
         cluster: &row.name,
         nodes: &nodes,
+        groups: &user_groups,
     };
     let mut set = NodeSet::parse(&plan.nodes, &groups)
         .map_err(|e| ApiError::invalid("nodes", e.to_string()))?;

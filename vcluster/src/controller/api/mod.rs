@@ -6,6 +6,7 @@
 pub mod clusters;
 pub mod exec;
 pub mod hosts;
+pub mod install;
 pub mod profiles;
 pub mod reservations;
 pub mod sites;
@@ -81,6 +82,9 @@ pub fn router(app: App) -> Router {
         .routes(routes!(exec::exec_on_nodes))
         .routes(routes!(exec::copy_to_nodes))
         .routes(routes!(clusters::set_recovery))
+        .routes(routes!(install::reinstall))
+        .routes(routes!(install::install_report))
+        .routes(routes!(install::install_profile))
         .routes(routes!(profiles::list_roles, profiles::create_role))
         .routes(routes!(
             profiles::get_role,

@@ -21,6 +21,7 @@ mod clusters;
 mod counters;
 mod events;
 mod hosts;
+mod installs;
 mod nodes;
 mod profiles;
 mod reservations;
@@ -43,6 +44,7 @@ pub use clusters::*;
 pub use counters::*;
 pub use events::*;
 pub use hosts::*;
+pub use installs::*;
 pub use nodes::*;
 pub use profiles::*;
 pub use reservations::*;
@@ -252,6 +254,7 @@ macro_rules! text_column {
 }
 
 text_column!(
+    model::InstallState,
     model::Role,
     model::ClusterState,
     model::OverlayState,

@@ -45,6 +45,7 @@ impl NodeRow {
             reason: self.reason.clone(),
             updated_at: ms_to_time(self.updated_at),
             health: None,
+            install: None,
         }
     }
 }
@@ -153,6 +154,13 @@ pub async fn set_node_state(
 pub async fn node_by_name(c: &mut Conn, name: &str) -> R<Option<NodeRow>> {
     Ok(sqlx::query_as(&format!("{NODE_SELECT} WHERE n.name = $1"))
         .bind(name)
+        .fetch_optional(c)
+        .await?)
+}
+
+pub async fn node_by_id(c: &mut Conn, id: i64) -> R<Option<NodeRow>> {
+    Ok(sqlx::query_as(&format!("{NODE_SELECT} WHERE n.id = $1"))
+        .bind(id)
         .fetch_optional(c)
         .await?)
 }

@@ -1,0 +1,352 @@
+//! Installs over the API: `reinstall` for a cluster's owner, and the two routes a
+//! cluster's frontend agent relays its nodes through (their reports and their rendered
+//! profile), each authenticated twice: the agent for its host, the install's one-time
+//! token for the node (docs/provisioning.md).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::App;
+use crate::api_error::{ApiError, ApiJson, ApiPath};
+use crate::controller::auth::Principal;
+use crate::controller::install;
+use crate::controller::store::{self, ClusterRow, InstallRow, NewEvent, NodeRow, now_ms};
+use crate::model::{
+    ApiErrorBody, InstallReport, InstallState, MAX_INSTALL_FIGURE, MAX_INSTALL_REASON, NodeState,
+    PowerAction, ReinstallRequest,
+};
+use crate::nodeset::NodeSet;
+
+/// `POST /v1/hosts/{host}/install-profile`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRequest {
+    pub node: String,
+    pub token: String,
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The node, its cluster and its install, when `who` speaks for the cluster's frontend
+/// host `host` and `token` is the install's.
+async fn authenticate(
+    conn: &mut sqlx::AnyConnection,
+    who: &Principal,
+    host: &str,
+    node: &str,
+    token: &str,
+) -> Result<(NodeRow, ClusterRow, InstallRow), ApiError> {
+    who.require_agent_or_admin()?;
+    let host = store::host_by_key(conn, host)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no host {host:?}")))?;
+    if !who.is_admin() && who.user_id != host.agent_user_id {
+        return Err(ApiError::forbidden(format!(
+            "host {} belongs to another agent; {} may not act for it",
+            host.name, who.name
+        )));
+    }
+    let node = store::node_by_name(conn, node)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no node {node:?}")))?;
+    let cluster = store::cluster_by_id(conn, node.cluster_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no cluster of node {}", node.name)))?;
+    let nodes = store::nodes_of_cluster(conn, cluster.id).await?;
+    if install::frontend_host(&nodes) != Some(host.id) {
+        return Err(ApiError::forbidden(format!(
+            "host {} is not the frontend of cluster {}: it does not speak for {}",
+            host.name, cluster.name, node.name
+        )));
+    }
+    let install = store::install_of(conn, node.id)
+        .await?
+        .ok_or_else(|| ApiError::conflict(format!("node {} has no install", node.name)))?;
+    if !same_secret(&install.token, token) {
+        return Err(ApiError::forbidden(format!(
+            "not the token of {}'s current install (an earlier install's?)",
+            node.name
+        )));
+    }
+    Ok((node, cluster, install))
+}
+
+fn check_figure(field: &str, v: Option<i64>) -> Result<(), ApiError> {
+    match v {
+        Some(v) if !(0..=MAX_INSTALL_FIGURE).contains(&v) => Err(ApiError::invalid(
+            field,
+            format!("{v} is outside 0..={MAX_INSTALL_FIGURE}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A node's install report, relayed by its cluster's frontend agent.
+#[utoipa::path(post, path = "/v1/hosts/{host}/install-reports", tag = "hosts",
+    request_body = InstallReport,
+    params(("host" = String, Path, description = "the frontend host's name or id")),
+    responses((status = 204), (status = 403, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+               (status = 422, body = ApiErrorBody)))]
+pub async fn install_report(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(report): ApiJson<InstallReport>,
+) -> Result<Response, ApiError> {
+    check_figure("packages_done", report.packages_done)?;
+    check_figure("packages_total", report.packages_total)?;
+    check_figure("bytes", report.bytes)?;
+    if let (Some(d), Some(t)) = (report.packages_done, report.packages_total)
+        && d > t
+    {
+        return Err(ApiError::invalid(
+            "packages_done",
+            format!("{d} packages done of {t}"),
+        ));
+    }
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let (node, cluster, current) =
+        authenticate(tx.conn(), &who, &host, &report.node, &report.token).await?;
+    if !current.state.may_become(report.state) {
+        return Err(ApiError::conflict(format!(
+            "{}'s install is {}: it cannot become {}",
+            node.name, current.state, report.state
+        )));
+    }
+    let reason = report.reason.as_deref().map(|r| {
+        let mut r = r.to_string();
+        if r.len() > MAX_INSTALL_REASON {
+            let mut cut = MAX_INSTALL_REASON;
+            while !r.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            r.truncate(cut);
+        }
+        r
+    });
+    let reason = match (report.state, reason) {
+        (InstallState::Failed, Some(r)) => Some(format!("failed in phase {}: {r}", current.state)),
+        (InstallState::Failed, None) => Some(format!(
+            "failed in phase {} (the installer gave no reason)",
+            current.state
+        )),
+        _ => None,
+    };
+    store::update_install(
+        tx.conn(),
+        node.id,
+        report.state,
+        (report.packages_done, report.packages_total, report.bytes),
+        reason.as_deref(),
+        now,
+    )
+    .await?;
+    let changed = current.state != report.state;
+    if changed {
+        let message = match (report.state, &reason) {
+            (_, Some(r)) => format!("install of {}: {r}", node.name),
+            (InstallState::Installing, None) => format!(
+                "install of {}: the installer runs{}",
+                node.name,
+                report
+                    .packages_total
+                    .map(|t| format!(" ({t} packages)"))
+                    .unwrap_or_default()
+            ),
+            (s, None) => format!("install of {}: {s}", node.name),
+        };
+        store::insert_event(
+            tx.conn(),
+            NewEvent {
+                kind: &format!("install-{}", report.state),
+                cluster: Some(&cluster.name),
+                owner_id: Some(cluster.owner_id),
+                task_id: None,
+                message: &message,
+            },
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    // A node that stops booting from the network (or whose token ends) changes what its
+    // host and frontend must have.
+    if changed && current.state.boots_from_network() != report.state.boots_from_network()
+        || report.state.is_final()
+    {
+        let app = app.clone();
+        let id = cluster.id;
+        tokio::spawn(async move {
+            if let Err(e) = crate::controller::tasks::converge(&app, id, true).await {
+                tracing::warn!(cluster = id, error = %e, "pushing an install's change failed");
+            }
+        });
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// What a node installs (its rendered profile), for its installer, relayed by its
+/// cluster's frontend agent.
+#[utoipa::path(post, path = "/v1/hosts/{host}/install-profile", tag = "hosts",
+    request_body = ProfileRequest,
+    params(("host" = String, Path, description = "the frontend host's name or id")),
+    responses((status = 200, body = crate::model::RenderedProfile), (status = 403, body = ApiErrorBody),
+               (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn install_profile(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(req): ApiJson<ProfileRequest>,
+) -> Result<ApiJson<crate::model::RenderedProfile>, ApiError> {
+    let mut rx = app.store.read().await?;
+    let (node, cluster, install) =
+        authenticate(rx.conn(), &who, &host, &req.node, &req.token).await?;
+    if install.state.is_final() {
+        return Err(ApiError::conflict(format!(
+            "{}'s install is {}: nothing to install",
+            node.name, install.state
+        )));
+    }
+    let rendered = store::render_node_profile(rx.conn(), &cluster, &node).await?;
+    rx.finish().await?;
+    match rendered {
+        Some(Ok(p)) => Ok(ApiJson(p)),
+        Some(Err(e)) => Err(ApiError::invalid(
+            "profile",
+            format!("node {}: {e}", node.name),
+        )),
+        None => Err(ApiError::conflict(format!(
+            "cluster {} has no profile",
+            cluster.name
+        ))),
+    }
+}
+
+/// Reinstalls nodes: each gets a new install (a new token) and is remade by its host
+/// (a fresh disk), booting from the network into its installer.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/reinstall", tag = "clusters",
+    request_body = ReinstallRequest,
+    params(("cluster" = String, Path, description = "cluster name or id")),
+    responses((status = 200, body = Vec<String>), (status = 404, body = ApiErrorBody),
+               (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn reinstall(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(cluster): ApiPath<String>,
+    ApiJson(req): ApiJson<ReinstallRequest>,
+) -> Result<ApiJson<Vec<String>>, ApiError> {
+    who.require_person()?;
+    let now = now_ms();
+    let mut tx = app.store.write().await?;
+    let row = super::clusters::visible_cluster(tx.conn(), &who, &cluster).await?;
+    if row.profile_id.is_none() {
+        return Err(ApiError::conflict(format!(
+            "cluster {} has no profile: nothing to install (vcluster cluster profile {} PROFILE)",
+            row.name, row.name
+        )));
+    }
+    let nodes: Vec<NodeRow> = store::nodes_of_cluster(tx.conn(), row.id)
+        .await?
+        .into_iter()
+        .filter(|n| n.state != NodeState::Deleted)
+        .collect();
+    let user_groups = store::groups_of_cluster(tx.conn(), &row).await?;
+    let groups = super::exec::ClusterGroups {
+        cluster: &row.name,
+        nodes: &nodes,
+        groups: &user_groups,
+    };
+    let set = NodeSet::parse(&req.nodes, &groups)
+        .map_err(|e| ApiError::invalid("nodes", e.to_string()))?;
+    let unknown: NodeSet = set
+        .iter()
+        .filter(|s| !nodes.iter().any(|n| n.name == *s))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::invalid(
+            "nodes",
+            format!(
+                "{unknown} not in cluster {}: nothing was reinstalled",
+                row.name
+            ),
+        ));
+    }
+    if set.is_empty() {
+        return Err(ApiError::invalid("nodes", "the node set is empty"));
+    }
+    super::profiles::render_every_node(tx.conn(), &row).await?;
+    let chosen: Vec<NodeRow> = nodes
+        .iter()
+        .filter(|n| set.contains(&n.name))
+        .cloned()
+        .collect();
+    for n in &chosen {
+        store::start_install(tx.conn(), n.id, &install::new_token(), now).await?;
+    }
+    store::insert_event(
+        tx.conn(),
+        NewEvent {
+            kind: "reinstall",
+            cluster: Some(&row.name),
+            owner_id: Some(row.owner_id),
+            task_id: None,
+            message: &format!("{} asked to reinstall {set}", who.name),
+        },
+        now,
+    )
+    .await?;
+    let hosts = store::list_hosts(tx.conn()).await?;
+    tx.commit().await?;
+    // The frontend learns the new installs first, then each node is remade by its host.
+    let names: Vec<String> = chosen.iter().map(|n| n.name.clone()).collect();
+    let app2 = app.clone();
+    let cluster_id = row.id;
+    tokio::spawn(async move {
+        if let Err(e) = crate::controller::tasks::converge(&app2, cluster_id, true).await {
+            tracing::warn!(cluster = cluster_id, error = %e, "pushing the reinstall failed");
+        }
+        for n in chosen {
+            let Some(host) = hosts.iter().find(|h| h.id == n.host_id) else {
+                continue;
+            };
+            if let Err(e) = app2
+                .agents
+                .power(
+                    host,
+                    &n.name,
+                    PowerAction::Reinstall,
+                    Duration::from_secs(120),
+                )
+                .await
+            {
+                tracing::warn!(node = %n.name, error = %e, "remaking a node for its reinstall failed");
+                if let Ok(mut tx) = app2.store.write().await {
+                    let _ = store::update_install(
+                        tx.conn(),
+                        n.id,
+                        InstallState::Failed,
+                        (None, None, None),
+                        Some(&format!(
+                            "failed in phase pending: its host could not remake it: {e}"
+                        )),
+                        now_ms(),
+                    )
+                    .await;
+                    let _ = tx.commit().await;
+                }
+            }
+        }
+    });
+    Ok(ApiJson(names))
+}

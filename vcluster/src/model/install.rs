@@ -1,0 +1,162 @@
+//! A provisioned node's install as the API shows it and as its frontend reports it
+//! (docs/provisioning.md, "States").
+
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+use utoipa::ToSchema;
+
+use super::UnknownValue;
+
+closed_set! {
+    /// Where a node's install is: `pending → pxe → installing → rebooting → booted`, or
+    /// `failed` (with the reason) from any of the first four.
+    pub enum InstallState as "install state" {
+        /// Asked for; the node has not fetched its boot script yet.
+        Pending = "pending",
+        /// The node network-booted and fetched its boot script from the frontend.
+        Pxe = "pxe",
+        /// The installer runs and reports progress.
+        Installing = "installing",
+        /// The installer finished and rebooted the node into its disk.
+        Rebooting = "rebooting",
+        /// The installed system came up from its disk and said so.
+        Booted = "booted",
+        Failed = "failed",
+    }
+}
+
+impl InstallState {
+    /// `booted` and `failed`: nothing moves the install on from here but a reinstall.
+    pub fn is_final(self) -> bool {
+        matches!(self, InstallState::Booted | InstallState::Failed)
+    }
+
+    /// The node boots from the network (its installer) in these states, from its disk
+    /// in the others: a node whose install finished never PXE-installs again by itself.
+    pub fn boots_from_network(self) -> bool {
+        matches!(
+            self,
+            InstallState::Pending | InstallState::Pxe | InstallState::Installing
+        )
+    }
+
+    /// Whether a report of `to` may follow this state.
+    pub fn may_become(self, to: InstallState) -> bool {
+        use InstallState::*;
+        match to {
+            Pending => false,
+            Pxe => matches!(self, Pending | Pxe),
+            Installing => matches!(self, Pending | Pxe | Installing),
+            Rebooting => matches!(self, Installing | Rebooting),
+            Booted => matches!(self, Installing | Rebooting),
+            Failed => !self.is_final(),
+        }
+    }
+}
+
+/// A node's install (`Node::install`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInstall {
+    pub state: InstallState,
+    /// Packages unpacked so far and in all, while installing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages_done: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages_total: Option<i64>,
+    /// Bytes downloaded so far, while installing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// Why it failed, naming the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When the current state began (the per-phase timeout counts from the last report).
+    pub phase_started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl NodeInstall {
+    /// One short cell for tables: `installing 41/233`, `failed`, `booted`.
+    pub fn summary(&self) -> String {
+        match (self.state, self.packages_done, self.packages_total) {
+            (InstallState::Installing, Some(d), Some(t)) => format!("installing {d}/{t}"),
+            (s, _, _) => s.to_string(),
+        }
+    }
+}
+
+/// What a frontend's agent relays from a node (`POST /v1/hosts/{host}/install-reports`):
+/// the node's installer or installed system, authenticated by the install's token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReport {
+    pub node: String,
+    pub token: String,
+    pub state: InstallState,
+    #[serde(default)]
+    pub packages_done: Option<i64>,
+    #[serde(default)]
+    pub packages_total: Option<i64>,
+    #[serde(default)]
+    pub bytes: Option<i64>,
+    /// With `failed`: what went wrong, as the installer says it.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What an installer posts to its frontend (`POST /install/callback`), the token in the
+/// `X-Install-Token` header; the frontend adds the node's name from its address.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallCallback {
+    pub state: InstallState,
+    #[serde(default)]
+    pub packages_done: Option<i64>,
+    #[serde(default)]
+    pub packages_total: Option<i64>,
+    #[serde(default)]
+    pub bytes: Option<i64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/clusters/{cluster}/reinstall`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReinstallRequest {
+    /// A node set (`c1-node-[1-4,7]`) of the cluster's nodes.
+    pub nodes: String,
+}
+
+/// The largest count or byte figure a report may carry.
+pub const MAX_INSTALL_FIGURE: i64 = 1 << 50;
+/// The longest failure reason kept, in bytes (longer ones are cut).
+pub const MAX_INSTALL_REASON: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_install_moves_forward_only_and_ends_at_booted_or_failed() {
+        use InstallState::*;
+        assert!(Pending.may_become(Pxe));
+        assert!(Pxe.may_become(Installing));
+        assert!(Installing.may_become(Installing), "progress reports");
+        assert!(Installing.may_become(Rebooting));
+        assert!(Rebooting.may_become(Booted));
+        assert!(
+            !Booted.may_become(Installing),
+            "no install loop after booted"
+        );
+        assert!(!Booted.may_become(Failed));
+        assert!(!Failed.may_become(Installing));
+        assert!(
+            !Rebooting.may_become(Pxe),
+            "a node that finished does not PXE again"
+        );
+        assert!(Pending.boots_from_network() && !Rebooting.boots_from_network());
+        assert_eq!("installing".parse::<InstallState>(), Ok(Installing));
+        assert!("done".parse::<InstallState>().is_err());
+    }
+}
