@@ -520,6 +520,44 @@ pub struct PowerState {
     pub running: bool,
 }
 
+/// `POST /v1/clusters/{cluster}/power`: power a node set (`on`, `off`, `reset`; a
+/// reinstall goes through `POST /v1/clusters/{cluster}/reinstall`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerNodes {
+    pub nodes: String,
+    pub action: PowerAction,
+}
+
+/// What a node's power request came to: running after it, or why it failed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerOutcome {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A piece of a node's serial console log (`GET .../console?offset=N`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleChunk {
+    pub node: String,
+    /// Where `text` starts in the log, in bytes.
+    pub offset: u64,
+    /// The log's size now: ask again from `offset + bytes` to follow it.
+    pub size: u64,
+    /// The bytes read.
+    pub bytes: u64,
+    /// Those bytes, as UTF-8 (invalid sequences replaced).
+    pub text: String,
+}
+
+/// The most a console request returns at once.
+pub const MAX_CONSOLE_CHUNK: u64 = 256 * 1024;
+
 /// `PUT /v1/clusters/{cluster}/recovery`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

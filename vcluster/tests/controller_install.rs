@@ -412,6 +412,73 @@ async fn an_install_that_stalls_fails_naming_its_phase(b: Backend) {
     );
 }
 
+async fn nodes_are_powered_as_a_set_and_their_console_is_asked_of_their_host(b: Backend) {
+    let w = world(TestController::start(&b).await).await;
+    create(&w, "pw").await;
+    let out: Vec<Value> = w
+        .alice
+        .post(
+            "/v1/clusters/pw/power",
+            &json!({"nodes": "pw-node-[1-2]", "action": "off"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            json!({"node": "pw-node-1", "running": false}),
+            json!({"node": "pw-node-2", "running": false})
+        ]
+    );
+    assert!(w.agent.driver.snapshot().values().all(|n| !n.spec.running));
+    let out: Vec<Value> = w
+        .alice
+        .post(
+            "/v1/clusters/pw/power",
+            &json!({"nodes": "pw-node-2", "action": "on"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec![json!({"node": "pw-node-2", "running": true})]);
+    for (body, field) in [
+        (
+            json!({"nodes": "pw-node-1", "action": "reinstall"}),
+            "reinstall goes through",
+        ),
+        (
+            json!({"nodes": "pw-node-9", "action": "on"}),
+            "not in cluster pw",
+        ),
+        (
+            json!({"nodes": "pw-node-1", "action": "explode"}),
+            "explode",
+        ),
+    ] {
+        let err = w
+            .alice
+            .post::<_, Vec<Value>>("/v1/clusters/pw/power", &body)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{err}");
+    }
+    // The in-memory driver keeps no console: the host says so, by name.
+    let err = w
+        .alice
+        .get::<Value>("/v1/clusters/pw/nodes/pw-node-1/console")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("keeps no console for pw-node-1"), "{err}");
+    let err = w
+        .alice
+        .get::<Value>("/v1/clusters/pw/nodes/pw-node-7/console")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no node pw-node-7 in cluster pw"), "{err}");
+}
+
 async fn reinstall_needs_a_profile(b: Backend) {
     let w = world(TestController::start(&b).await).await;
     let a: Accepted = w
@@ -444,5 +511,6 @@ async fn reinstall_needs_a_profile(b: Backend) {
 both_backends!(
     an_install_moves_from_pending_to_booted_on_its_frontends_reports,
     an_install_that_stalls_fails_naming_its_phase,
+    nodes_are_powered_as_a_set_and_their_console_is_asked_of_their_host,
     reinstall_needs_a_profile,
 );

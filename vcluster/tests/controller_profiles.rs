@@ -742,7 +742,6 @@ async fn the_cli_defines_roles_from_files_and_renders_what_a_node_gets() {
             "2",
             "--profile",
             "webfarm",
-            "--wait",
         ],
     );
     assert!(ok, "{out} {err}");

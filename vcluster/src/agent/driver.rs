@@ -64,6 +64,12 @@ pub trait VmDriver: Send + Sync {
     /// command that fails earlier changes nothing on the host).
     fn prepare_host(&self) {}
 
+    /// The node's console log (the serial console of a VM; a lightweight node's agent
+    /// log), when the driver keeps one.
+    fn console_log(&self, _name: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// The Unix socket of the node's agent (see [`crate::node`]), when the driver runs
     /// one in its nodes.
     fn node_channel(&self, _name: &str) -> Option<std::path::PathBuf> {

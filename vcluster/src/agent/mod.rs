@@ -579,6 +579,7 @@ fn api_router(shared: Arc<Shared>) -> Router {
             "/agent/v1/nodes/{node}/power",
             axum::routing::post(power_node),
         )
+        .route("/agent/v1/nodes/{node}/console", get(node_console))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::not_found("no such route") })
         // A command may carry a file (`vcluster copy`); only the controller gets this far
@@ -711,6 +712,71 @@ async fn relay_exec(
         });
     }
     while running.join_next().await.is_some() {}
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+/// A piece of one of this host's nodes' console log, from `offset`.
+async fn node_console(
+    State(shared): State<Arc<Shared>>,
+    _: FromController,
+    ApiPath(node): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ConsoleQuery>,
+) -> Result<ApiJson<crate::model::ConsoleChunk>, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let driver = &shared.reconciler.driver;
+    let known = driver
+        .list()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?
+        .iter()
+        .any(|f| f.name.as_deref() == Some(node.as_str()));
+    if !known {
+        return Err(ApiError::not_found(format!("no node {node} on this host")));
+    }
+    let Some(path) = driver.console_log(&node) else {
+        return Err(ApiError::not_found(format!(
+            "the {} driver keeps no console for {node}",
+            driver.kind()
+        )));
+    };
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ApiJson(crate::model::ConsoleChunk {
+                node,
+                offset: 0,
+                size: 0,
+                bytes: 0,
+                text: String::new(),
+            }));
+        }
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?
+        .len();
+    let offset = q.offset.min(size);
+    let mut buf = Vec::new();
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| {
+            file.take(crate::model::MAX_CONSOLE_CHUNK)
+                .read_to_end(&mut buf)
+        })
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    Ok(ApiJson(crate::model::ConsoleChunk {
+        node,
+        offset,
+        size,
+        bytes: buf.len() as u64,
+        text: String::from_utf8_lossy(&buf).into_owned(),
+    }))
 }
 
 /// Powers one of this host's nodes on or off (fencing: confirmed), resets it, or

@@ -564,6 +564,13 @@ impl VmDriver for NetnsDriver {
         }
     }
 
+    /// A lightweight node has no serial console: its agent's log stands in.
+    fn console_log(&self, name: &str) -> Option<PathBuf> {
+        let agents = self.agents.as_ref()?;
+        check_netns_name(name).ok()?;
+        Some(agents.dir.join(format!("{name}.log")))
+    }
+
     fn node_channel(&self, name: &str) -> Option<PathBuf> {
         let agents = self.agents.as_ref()?;
         check_netns_name(name).ok()?;

@@ -141,6 +141,34 @@ impl AgentClient {
         }
     }
 
+    /// A piece of `node`'s console log from `offset`.
+    pub async fn console(
+        &self,
+        host: &HostRow,
+        node: &str,
+        offset: u64,
+    ) -> Result<crate::model::ConsoleChunk, String> {
+        let url = format!(
+            "{}/agent/v1/nodes/{node}/console?offset={offset}",
+            host.agent_url.trim_end_matches('/')
+        );
+        let resp = self
+            .http(host)?
+            .get(&url)
+            .bearer_auth(&host.agent_secret)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| unreachable(host, &e))?;
+        if resp.status().is_success() {
+            resp.json()
+                .await
+                .map_err(|e| format!("host {}: bad answer from agent: {e}", host.name))
+        } else {
+            Err(format!("host {}: {}", host.name, error_text(resp).await))
+        }
+    }
+
     /// Sends `req` to `host`'s agent and hands back its event stream; `Err` says why the
     /// command could not start there. The stream may last as long as the command may
     /// run, so this request's time limit is the command's, not the client's.

@@ -88,6 +88,19 @@ impl VmDriver for MemDriver {
         self.nodes.lock().unwrap().remove(&slot);
         Ok(())
     }
+
+    async fn power(&self, name: &str, on: bool) -> Result<bool, DriverError> {
+        let mut nodes = self.nodes.lock().unwrap();
+        let node = nodes
+            .values_mut()
+            .find(|n| n.spec.name == name)
+            .ok_or_else(|| DriverError::Node {
+                node: name.to_string(),
+                message: "no such node on this host".to_string(),
+            })?;
+        node.spec.running = on;
+        Ok(on)
+    }
 }
 
 #[derive(Default)]

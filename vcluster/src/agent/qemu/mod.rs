@@ -181,12 +181,6 @@ impl QemuDriver {
         self.settings.dir.join(node)
     }
 
-    /// The node's serial console log (what `vcluster node console` shows).
-    pub fn console_log(&self, node: &str) -> Option<PathBuf> {
-        check_node_name(node).ok()?;
-        Some(self.vm_dir(node).join("console.log"))
-    }
-
     fn qmp_socket(&self, node: &str) -> PathBuf {
         self.vm_dir(node).join("qmp.sock")
     }
@@ -577,6 +571,12 @@ impl VmDriver for QemuDriver {
         self.set_power_mark(name, PowerMark::Fenced)?;
         self.stop(name).await?;
         Ok(false)
+    }
+
+    /// The node's serial console log (what `vcluster node console` shows).
+    fn console_log(&self, node: &str) -> Option<PathBuf> {
+        check_node_name(node).ok()?;
+        Some(self.vm_dir(node).join("console.log"))
     }
 
     async fn remove(&self, slot: NodeSlot, name: Option<&str>) -> Result<(), DriverError> {

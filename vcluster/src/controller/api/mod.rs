@@ -7,6 +7,7 @@ pub mod clusters;
 pub mod exec;
 pub mod hosts;
 pub mod install;
+pub mod nodes;
 pub mod profiles;
 pub mod reservations;
 pub mod sites;
@@ -83,6 +84,8 @@ pub fn router(app: App) -> Router {
         .routes(routes!(exec::copy_to_nodes))
         .routes(routes!(clusters::set_recovery))
         .routes(routes!(install::reinstall))
+        .routes(routes!(nodes::node_console))
+        .routes(routes!(nodes::power_nodes))
         .routes(routes!(install::install_report))
         .routes(routes!(install::install_profile))
         .routes(routes!(profiles::list_roles, profiles::create_role))
