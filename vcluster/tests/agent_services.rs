@@ -56,6 +56,7 @@ fn can_run(test: &str, needs_qemu: bool) -> bool {
 /// client namespaces, VMs, the bridge.
 struct Cleanup {
     net: NetworkId,
+    cluster: String,
     dir: PathBuf,
     clients: Vec<String>,
 }
@@ -75,8 +76,8 @@ impl Drop for Cleanup {
             }
         }
         for ns in self.clients.iter().cloned().chain([
-            format!("vcsv{:x}", self.net.0),
-            format!("vcfe{:x}", self.net.0),
+            format!("{}-site", self.cluster),
+            format!("{}-frontend", self.cluster),
         ]) {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -226,6 +227,7 @@ fn pid_in(file: &Path) -> i32 {
 
 struct World {
     net: NetworkId,
+    cluster: String,
     bridge: String,
     dir: PathBuf,
     config: ServicesConfig,
@@ -237,8 +239,10 @@ struct World {
 async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
     let net = NetworkId(0x0300_0000 + (std::process::id() % 0xffff) * 0x10 + offset);
     let dir = tempfile::tempdir().unwrap().keep();
+    let cluster = format!("sv{}x{offset}", std::process::id());
     let cleanup = Cleanup {
         net,
+        cluster: cluster.clone(),
         dir: dir.clone(),
         clients: Vec::new(),
     };
@@ -282,6 +286,7 @@ async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
     };
     World {
         net,
+        cluster,
         bridge,
         dir,
         config,
@@ -302,7 +307,10 @@ async fn the_frontend_leases_known_macs_only_serves_each_node_its_own_script_and
     let name2 = format!("s{}-node-2", std::process::id());
     let mut w = world(1, &[(1, &name1), (2, &name2)]).await;
     let services = ClusterServices::new(w.config.clone());
-    services.ensure(w.net, &w.bridge, &w.spec).await.unwrap();
+    services
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec)
+        .await
+        .unwrap();
     let fe = w.spec.frontend.clone().unwrap();
     let fe_ip = fe.address.split('/').next().unwrap().to_string();
     let site_ip = w.spec.site_address.split('/').next().unwrap().to_string();
@@ -405,7 +413,10 @@ async fn the_frontend_leases_known_macs_only_serves_each_node_its_own_script_and
     let services = ClusterServices::new(w.config.clone());
     // A lease change on the way: node 2 gone.
     w.spec.frontend.as_mut().unwrap().leases.truncate(1);
-    services.ensure(w.net, &w.bridge, &w.spec).await.unwrap();
+    services
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec)
+        .await
+        .unwrap();
     assert_eq!(
         pid_in(&sdir.join("dnsmasq.pid")),
         dnsmasq,
@@ -435,8 +446,8 @@ async fn the_frontend_leases_known_macs_only_serves_each_node_its_own_script_and
     )
     .unwrap();
     assert!(
-        !netns.contains(&format!("vcsv{:x}", w.net.0))
-            && !netns.contains(&format!("vcfe{:x}", w.net.0))
+        !netns.contains(&format!("{}-site", w.cluster))
+            && !netns.contains(&format!("{}-frontend", w.cluster))
     );
     assert!(!Path::new(&format!("/proc/{dnsmasq}")).exists() || is_zombie(dnsmasq));
     assert!(!Path::new(&format!("/proc/{relay}")).exists() || is_zombie(relay));
@@ -460,7 +471,10 @@ async fn a_qemu_node_pxe_boots_through_the_frontend_and_fetches_from_the_site_ad
     let name = format!("p{}-node-1", std::process::id());
     let w = world(2, &[(1, &name)]).await;
     let services = ClusterServices::new(w.config.clone());
-    services.ensure(w.net, &w.bridge, &w.spec).await.unwrap();
+    services
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec)
+        .await
+        .unwrap();
     let driver = QemuDriver::new(
         QemuSettings::new(w.dir.join("vms")),
         AccelChoice {

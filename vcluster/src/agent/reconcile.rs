@@ -259,7 +259,11 @@ impl Reconciler {
         }
 
         match (&self.services, &share.services) {
-            (Some(services), Some(spec)) => services.ensure(net, &bridge, spec).await?,
+            (Some(services), Some(spec)) => {
+                services
+                    .ensure(net, &share.network.name, &bridge, spec)
+                    .await?
+            }
             (Some(services), None) => services.remove(net).await?,
             (None, Some(_)) => {
                 // Its nodes are made all the same; their installs will stall and fail,

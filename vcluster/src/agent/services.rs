@@ -1,14 +1,14 @@
 //! A provisioned cluster's services on one host ([`ServicesSpec`]): the site-local
 //! address and, on the cluster's frontend host, the provisioning frontend.
 //!
-//! * **Site-local address** (every host): a network namespace `vcsv<network hex>` whose
+//! * **Site-local address** (every host): a network namespace `<cluster>-site` whose
 //!   `eth0` (veth `vc<hex>s` on the cluster's bridge) has the subnet's last host address
 //!   and the services MAC, which vpnd keeps at its site (ARP and frames never cross the
 //!   WAN). A relay process (`vcluster site-relay`) accepts there on ports 80 and 3142 and
 //!   forwards each connection to the site's package cache (`--site-cache`): every site
 //!   serves the same URL from its own cache, so boot files and packages cross the WAN
 //!   once per site.
-//! * **Frontend** (the frontend host only): a namespace `vcfe<hex>` (veth `vc<hex>f`) with
+//! * **Frontend** (the frontend host only): a namespace `<cluster>-frontend` (veth `vc<hex>f`) with
 //!   the frontend address, a real dnsmasq (DHCP with one static lease per node and
 //!   nothing for unknown MACs; TFTP of iPXE for firmware without it; iPXE clients sent to
 //!   the frontend's HTTP), and the frontend's HTTP server in this agent: `/boot.ipxe`
@@ -18,8 +18,8 @@
 //! dnsmasq and the relay run in sessions of their own with pid files, so an agent restart
 //! leaves DHCP and the cache path of nodes being installed untouched; the agent finds
 //! them again and only restarts what is gone. A lease change rewrites dnsmasq's hosts
-//! file and sends it SIGHUP. Everything here is named after the network id, and removed
-//! with the cluster.
+//! file and sends it SIGHUP. Devices and files are named after the network id, the
+//! namespaces after the cluster (unique machine-wide, like its nodes'); all go with it.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -62,14 +62,6 @@ pub const SITE_PORTS: [u16; 2] = [80, 3142];
 
 /// Where Debian's ipxe package puts the network boot programs.
 pub const DEBIAN_IPXE_DIR: &str = "/usr/lib/ipxe";
-
-fn sv_netns(net: NetworkId) -> String {
-    format!("vcsv{:x}", net.0)
-}
-
-fn fe_netns(net: NetworkId) -> String {
-    format!("vcfe{:x}", net.0)
-}
 
 fn fail(net: NetworkId, message: impl Into<String>) -> DriverError {
     DriverError::Node {
@@ -123,16 +115,53 @@ impl ClusterServices {
         self.config.dir.join(format!("{:x}", net.0))
     }
 
+    /// The cluster's name, as [`ClusterServices::ensure`] recorded it: the services'
+    /// namespaces are named after it (unique machine-wide, as node names are), and a
+    /// removal knows only the network id.
+    fn cluster_name(&self, net: NetworkId) -> String {
+        std::fs::read_to_string(self.dir(net).join("cluster"))
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("vc{:x}", net.0))
+    }
+
+    /// The namespace of the site-local address: `<cluster>-site`.
+    fn sv_netns(&self, net: NetworkId) -> String {
+        format!("{}-site", self.cluster_name(net))
+    }
+
+    /// The frontend's namespace: `<cluster>-frontend`.
+    fn fe_netns(&self, net: NetworkId) -> String {
+        format!("{}-frontend", self.cluster_name(net))
+    }
+
     /// Brings the cluster's services on this host to `spec`.
     pub async fn ensure(
         &self,
         net: NetworkId,
+        cluster: &str,
         bridge: &str,
         spec: &ServicesSpec,
     ) -> Result<(), DriverError> {
+        let plain = !cluster.is_empty()
+            && cluster.len() <= 48
+            && cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plain {
+            return Err(fail(
+                net,
+                format!("cluster name {cluster:?}: not usable in namespace names"),
+            ));
+        }
         let dir = self.dir(net);
         std::fs::create_dir_all(&dir).map_err(|e| fail(net, format!("{}: {e}", dir.display())))?;
-        let sv = sv_netns(net);
+        if self.cluster_name(net) != cluster {
+            write_atomically(&dir.join("cluster"), cluster.as_bytes())
+                .map_err(|e| fail(net, format!("{}: {e}", dir.display())))?;
+        }
+        let sv = self.sv_netns(net);
         attach(
             &sv,
             &format!("vc{:x}s", net.0),
@@ -157,7 +186,7 @@ impl ClusterServices {
     /// Removes everything of the cluster's services from this host.
     pub async fn remove(&self, net: NetworkId) -> Result<(), DriverError> {
         self.remove_frontend(net).await?;
-        let sv = sv_netns(net);
+        let sv = self.sv_netns(net);
         stop_pid(&self.dir(net).join("relay.pid"));
         if netns_exists(&sv).await? {
             kill_everything_in(&sv).await?;
@@ -217,7 +246,7 @@ impl ClusterServices {
         bridge: &str,
         fe: &FrontendSpec,
     ) -> Result<(), DriverError> {
-        let ns = fe_netns(net);
+        let ns = self.fe_netns(net);
         attach(
             &ns,
             &format!("vc{:x}f", net.0),
@@ -385,7 +414,7 @@ impl ClusterServices {
             h.task.abort();
         }
         stop_pid(&self.dir(net).join("dnsmasq.pid"));
-        let ns = fe_netns(net);
+        let ns = self.fe_netns(net);
         if netns_exists(&ns).await? {
             kill_everything_in(&ns).await?;
             ip(&["netns", "del", &ns]).await?;
