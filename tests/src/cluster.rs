@@ -67,6 +67,11 @@ pub struct ControlPlaneOpts {
     pub task_timeout: u64,
     /// The controller's `--down-after-beats` (default 4, of 1 s heartbeats).
     pub down_after_beats: u32,
+    /// More arguments for the controller (`--install-phase-timeout 600`, ...).
+    pub controller_args: Vec<String>,
+    /// More arguments for the agent of site i, at index i - 1 (`--driver qemu`,
+    /// `--site-cache ADDR`, ...).
+    pub agent_args: Vec<Vec<String>>,
 }
 
 impl Default for ControlPlaneOpts {
@@ -78,6 +83,8 @@ impl Default for ControlPlaneOpts {
             reconcile_every: 5,
             task_timeout: 60,
             down_after_beats: 4,
+            controller_args: Vec::new(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -101,6 +108,9 @@ pub struct ControlPlane {
     /// Names of the clusters made through this control plane: their node namespaces are
     /// deleted on drop.
     clusters: RefCell<BTreeSet<String>>,
+    /// The agents' state directories: the VMs and services processes they started
+    /// (pid files under `vms/` and `services/`) are killed on drop.
+    agent_dirs: Vec<std::path::PathBuf>,
 }
 
 /// 16 random bytes in hex, from the kernel.
@@ -219,6 +229,7 @@ impl ControlPlane {
                         &tls_dir.display().to_string(),
                     ],
                 );
+                c.args(&opts.controller_args);
                 c.env("VCLUSTER_ADMIN_TOKEN", &admin_token);
                 c
             },
@@ -258,6 +269,7 @@ impl ControlPlane {
             admin,
             rt,
             clusters: RefCell::new(BTreeSet::new()),
+            agent_dirs: Vec::new(),
         };
         let up = try_wait_until(Duration::from_secs(20), || {
             plane
@@ -321,8 +333,13 @@ impl ControlPlane {
                     topo.dir().join(format!("agent{i}")).display().to_string(),
                     "--reconcile-every".into(),
                     opts.reconcile_every.to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(opts.agent_args.get(i - 1).cloned().unwrap_or_default()),
             );
+            plane
+                .agent_dirs
+                .push(topo.dir().join(format!("agent{i}")));
             plane.agents.push(Process::spawn(
                 format!("agent{i} in {}", topo.host(i).name()),
                 cmd,
@@ -568,12 +585,44 @@ impl ControlPlane {
 
     /// Deletes the node namespaces of every cluster made through this control plane.
     /// The agents must be stopped first, or a reconcile could make them again.
+    /// Kills what the agents started outside any node namespace (QEMU, dnsmasq, the
+    /// site relays): every pid file under their `vms/` and `services/`.
+    fn sweep_agent_processes(&self) {
+        fn pid_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    pid_files(&p, out);
+                } else if p.extension().is_some_and(|x| x == "pid") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for d in &self.agent_dirs {
+            pid_files(&d.join("vms"), &mut files);
+            pid_files(&d.join("services"), &mut files);
+        }
+        for f in files {
+            if let Some(pid) = std::fs::read_to_string(&f)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|p| *p > 1)
+            {
+                let _ = run(std::process::Command::new("kill").args(["-9", &pid.to_string()]));
+            }
+        }
+    }
+
     fn sweep_nodes(&self) {
+        self.sweep_agent_processes();
         let clusters = self.clusters.borrow();
         for ns in list_namespaces() {
-            let ours = clusters
-                .iter()
-                .any(|c| ns.starts_with(&format!("{c}-node-")));
+            let ours = clusters.iter().any(|c| {
+                ns.starts_with(&format!("{c}-node-"))
+                    || ns == format!("{c}-site")
+                    || ns == format!("{c}-frontend")
+            });
             if ours {
                 // Its node agent (and anything it runs) first: a deleted namespace lives on
                 // while a process is in it.
