@@ -1,6 +1,7 @@
 -- Issue 14: each provisioned node's install (docs/provisioning.md, "States"). Keep in step
 -- with the other backend's 0005_installs.sql. One row per node while it has an install:
--- its state, the phase's start (for the per-phase timeout), progress, the failure reason,
+-- its state, the phase's start (for the per-phase timeout), progress (the installer's step,
+-- packages, bytes), the failure reason,
 -- and the install's one-time token (it authenticates the installer's and the installed
 -- system's callbacks for this install only; a reinstall makes a new one).
 CREATE TABLE installs (
@@ -10,6 +11,7 @@ CREATE TABLE installs (
     packages_done BIGINT,
     packages_total BIGINT,
     bytes BIGINT,
+    step TEXT,
     reason TEXT,
     started_at BIGINT NOT NULL,
     phase_started_at BIGINT NOT NULL,

@@ -530,16 +530,24 @@ impl FrontendState {
     }
 }
 
-/// The `X-Install-Token` header, or the answer to a request without one.
+/// The install token (`Authorization: Bearer`, or `X-Install-Token`), or the answer to a
+/// request without one.
 fn install_token(headers: &axum::http::HeaderMap) -> Result<String, Response> {
-    headers
-        .get("x-install-token")
+    let bearer = headers
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let other = headers
+        .get("x-install-token")
+        .and_then(|v| v.to_str().ok());
+    bearer
+        .or(other)
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             (
                 StatusCode::UNAUTHORIZED,
-                "no X-Install-Token header\n".to_string(),
+                "no install token (Authorization: Bearer)\n".to_string(),
             )
                 .into_response()
         })
@@ -564,15 +572,7 @@ async fn install_callback(
         )
             .into_response();
     };
-    let report = crate::model::InstallReport {
-        node: lease.node.clone(),
-        token,
-        state: cb.state,
-        packages_done: cb.packages_done,
-        packages_total: cb.packages_total,
-        bytes: cb.bytes,
-        reason: cb.reason,
-    };
+    let report = cb.into_report(lease.node.clone(), token);
     let (status, body) = s.relay("install-reports", &report).await;
     if !status.is_success() {
         tracing::warn!(node = %lease.node, %status, %body, "an install report was refused");
@@ -659,6 +659,7 @@ async fn node_script(
                 packages_done: None,
                 packages_total: None,
                 bytes: None,
+                step: None,
                 reason: None,
             };
             let (status, body) = state.relay("install-reports", &report).await;

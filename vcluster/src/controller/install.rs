@@ -129,8 +129,8 @@ fn ipxe_script(
             "#!ipxe\n\
              echo vcluster: {name} installs profile {profile} from its site's cache\n\
              kernel http://{site_ip}/provision/vmlinuz initrd=installer.img console=ttyS0,115200 \
-             vc.node={name} vc.repo=http://{site_ip}/debian vc.frontend=http://{fe_ip} \
-             vc.token={token}\n\
+             quiet vc.repo=http://{site_ip}/debian vc.profile=http://{fe_ip}/install/profile \
+             vc.callback=http://{fe_ip}/install/callback vc.token={token}\n\
              initrd --name installer.img http://{site_ip}/provision/installer.img\n\
              boot\n",
             profile = cluster.profile_name.as_deref().unwrap_or("-"),
@@ -190,8 +190,13 @@ pub async fn fail_stalled_installs(app: &App) -> Result<(), StoreError> {
         };
         let silent = now.saturating_sub(current.updated_at) / 1000;
         let reason = format!(
-            "stalled in phase {}: no word from {} for {silent} s; {}",
+            "stalled in phase {}{}: no word from {} for {silent} s; {}",
             current.state,
+            current
+                .step
+                .as_deref()
+                .map(|s| format!(" (step {s})"))
+                .unwrap_or_default(),
             node.name,
             stalled_hint(current.state, &current)
         );
@@ -199,7 +204,7 @@ pub async fn fail_stalled_installs(app: &App) -> Result<(), StoreError> {
             tx.conn(),
             current.node_id,
             InstallState::Failed,
-            (None, None, None),
+            &store::InstallProgress::default(),
             Some(&reason),
             now,
         )

@@ -67,6 +67,9 @@ pub struct NodeInstall {
     /// Bytes downloaded so far, while installing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<i64>,
+    /// The installer's last step (`download`, `unpackbase`, `bootloader`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Why it failed, naming the phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -78,9 +81,13 @@ pub struct NodeInstall {
 impl NodeInstall {
     /// One short cell for tables: `installing 41/233`, `failed`, `booted`.
     pub fn summary(&self) -> String {
-        match (self.state, self.packages_done, self.packages_total) {
-            (InstallState::Installing, Some(d), Some(t)) => format!("installing {d}/{t}"),
-            (s, _, _) => s.to_string(),
+        match (self.state, &self.step, self.packages_done, self.packages_total) {
+            (InstallState::Installing, Some(step), Some(d), Some(t)) => {
+                format!("installing {step} {d}/{t}")
+            }
+            (InstallState::Installing, None, Some(d), Some(t)) => format!("installing {d}/{t}"),
+            (InstallState::Installing, Some(step), _, _) => format!("installing {step}"),
+            (s, _, _, _) => s.to_string(),
         }
     }
 }
@@ -99,25 +106,69 @@ pub struct InstallReport {
     pub packages_total: Option<i64>,
     #[serde(default)]
     pub bytes: Option<i64>,
+    /// The installer's step (`partition`, `download`, `unpackbase`, ...).
+    #[serde(default)]
+    pub step: Option<String>,
     /// With `failed`: what went wrong, as the installer says it.
     #[serde(default)]
     pub reason: Option<String>,
 }
 
-/// What an installer posts to its frontend (`POST /install/callback`), the token in the
-/// `X-Install-Token` header; the frontend adds the node's name from its address.
+/// What an installer (or the installed system's first boot) posts to its frontend
+/// (`POST /install/callback`, the token as `Authorization: Bearer`), as docs/provisioning.md's
+/// callback contract says; the frontend adds the node's name from its address.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallCallback {
-    pub state: InstallState,
+    pub phase: InstallState,
+    /// The installer's step: `network`, `profile`, `partition`, ..., `finish`.
+    #[serde(default)]
+    pub step: Option<String>,
+    /// For people (`packages 12/148`).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// While downloading: packages and bytes fetched and in all.
     #[serde(default)]
     pub packages_done: Option<i64>,
     #[serde(default)]
     pub packages_total: Option<i64>,
     #[serde(default)]
-    pub bytes: Option<i64>,
+    pub bytes_done: Option<i64>,
+    #[serde(default)]
+    pub bytes_total: Option<i64>,
+    /// In later steps: that step's progress, in its own units (packages).
+    #[serde(default)]
+    pub done: Option<i64>,
+    #[serde(default)]
+    pub total: Option<i64>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// With `booted`: the installed system's host name and first address.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+impl InstallCallback {
+    /// The report it makes for `node`: packages from the download's counts, or from the
+    /// step's own (unpack, configure) once past the download.
+    pub fn into_report(self, node: String, token: String) -> InstallReport {
+        let (packages_done, packages_total) = match (self.done, self.total) {
+            (Some(d), Some(t)) if self.packages_done.is_none() => (Some(d), Some(t)),
+            _ => (self.packages_done, self.packages_total),
+        };
+        InstallReport {
+            node,
+            token,
+            state: self.phase,
+            packages_done,
+            packages_total,
+            bytes: self.bytes_done,
+            step: self.step,
+            reason: self.reason,
+        }
+    }
 }
 
 /// `POST /v1/clusters/{cluster}/reinstall`.

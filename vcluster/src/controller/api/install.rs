@@ -136,18 +136,39 @@ pub async fn install_report(
         r
     });
     let reason = match (report.state, reason) {
-        (InstallState::Failed, Some(r)) => Some(format!("failed in phase {}: {r}", current.state)),
+        (InstallState::Failed, Some(r)) => Some(format!(
+            "failed in phase {}{}: {r}",
+            current.state,
+            report
+                .step
+                .as_deref()
+                .map(|s| format!(" (step {s})"))
+                .unwrap_or_default()
+        )),
         (InstallState::Failed, None) => Some(format!(
             "failed in phase {} (the installer gave no reason)",
             current.state
         )),
         _ => None,
     };
+    if let Some(step) = &report.step
+        && (step.len() > 64
+            || !step
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(ApiError::invalid("step", format!("{step:?} is not a step name")));
+    }
     store::update_install(
         tx.conn(),
         node.id,
         report.state,
-        (report.packages_done, report.packages_total, report.bytes),
+        &store::InstallProgress {
+            packages_done: report.packages_done,
+            packages_total: report.packages_total,
+            bytes: report.bytes,
+            step: report.step.as_deref(),
+        },
         reason.as_deref(),
         now,
     )
@@ -336,7 +357,7 @@ pub async fn reinstall(
                         tx.conn(),
                         n.id,
                         InstallState::Failed,
-                        (None, None, None),
+                        &store::InstallProgress::default(),
                         Some(&format!(
                             "failed in phase pending: its host could not remake it: {e}"
                         )),

@@ -14,6 +14,7 @@ pub struct InstallRow {
     pub packages_done: Option<i64>,
     pub packages_total: Option<i64>,
     pub bytes: Option<i64>,
+    pub step: Option<String>,
     pub reason: Option<String>,
     pub started_at: i64,
     pub phase_started_at: i64,
@@ -27,6 +28,7 @@ impl InstallRow {
             packages_done: self.packages_done,
             packages_total: self.packages_total,
             bytes: self.bytes,
+            step: self.step.clone(),
             reason: self.reason.clone(),
             started_at: ms_to_time(self.started_at),
             phase_started_at: ms_to_time(self.phase_started_at),
@@ -35,7 +37,7 @@ impl InstallRow {
 }
 
 const INSTALL_SELECT: &str = "SELECT i.node_id, i.state, i.token, i.packages_done, \
-    i.packages_total, i.bytes, i.reason, i.started_at, i.phase_started_at, i.updated_at \
+    i.packages_total, i.bytes, i.step, i.reason, i.started_at, i.phase_started_at, i.updated_at \
     FROM installs i";
 
 /// Starts a (re)install of a node: `pending`, a fresh token, no progress.
@@ -87,11 +89,20 @@ pub async fn unfinished_installs(c: &mut Conn) -> R<Vec<InstallRow>> {
 
 /// Records a report: the new state (its phase restarts when the state changes), the
 /// progress figures when given, the failure reason.
+/// An install's progress as a report gives it: each figure kept as it was when absent.
+#[derive(Debug, Clone, Default)]
+pub struct InstallProgress<'a> {
+    pub packages_done: Option<i64>,
+    pub packages_total: Option<i64>,
+    pub bytes: Option<i64>,
+    pub step: Option<&'a str>,
+}
+
 pub async fn update_install(
     c: &mut Conn,
     node_id: i64,
     state: InstallState,
-    progress: (Option<i64>, Option<i64>, Option<i64>),
+    progress: &InstallProgress<'_>,
     reason: Option<&str>,
     now: i64,
 ) -> R<()> {
@@ -102,17 +113,19 @@ pub async fn update_install(
            packages_done = COALESCE($3, packages_done), \
            packages_total = COALESCE($4, packages_total), \
            bytes = COALESCE($5, bytes), \
+           step = COALESCE($8, step), \
            reason = $7, \
            updated_at = $6 \
          WHERE node_id = $1",
     )
     .bind(node_id)
     .bind(state.as_str())
-    .bind(progress.0)
-    .bind(progress.1)
-    .bind(progress.2)
+    .bind(progress.packages_done)
+    .bind(progress.packages_total)
+    .bind(progress.bytes)
     .bind(now)
     .bind(reason)
+    .bind(progress.step)
     .execute(c)
     .await?;
     Ok(())
