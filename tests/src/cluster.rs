@@ -337,9 +337,7 @@ impl ControlPlane {
                 .into_iter()
                 .chain(opts.agent_args.get(i - 1).cloned().unwrap_or_default()),
             );
-            plane
-                .agent_dirs
-                .push(topo.dir().join(format!("agent{i}")));
+            plane.agent_dirs.push(topo.dir().join(format!("agent{i}")));
             plane.agents.push(Process::spawn(
                 format!("agent{i} in {}", topo.host(i).name()),
                 cmd,

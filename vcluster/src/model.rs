@@ -464,6 +464,10 @@ pub struct CreateCluster {
     /// cluster is accepted: a template error is a 422 and nothing is created.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The site whose host runs the cluster's provisioning frontend (DHCP, PXE, install
+    /// reports), nodes there or not; default: the host of the lowest-index node.
+    #[serde(default)]
+    pub frontend_site: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -712,6 +716,9 @@ pub struct Cluster {
     /// The install profile of its nodes (docs/provisioning.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The host running its provisioning frontend, when chosen at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend_host: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------

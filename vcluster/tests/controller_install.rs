@@ -479,6 +479,91 @@ async fn nodes_are_powered_as_a_set_and_their_console_is_asked_of_their_host(b: 
     assert!(err.contains("no node pw-node-7 in cluster pw"), "{err}");
 }
 
+async fn desired_of(w: &World, host: &str) -> HostDesired {
+    let hosts: Vec<Value> = w.ctl.admin.get("/v1/hosts").await.unwrap();
+    let id = hosts.iter().find(|h| h["name"] == host).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    w.ctl
+        .admin
+        .get(&format!("/v1/hosts/{id}/desired"))
+        .await
+        .unwrap()
+}
+
+async fn a_frontend_at_another_site_joins_the_overlay_and_speaks_for_the_nodes(b: Backend) {
+    let w = world(TestController::start(&b).await).await;
+    let a: Accepted = w
+        .alice
+        .post(
+            "/v1/clusters",
+            &json!({"name": "far", "sites": [{"site": "paris", "nodes": 2}], "profile": "plain",
+                    "frontend_site": "lyon"}),
+        )
+        .await
+        .expect("create");
+    wait_task(&w.alice, a.task.id).await;
+    let c: Cluster = w.alice.get("/v1/clusters/far").await.unwrap();
+    assert_eq!(c.frontend_host.as_deref(), Some("lyon-h0"));
+    let lyon = desired_of(&w, "lyon-h0").await;
+    let share = lyon
+        .clusters
+        .iter()
+        .find(|c| c.network.name == "far")
+        .expect("lyon has the cluster");
+    assert!(share.nodes.is_empty(), "no node at lyon");
+    assert_eq!(share.network.peers.len(), 1, "its overlay reaches paris");
+    let fe = share
+        .services
+        .as_ref()
+        .unwrap()
+        .frontend
+        .as_ref()
+        .expect("lyon runs the frontend");
+    assert_eq!(fe.leases.len(), 2);
+    let paris = desired_of(&w, "paris-h0").await;
+    let share = paris
+        .clusters
+        .iter()
+        .find(|c| c.network.name == "far")
+        .unwrap();
+    assert!(share.services.as_ref().unwrap().frontend.is_none());
+    assert_eq!(
+        share.network.peers.len(),
+        1,
+        "paris's overlay reaches the frontend"
+    );
+    let token = fe.leases[0].token.clone().unwrap();
+    let body = json!({"node": "far-node-1", "token": token, "state": "pxe"});
+    let (s, e) = report(&w, &w.agent_token, "paris-h0", body.clone()).await;
+    assert_eq!(s, 403, "paris is not the frontend: {e}");
+    let (s, e) = report(&w, &w.other_agent_token, "lyon-h0", body).await;
+    assert_eq!(s, 204, "{e}");
+    // Refused at create: an unknown site, a frontend without a profile.
+    for (body, needle) in [
+        (
+            json!({"name": "x1", "nodes": 1, "profile": "plain", "frontend_site": "mars"}),
+            "unknown site",
+        ),
+        (
+            json!({"name": "x2", "nodes": 1, "frontend_site": "lyon"}),
+            "give a profile",
+        ),
+    ] {
+        let err = w
+            .alice
+            .post::<_, Accepted>("/v1/clusters", &body)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    // Deleted: the frontend's host lets the cluster go too.
+    let a: Accepted = w.alice.delete("/v1/clusters/far").await.unwrap();
+    wait_task(&w.alice, a.task.id).await;
+    assert!(desired_of(&w, "lyon-h0").await.clusters.is_empty());
+}
+
 async fn reinstall_needs_a_profile(b: Backend) {
     let w = world(TestController::start(&b).await).await;
     let a: Accepted = w
@@ -512,5 +597,6 @@ both_backends!(
     an_install_moves_from_pending_to_booted_on_its_frontends_reports,
     an_install_that_stalls_fails_naming_its_phase,
     nodes_are_powered_as_a_set_and_their_console_is_asked_of_their_host,
+    a_frontend_at_another_site_joins_the_overlay_and_speaks_for_the_nodes,
     reinstall_needs_a_profile,
 );

@@ -17,3 +17,8 @@ CREATE TABLE installs (
     phase_started_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
+
+-- The host that runs a provisioned cluster's frontend (DHCP, PXE, install reports): the
+-- one at the site asked for at create (`frontend_site`), else none here and the host of
+-- the cluster's lowest-index node.
+ALTER TABLE clusters ADD COLUMN frontend_host_id BIGINT REFERENCES hosts(id);

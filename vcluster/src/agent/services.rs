@@ -537,9 +537,7 @@ fn install_token(headers: &axum::http::HeaderMap) -> Result<String, Response> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let other = headers
-        .get("x-install-token")
-        .and_then(|v| v.to_str().ok());
+    let other = headers.get("x-install-token").and_then(|v| v.to_str().ok());
     bearer
         .or(other)
         .map(|t| t.trim().to_string())

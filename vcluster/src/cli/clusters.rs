@@ -50,6 +50,10 @@ pub enum ClusterSub {
         /// profile is rendered first, and a template error creates nothing.
         #[arg(long)]
         profile: Option<String>,
+        /// The site whose host runs the cluster's provisioning frontend (DHCP, PXE);
+        /// default: the host of its first node.
+        #[arg(long, requires = "profile")]
+        frontend_site: Option<String>,
         /// Wait for the task to finish (with --profile: until every node is installed and
         /// booted from its disk, with each node's progress).
         #[arg(long)]
@@ -116,6 +120,9 @@ pub(super) fn print_cluster(c: &Cluster) {
     if let Some(p) = &c.profile {
         println!("  profile: {p}");
     }
+    if let Some(h) = &c.frontend_host {
+        println!("  frontend: {h}");
+    }
     println!(
         "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:<17} STATE",
         "NODE", "HOST", "SITE", "MAC", "ADDRESS", "HEALTH", "LOAD", "MEMORY", "INSTALL"
@@ -171,6 +178,7 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
             subnet,
             recovery,
             profile,
+            frontend_site,
             wait,
         } => {
             let recovery = recovery
@@ -189,6 +197,7 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
                 subnet,
                 recovery,
                 profile,
+                frontend_site,
             };
             let provisioned = req.profile.is_some();
             let cluster = req.name.clone();

@@ -56,12 +56,15 @@ pub fn cluster_on_host(
             },
         })
         .collect();
-    if mine.is_empty() {
+    let frontend = install::frontend_host(cluster, nodes);
+    if mine.is_empty() && frontend != Some(host_id) {
         return None;
     }
+    // The frontend's host is on the cluster's overlay too, nodes there or not.
     let peer_hosts: BTreeSet<i64> = present
         .iter()
         .map(|n| n.host_id)
+        .chain(cluster.frontend_host_id)
         .filter(|&h| h != host_id)
         .collect();
     let peers = peer_hosts
@@ -116,6 +119,7 @@ pub async fn cluster_plan(
     let touched: BTreeSet<i64> = nodes
         .iter()
         .map(|n| n.host_id)
+        .chain(cluster.as_ref().and_then(|c| c.frontend_host_id))
         .chain(extra_hosts.iter().copied())
         .collect();
     let plan = touched
@@ -144,7 +148,16 @@ pub async fn host_desired(c: &mut AnyConnection, host_id: i64) -> Result<HostDes
         .map(|h| (h.id, h))
         .collect();
     let on_host = store::nodes_on_host(c, host_id).await?;
-    let cluster_ids: BTreeSet<i64> = on_host.iter().map(|n| n.cluster_id).collect();
+    let cluster_ids: BTreeSet<i64> = on_host
+        .iter()
+        .map(|n| n.cluster_id)
+        .chain(
+            store::clusters_with_frontend_on(c, host_id)
+                .await?
+                .iter()
+                .map(|c| c.id),
+        )
+        .collect();
     let mut clusters = Vec::new();
     for id in cluster_ids {
         let Some(cluster) = store::cluster_by_id(c, id).await? else {

@@ -58,13 +58,16 @@ fn present(n: &NodeRow) -> bool {
     n.target != NodeTarget::Deleted && !matches!(n.state, NodeState::Failed | NodeState::Deleted)
 }
 
-/// The cluster's frontend host: the host of its lowest-index present node.
-pub fn frontend_host(nodes: &[NodeRow]) -> Option<i64> {
-    nodes
-        .iter()
-        .filter(|n| present(n))
-        .min_by_key(|n| n.idx)
-        .map(|n| n.host_id)
+/// The cluster's frontend host: the one chosen at create, else the host of its
+/// lowest-index present node.
+pub fn frontend_host(cluster: &ClusterRow, nodes: &[NodeRow]) -> Option<i64> {
+    cluster.frontend_host_id.or_else(|| {
+        nodes
+            .iter()
+            .filter(|n| present(n))
+            .min_by_key(|n| n.idx)
+            .map(|n| n.host_id)
+    })
 }
 
 /// Whether the node boots from the network now (its install is under way).
@@ -87,7 +90,7 @@ pub fn services_on_host(
     let net = NetworkId(cluster.network_id as u32);
     let (site_mac, fe_mac) = service_macs(net);
     let prefix = subnet.prefix_len();
-    let frontend = (frontend_host(nodes) == Some(host_id)).then(|| FrontendSpec {
+    let frontend = (frontend_host(cluster, nodes) == Some(host_id)).then(|| FrontendSpec {
         address: format!("{fe_ip}/{prefix}"),
         mac: fe_mac.to_string(),
         leases: nodes

@@ -113,6 +113,8 @@ pub struct ClusterRequest {
     pub recovery: crate::model::Recovery,
     /// The install profile's name.
     pub profile: Option<String>,
+    /// The site of the provisioning frontend (name or id).
+    pub frontend_site: Option<String>,
 }
 
 impl ClusterRequest {
@@ -174,6 +176,12 @@ impl CreateCluster {
         if let Some(p) = &self.profile {
             check_name("profile", p)?;
         }
+        if self.frontend_site.is_some() && self.profile.is_none() {
+            return Err(ApiError::invalid(
+                "frontend_site",
+                "a frontend provisions nodes: give a profile too",
+            ));
+        }
         Ok(ClusterRequest {
             name: self.name.clone(),
             anywhere,
@@ -189,6 +197,7 @@ impl CreateCluster {
             subnet,
             recovery: self.recovery.unwrap_or(crate::model::Recovery::Restart),
             profile: self.profile.clone(),
+            frontend_site: self.frontend_site.clone(),
         })
     }
 }

@@ -81,7 +81,12 @@ pub struct NodeInstall {
 impl NodeInstall {
     /// One short cell for tables: `installing 41/233`, `failed`, `booted`.
     pub fn summary(&self) -> String {
-        match (self.state, &self.step, self.packages_done, self.packages_total) {
+        match (
+            self.state,
+            &self.step,
+            self.packages_done,
+            self.packages_total,
+        ) {
             (InstallState::Installing, Some(step), Some(d), Some(t)) => {
                 format!("installing {step} {d}/{t}")
             }

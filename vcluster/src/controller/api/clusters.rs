@@ -409,6 +409,10 @@ pub async fn create_cluster(
     }
     let reservation = reservation_for(&mut tx, &who, req.reservation).await?;
     let profile_id = super::profiles::profile_id(&mut tx, req.profile.as_deref()).await?;
+    let frontend_host_id = match &req.frontend_site {
+        Some(site) => Some(frontend_host_at(&mut tx, &app, site, now).await?),
+        None => None,
+    };
     let subnet = choose_subnet(
         &mut tx,
         app.config.subnet_pool,
@@ -434,6 +438,7 @@ pub async fn create_cluster(
             node_memory_mib: req.per_node.memory_mib,
             recovery: req.recovery,
             profile_id,
+            frontend_host_id,
         },
         now,
     )
@@ -467,6 +472,38 @@ pub async fn create_cluster(
         req.total_nodes()
     );
     run_as_task(&app, tx, id, Operation::CreateCluster, &what, now).await
+}
+
+/// The host at `site` that runs a new cluster's frontend: its online host with the
+/// fewest frontends already, by name on a tie.
+async fn frontend_host_at(
+    tx: &mut WriteTx,
+    app: &App,
+    site: &str,
+    now: i64,
+) -> Result<i64, ApiError> {
+    let row = store::site_by_key(tx.conn(), site)
+        .await?
+        .ok_or_else(|| ApiError::invalid("frontend_site", format!("unknown site {site:?}")))?;
+    let mut best: Option<(usize, String, i64)> = None;
+    for h in store::list_hosts(tx.conn()).await? {
+        if h.site_id != row.id || !h.is_online(now, app.host_timeout_ms()) {
+            continue;
+        }
+        let load = store::clusters_with_frontend_on(tx.conn(), h.id)
+            .await?
+            .len();
+        let key = (load, h.name.clone(), h.id);
+        if best.as_ref().is_none_or(|b| (key.0, &key.1) < (b.0, &b.1)) {
+            best = Some(key);
+        }
+    }
+    best.map(|b| b.2).ok_or_else(|| {
+        ApiError::invalid(
+            "frontend_site",
+            format!("site {} has no online host to run a frontend", row.name),
+        )
+    })
 }
 
 fn require_state(row: &ClusterRow, allowed: &[ClusterState], doing: &str) -> Result<(), ApiError> {

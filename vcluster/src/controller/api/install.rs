@@ -63,7 +63,7 @@ async fn authenticate(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no cluster of node {}", node.name)))?;
     let nodes = store::nodes_of_cluster(conn, cluster.id).await?;
-    if install::frontend_host(&nodes) != Some(host.id) {
+    if install::frontend_host(&cluster, &nodes) != Some(host.id) {
         return Err(ApiError::forbidden(format!(
             "host {} is not the frontend of cluster {}: it does not speak for {}",
             host.name, cluster.name, node.name
@@ -157,7 +157,10 @@ pub async fn install_report(
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     {
-        return Err(ApiError::invalid("step", format!("{step:?} is not a step name")));
+        return Err(ApiError::invalid(
+            "step",
+            format!("{step:?} is not a step name"),
+        ));
     }
     store::update_install(
         tx.conn(),

@@ -26,6 +26,9 @@ pub struct ClusterRow {
     /// The install profile (docs/provisioning.md).
     pub profile_id: Option<i64>,
     pub profile_name: Option<String>,
+    /// The host of its provisioning frontend, when chosen at create.
+    pub frontend_host_id: Option<i64>,
+    pub frontend_host_name: Option<String>,
 }
 
 impl ClusterRow {
@@ -50,14 +53,17 @@ impl ClusterRow {
             created_at: ms_to_time(self.created_at),
             recovery: self.recovery,
             profile: self.profile_name.clone(),
+            frontend_host: self.frontend_host_name.clone(),
         }
     }
 }
 
 const CLUSTER_SELECT: &str = "SELECT c.id, c.name, c.owner_id, u.name AS owner_name, \
     c.network_id, c.psk, c.subnet, c.state, c.overlay, c.reason, c.reservation_id, c.node_cpus, \
-    c.node_memory_mib, c.created_at, c.updated_at, c.recovery, c.profile_id, p.name AS profile_name \
-    FROM clusters c JOIN users u ON u.id = c.owner_id LEFT JOIN profiles p ON p.id = c.profile_id";
+    c.node_memory_mib, c.created_at, c.updated_at, c.recovery, c.profile_id, p.name AS profile_name, \
+    c.frontend_host_id, fh.name AS frontend_host_name \
+    FROM clusters c JOIN users u ON u.id = c.owner_id LEFT JOIN profiles p ON p.id = c.profile_id \
+    LEFT JOIN hosts fh ON fh.id = c.frontend_host_id";
 
 pub struct NewCluster<'a> {
     pub name: &'a str,
@@ -70,13 +76,16 @@ pub struct NewCluster<'a> {
     pub node_memory_mib: i64,
     pub recovery: model::Recovery,
     pub profile_id: Option<i64>,
+    pub frontend_host_id: Option<i64>,
 }
 
 pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64> {
     Ok(sqlx::query_scalar(
         "INSERT INTO clusters (name, owner_id, network_id, psk, subnet, state, overlay, \
-         reservation_id, node_cpus, node_memory_mib, created_at, updated_at, recovery, profile_id) \
-         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10, $11) RETURNING id",
+         reservation_id, node_cpus, node_memory_mib, created_at, updated_at, recovery, profile_id, \
+         frontend_host_id) \
+         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10, $11, $12) \
+         RETURNING id",
     )
     .bind(n.name)
     .bind(n.owner_id)
@@ -89,6 +98,7 @@ pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64>
     .bind(now)
     .bind(n.recovery.as_str())
     .bind(n.profile_id)
+    .bind(n.frontend_host_id)
     .fetch_one(c)
     .await?)
 }
@@ -209,4 +219,14 @@ pub async fn set_cluster_recovery(
         .execute(c)
         .await?;
     Ok(())
+}
+
+/// Clusters whose provisioning frontend is on `host_id`.
+pub async fn clusters_with_frontend_on(c: &mut Conn, host_id: i64) -> R<Vec<ClusterRow>> {
+    Ok(sqlx::query_as(&format!(
+        "{CLUSTER_SELECT} WHERE c.frontend_host_id = $1 ORDER BY c.id"
+    ))
+    .bind(host_id)
+    .fetch_all(c)
+    .await?)
 }
