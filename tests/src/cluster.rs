@@ -111,6 +111,8 @@ pub struct ControlPlane {
     /// The agents' state directories: the VMs and services processes they started
     /// (pid files under `vms/` and `services/`) are killed on drop.
     agent_dirs: Vec<std::path::PathBuf>,
+    /// Each agent's arguments, for [`ControlPlane::restart_agent`].
+    agent_argv: Vec<Vec<String>>,
 }
 
 /// 16 random bytes in hex, from the kernel.
@@ -270,6 +272,7 @@ impl ControlPlane {
             rt,
             clusters: RefCell::new(BTreeSet::new()),
             agent_dirs: Vec::new(),
+            agent_argv: Vec::new(),
         };
         let up = try_wait_until(Duration::from_secs(20), || {
             plane
@@ -305,44 +308,43 @@ impl ControlPlane {
             let token_file = topo.dir().join(format!("agent{i}.token"));
             write_owner_only(&token_file, &issued.token);
             plane.agent_tokens.push(issued.token.clone());
-            let cmd = topo.host(i).command_net_only(
-                &vcluster,
-                [
-                    "host-agent".to_string(),
-                    "--controller".into(),
-                    plane.url.clone(),
-                    "--ca".into(),
-                    plane.ca_file.display().to_string(),
-                    "--token-file".into(),
-                    token_file.display().to_string(),
-                    "--name".into(),
-                    format!("{site}-h1"),
-                    "--site".into(),
-                    site.clone(),
-                    "--cpus".into(),
-                    opts.host_cpus.to_string(),
-                    "--memory-mib".into(),
-                    opts.host_memory_mib.to_string(),
-                    "--listen".into(),
-                    format!("{ip}:{AGENT_PORT}"),
-                    "--overlay-endpoint".into(),
-                    format!("{ip}:{}", crate::vpnd::PORT),
-                    "--vpnd-socket".into(),
-                    overlay.daemons[i - 1].control.display().to_string(),
-                    "--state-dir".into(),
-                    topo.dir().join(format!("agent{i}")).display().to_string(),
-                    "--reconcile-every".into(),
-                    opts.reconcile_every.to_string(),
-                ]
-                .into_iter()
-                .chain(opts.agent_args.get(i - 1).cloned().unwrap_or_default()),
-            );
+            let args: Vec<String> = [
+                "host-agent".to_string(),
+                "--controller".into(),
+                plane.url.clone(),
+                "--ca".into(),
+                plane.ca_file.display().to_string(),
+                "--token-file".into(),
+                token_file.display().to_string(),
+                "--name".into(),
+                format!("{site}-h1"),
+                "--site".into(),
+                site.clone(),
+                "--cpus".into(),
+                opts.host_cpus.to_string(),
+                "--memory-mib".into(),
+                opts.host_memory_mib.to_string(),
+                "--listen".into(),
+                format!("{ip}:{AGENT_PORT}"),
+                "--overlay-endpoint".into(),
+                format!("{ip}:{}", crate::vpnd::PORT),
+                "--vpnd-socket".into(),
+                overlay.daemons[i - 1].control.display().to_string(),
+                "--state-dir".into(),
+                topo.dir().join(format!("agent{i}")).display().to_string(),
+                "--reconcile-every".into(),
+                opts.reconcile_every.to_string(),
+            ]
+            .into_iter()
+            .chain(opts.agent_args.get(i - 1).cloned().unwrap_or_default())
+            .collect();
             plane.agent_dirs.push(topo.dir().join(format!("agent{i}")));
             plane.agents.push(Process::spawn(
                 format!("agent{i} in {}", topo.host(i).name()),
-                cmd,
+                topo.host(i).command_net_only(&vcluster, args.clone()),
                 topo.dir().join(format!("agent{i}.log")),
             ));
+            plane.agent_argv.push(args);
         }
         let sites = topo.sites();
         let online = try_wait_until(Duration::from_secs(30), || {
@@ -366,6 +368,19 @@ impl ControlPlane {
     {
         let rt = &self.rt;
         in_netns(&self.wan_ns, || rt.block_on(f))
+    }
+
+    /// Stops site `i`'s host agent (SIGTERM, as systemd would) and starts it again with
+    /// the same arguments and state directory: what it made must carry on meanwhile.
+    pub fn restart_agent(&mut self, topo: &Topology, i: usize) {
+        self.agents[i - 1].stop();
+        let log = topo.dir().join(format!("agent{i}-restarted.log"));
+        self.agents[i - 1] = Process::spawn(
+            format!("agent{i} in {} (restarted)", topo.host(i).name()),
+            topo.host(i)
+                .command_net_only(bin_path("vcluster"), self.agent_argv[i - 1].clone()),
+            log,
+        );
     }
 
     /// The controller's base URL (reachable from the wan namespace and every site).
@@ -616,11 +631,9 @@ impl ControlPlane {
         self.sweep_agent_processes();
         let clusters = self.clusters.borrow();
         for ns in list_namespaces() {
-            let ours = clusters.iter().any(|c| {
-                ns.starts_with(&format!("{c}-node-"))
-                    || ns == format!("{c}-site")
-                    || ns == format!("{c}-frontend")
-            });
+            // Its nodes, and its services at each host (`<c>-site-<host>`,
+            // `<c>-frontend-<host>`).
+            let ours = clusters.iter().any(|c| ns.starts_with(&format!("{c}-")));
             if ours {
                 // Its node agent (and anything it runs) first: a deleted namespace lives on
                 // while a process is in it.

@@ -395,7 +395,7 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
         controller_trust,
         insecure: a.insecure,
         token,
-        name: a.name,
+        name: a.name.clone(),
         site: a.site,
         cpus: a.cpus.unwrap_or_else(|| {
             std::thread::available_parallelism()
@@ -416,6 +416,7 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("finding this program for the site relay: {e}"))?,
                 site_cache,
                 ipxe_dir: a.ipxe_dir.clone(),
+                host: a.name.clone(),
             }),
             None => None,
         },

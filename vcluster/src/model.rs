@@ -7,6 +7,7 @@
 //! cluster's overlay network id and the node's index, so an agent that lost its memory can
 //! still tell which devices are its own. It never does I/O and never talks to a store.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -409,6 +410,13 @@ pub struct Heartbeat {
     /// The agents of the host's running nodes, asked just before this beat.
     #[serde(default)]
     pub node_agents: Vec<NodeAgentReport>,
+    /// Running nodes whose driver gives them no agent channel (a VM without one yet):
+    /// their silence says nothing, so monitoring does not call them down.
+    #[serde(default)]
+    pub unwatched: Vec<String>,
+    /// The accelerator of each running VM (`kvm`, `tcg`), by node name.
+    #[serde(default)]
+    pub accel: BTreeMap<String, String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -652,6 +660,10 @@ pub struct NodeHealth {
     /// The last hour, one sample per heartbeat at most every minute: (unix ms, load1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_history: Vec<(i64, f64)>,
+    /// A VM's accelerator, as its host reports it: `kvm` or `tcg` (software emulation,
+    /// where KVM cannot run guests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
 }
 
 /// One node's agent as its host agent found it at a heartbeat.

@@ -59,10 +59,10 @@ impl Drop for Cleanup {
         }
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("qemu.pid")) {
-                    if let Ok(pid) = pid.trim().parse::<i32>() {
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                    }
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
+                    && let Ok(pid) = pid.trim().parse::<i32>()
+                {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                 }
             }
         }

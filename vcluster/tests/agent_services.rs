@@ -76,8 +76,8 @@ impl Drop for Cleanup {
             }
         }
         for ns in self.clients.iter().cloned().chain([
-            format!("{}-site", self.cluster),
-            format!("{}-frontend", self.cluster),
+            format!("{}-site-h1", self.cluster),
+            format!("{}-frontend-h1", self.cluster),
         ]) {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -254,6 +254,7 @@ async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_vcluster")),
         site_cache: cache,
         ipxe_dir: PathBuf::from(vcluster::agent::services::DEBIAN_IPXE_DIR),
+        host: "h1".to_string(),
     };
     let subnet: ipnet::Ipv4Net = format!("10.252.{}.0/24", offset + 1 + std::process::id() % 200)
         .parse()
@@ -446,8 +447,8 @@ async fn the_frontend_leases_known_macs_only_serves_each_node_its_own_script_and
     )
     .unwrap();
     assert!(
-        !netns.contains(&format!("{}-site", w.cluster))
-            && !netns.contains(&format!("{}-frontend", w.cluster))
+        !netns.contains(&format!("{}-site-h1", w.cluster))
+            && !netns.contains(&format!("{}-frontend-h1", w.cluster))
     );
     assert!(!Path::new(&format!("/proc/{dnsmasq}")).exists() || is_zombie(dnsmasq));
     assert!(!Path::new(&format!("/proc/{relay}")).exists() || is_zombie(relay));

@@ -558,6 +558,28 @@ async fn a_frontend_at_another_site_joins_the_overlay_and_speaks_for_the_nodes(b
             .to_string();
         assert!(err.contains(needle), "{err}");
     }
+    // A group of the cluster names nodes for a reinstall (and for exec and power).
+    let _: Value = w
+        .alice
+        .post(
+            "/v1/clusters/far/groups",
+            &json!({"name": "second", "nodes": "far-node-2"}),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = w
+        .alice
+        .post("/v1/clusters/far/reinstall", &json!({"nodes": "@second"}))
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["far-node-2".to_string()]);
+    let err = w
+        .alice
+        .post::<_, Vec<String>>("/v1/clusters/far/reinstall", &json!({"nodes": "@nosuch"}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown group @nosuch"), "{err}");
     // Deleted: the frontend's host lets the cluster go too.
     let a: Accepted = w.alice.delete("/v1/clusters/far").await.unwrap();
     wait_task(&w.alice, a.task.id).await;

@@ -259,6 +259,8 @@ async fn a_user_signs_in_sees_the_sites_and_reserves_through_the_portal() {
         assert_eq!(rows.len(), 6);
         let first = browser.find(Locator::Css("#nodes tbody tr")).await?.text().await?;
         assert!(first.contains("genomics-node-") && first.contains("0.42") && first.contains("1024 / 2048 MiB"), "{first}");
+        let install = browser.find(Locator::Css("#nodes tbody tr td.install")).await?.text().await?;
+        assert_eq!(install, "–", "a cluster without a profile has no install");
         let health = browser.find(Locator::Css("#nodes tbody tr td.health span.state")).await?.text().await?;
         assert!(["up", "down"].contains(&health.as_str()), "{health}");
         browser.find(Locator::Css("#nodes tbody tr svg.spark polyline")).await?;

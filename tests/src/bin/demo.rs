@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, PingOpts, Process, Topology,
-    bin_path, find_command, list_namespaces, node_ip, unique_name, unreachable_pairs,
+    bin_path, find_command, list_namespaces, node_ip, unique_name, unreachable_pairs, wait_until,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -77,10 +77,27 @@ fn main() {
     }
 }
 
+/// The provisioning step's assets (`scripts/provision-assets`), unless `--quick` skips it.
+fn provision_assets() -> Option<std::path::PathBuf> {
+    if std::env::args().any(|a| a == "--quick") {
+        return None;
+    }
+    let dir = std::path::PathBuf::from("target/provision");
+    if dir.join("boot/installer.img").exists() && find_command("qemu-system-x86_64").is_some() {
+        Some(dir)
+    } else {
+        println!(
+            "\n(no provisioning step: run scripts/provision-assets and install qemu-system-x86 \
+             (scripts/install-deps), or pass --quick)"
+        );
+        None
+    }
+}
+
 fn run() -> Result<(), Interrupted> {
     println!("== one Ethernet segment out of three sites: vpnd over an emulated WAN ==\n");
     println!(
-        "[1/7] building 3 sites as network namespaces: each a hypervisor host with bridge br0,"
+        "[1/8] building 3 sites as network namespaces: each a hypervisor host with bridge br0,"
     );
     println!("      a WAN address 10.254.0.<site>, and 2 VMs on the bridge; every access link");
     println!("      delays 5 ms each way, so sites are 20 ms apart (round trip)");
@@ -96,7 +113,7 @@ fn run() -> Result<(), Interrupted> {
     check()?;
 
     println!(
-        "[2/7] starting vpnd on every host (network 1, TAP vpn1 on br0, peers: the other two sites)"
+        "[2/8] starting vpnd on every host (network 1, TAP vpn1 on br0, peers: the other two sites)"
     );
     let started = Instant::now();
     let overlay = Overlay::start(&topo, &[NetworkOpts::new(1)]);
@@ -106,7 +123,7 @@ fn run() -> Result<(), Interrupted> {
     );
     check()?;
 
-    println!("[3/7] VMs at different sites ping each other over the overlay:");
+    println!("[3/8] VMs at different sites ping each other over the overlay:");
     for (from, to) in [((1, 1), (2, 1)), ((2, 1), (3, 1)), ((3, 1), (1, 1))] {
         let target = format!("10.77.{}.{}", to.0, to.1);
         // The first echo also resolves the address with ARP across the WAN.
@@ -136,7 +153,7 @@ fn run() -> Result<(), Interrupted> {
     }
     println!();
 
-    println!("[4/7] a real dnsmasq at site 1 serves DHCP and TFTP to VMs at sites 2 and 3:");
+    println!("[4/8] a real dnsmasq at site 1 serves DHCP and TFTP to VMs at sites 2 and 3:");
     let dir = topo.dir().join("dnsmasq");
     std::fs::create_dir_all(dir.join("tftp")).expect("demo dir");
     let boot =
@@ -226,7 +243,7 @@ fn run() -> Result<(), Interrupted> {
     println!();
     check()?;
 
-    println!("[5/7] vpnd status at site 1 (what an operator sees):\n");
+    println!("[5/8] vpnd status at site 1 (what an operator sees):\n");
     let vpnd = bin_path("vpnd");
     let control = overlay.daemons[0].control.to_string_lossy().into_owned();
     let table = topo.host(1).run(&[
@@ -246,15 +263,31 @@ fn run() -> Result<(), Interrupted> {
     );
     println!();
     check()?;
-    cluster(&topo, &overlay)
+    cluster(&topo, &overlay, provision_assets().as_deref())
 }
 
 /// Steps 6 and 7: the cluster layer over the same three sites.
-fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
-    println!("[6/7] the cluster layer: `vcluster serve` on the WAN (SQLite store), and a");
+fn cluster(
+    topo: &Topology,
+    overlay: &Overlay,
+    provision: Option<&std::path::Path>,
+) -> Result<(), Interrupted> {
+    println!("[6/8] the cluster layer: `vcluster serve` on the WAN (SQLite store), and a");
     println!("      `vcluster host-agent` on every host next to its vpnd");
     let started = Instant::now();
     // vpnd network 1 above is the operator's own: clusters get ids from 100 up.
+    // Provisioning (step 8): site 3's host runs VMs (QEMU), sites 1 and 3 serve their
+    // site cache to provisioned clusters; site 1 will be a frontend.
+    let site_cache = || vec!["--site-cache".to_string(), "127.0.0.1:3142".to_string()];
+    let agent_args = if provision.is_some() {
+        vec![
+            site_cache(),
+            vec![],
+            [vec!["--driver".to_string(), "qemu".into()], site_cache()].concat(),
+        ]
+    } else {
+        vec![]
+    };
     let plane = ControlPlane::start_with(
         topo,
         overlay,
@@ -262,6 +295,7 @@ fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
             first_network_id: 100,
             // A node is down after 2 silent heartbeats of 1 s: recovery shows in seconds.
             down_after_beats: 2,
+            agent_args,
             ..ControlPlaneOpts::default()
         },
     );
@@ -273,11 +307,11 @@ fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
     check()?;
     let name = unique_name("demo");
     println!(
-        "\n      $ vcluster cluster create {name} --site site1=2 --site site2=2 --site site3=2 --node-memory-mib 64 --wait"
+        "\n      $ vcluster cluster create {name} --site site1=3 --site site2=3 --node-memory-mib 64 --wait"
     );
     let started = Instant::now();
     let mut args = vec!["cluster", "create", &name];
-    for site in ["site1=2", "site2=2", "site3=2"] {
+    for site in ["site1=3", "site2=3"] {
         args.extend(["--site", site]);
     }
     args.extend(["--node-memory-mib", "64", "--wait"]);
@@ -398,7 +432,7 @@ fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
     }
     check()?;
 
-    println!("\n[7/7] deleting the cluster: its nodes, bridges, TAPs and vpnd networks go");
+    println!("\n[7/8] deleting the cluster: its nodes, bridges, TAPs and vpnd networks go");
     println!("\n      $ vcluster cluster delete {name} --wait");
     let started = Instant::now();
     let out = plane.cli(&["cluster", "delete", &name, "--wait"]);
@@ -416,6 +450,175 @@ fn cluster(topo: &Topology, overlay: &Overlay) -> Result<(), Interrupted> {
             left.join(", ")
         }
     );
+    check()?;
+    match provision {
+        Some(assets) => provision_vm(topo, &plane, assets),
+        None => {
+            println!("\n[8/8] skipped (--quick): a QEMU VM PXE-installed across sites");
+            Ok(())
+        }
+    }
+}
+
+/// Step 8: a real VM at site 3 PXE-boots from its cluster's frontend at site 1, installs
+/// Debian from site 3's cache (which fetches each file once from the origin behind the
+/// WAN), and boots from its own disk.
+fn provision_vm(
+    topo: &Topology,
+    plane: &ControlPlane,
+    assets: &std::path::Path,
+) -> Result<(), Interrupted> {
+    println!("\n[8/8] provisioning: a QEMU VM at site 3 PXE-installs Debian across sites");
+    println!(
+        "      origin repository (real bookworm packages, signed) in the WAN at 10.254.0.254:8080;"
+    );
+    println!("      a `vcluster cache` at sites 1 and 3; site 3's agent runs QEMU (KVM if a probe");
+    println!("      guest runs under it, else TCG); the frontend (dnsmasq, iPXE) at site 1");
+    let vcluster = bin_path("vcluster");
+    let mut caches: Vec<Process> = [1usize, 3]
+        .iter()
+        .map(|&i| {
+            topo.spawn(
+                topo.host(i),
+                &format!("cache{i}"),
+                &[
+                    vcluster.display().to_string(),
+                    "cache".into(),
+                    "serve".into(),
+                    "--listen".into(),
+                    "127.0.0.1:3142".into(),
+                    "--store".into(),
+                    topo.dir().join(format!("cache{i}")).display().to_string(),
+                    "--mirror".into(),
+                    "debian=http://10.254.0.254:8080/debian".into(),
+                    "--mirror".into(),
+                    "provision=http://10.254.0.254:8080/provision".into(),
+                ],
+            )
+        })
+        .collect();
+    let root = topo.dir().join("origin-root");
+    let _ = std::fs::create_dir_all(&root);
+    let _ = std::os::unix::fs::symlink(assets.join("origin"), root.join("debian"));
+    let _ = std::os::unix::fs::symlink(assets.join("boot"), root.join("provision"));
+    let mut origin = Process::spawn(
+        "origin repository",
+        topo.wan().command(
+            "python3",
+            [
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "10.254.0.254",
+                "--directory",
+                root.to_str().unwrap_or("."),
+            ],
+        ),
+        topo.dir().join("origin.log"),
+    );
+    for c in caches.iter_mut() {
+        wait_until("a site cache listens", Duration::from_secs(10), || {
+            c.assert_running();
+            c.log().contains("vcluster cache listening on")
+        });
+    }
+    wait_until("the origin listens", Duration::from_secs(10), || {
+        origin.assert_running();
+        origin.log().contains("Serving HTTP")
+    });
+    let _: serde_json::Value = plane.admin_post(
+        "/v1/roles",
+        &serde_json::json!({"name": "base", "packages": ["less", "curl"],
+            "files": [{"path": "/etc/motd", "content": "{{ node.name }}: installed by vcluster from site {{ site.name }}'s cache\n"}]}),
+    );
+    let _: serde_json::Value = plane.admin_post(
+        "/v1/profiles",
+        &serde_json::json!({"name": "debian", "roles": ["base"]}),
+    );
+    check()?;
+    let name = unique_name("vm");
+    let args = [
+        "cluster",
+        "create",
+        &name,
+        "--site",
+        "site3=1",
+        "--profile",
+        "debian",
+        "--frontend-site",
+        "site1",
+        "--node-memory-mib",
+        "768",
+        "--wait",
+    ];
+    println!("\n      $ vcluster {}", args.join(" "));
+    plane.note_cluster(&name);
+    let started = Instant::now();
+    let mut child = plane
+        .cli_command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("vcluster runs");
+    // The CLI prints a line per change of the node's install; show them as they come.
+    let stdout = child.stdout.take().expect("piped");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            println!("      {line}");
+        }
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for vcluster") {
+            let _ = lines.join();
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                println!("      the install FAILED: {}", err.trim());
+                return Ok(());
+            }
+            break;
+        }
+        if let Err(i) = check() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(i);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "      (installed and booted from its disk in {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let node = format!("{name}-node-1");
+    println!("\n      $ vcluster node console {node} | tail -4");
+    let console = plane.cli(&["node", "console", &node]);
+    let lines: Vec<&str> = console
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for l in &lines[lines.len().saturating_sub(4)..] {
+        println!("      {}", l.trim_end());
+    }
+    println!("\n      $ vcluster cluster show {name}");
+    print_indented(&plane.cli(&["cluster", "show", &name]).stdout);
+    let fetched = origin
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(" 200 "))
+        .count();
+    println!("      the origin served {fetched} files to site 3's cache, each once");
+    println!("\n      $ vcluster cluster delete {name} --wait");
+    let out = plane.cli(&["cluster", "delete", &name, "--wait"]);
+    print_indented(&out.stdout);
     Ok(())
 }
 

@@ -64,6 +64,11 @@ pub trait VmDriver: Send + Sync {
     /// command that fails earlier changes nothing on the host).
     fn prepare_host(&self) {}
 
+    /// The accelerator the node's VM runs with (`kvm`, `tcg`), for drivers of real VMs.
+    fn accel(&self, _name: &str) -> Option<String> {
+        None
+    }
+
     /// The node's console log (the serial console of a VM; a lightweight node's agent
     /// log), when the driver keeps one.
     fn console_log(&self, _name: &str) -> Option<std::path::PathBuf> {

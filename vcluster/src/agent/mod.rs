@@ -456,10 +456,23 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
         let beat = match shared.reconciler.observe().await {
             Ok((networks, nodes)) => {
                 let node_agents = ask_node_agents(&shared.reconciler.driver, &nodes, every).await;
+                let driver = &shared.reconciler.driver;
+                let unwatched = nodes
+                    .iter()
+                    .filter(|n| n.running && driver.node_channel(&n.name).is_none())
+                    .map(|n| n.name.clone())
+                    .collect();
+                let accel = nodes
+                    .iter()
+                    .filter(|n| n.running)
+                    .filter_map(|n| driver.accel(&n.name).map(|a| (n.name.clone(), a)))
+                    .collect();
                 Heartbeat {
                     nodes,
                     networks,
                     node_agents,
+                    unwatched,
+                    accel,
                 }
             }
             Err(e) => {
@@ -468,6 +481,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
                     nodes: vec![],
                     networks: vec![],
                     node_agents: vec![],
+                    unwatched: vec![],
+                    accel: Default::default(),
                 }
             }
         };

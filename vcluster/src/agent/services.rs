@@ -1,14 +1,14 @@
 //! A provisioned cluster's services on one host ([`ServicesSpec`]): the site-local
 //! address and, on the cluster's frontend host, the provisioning frontend.
 //!
-//! * **Site-local address** (every host): a network namespace `<cluster>-site` whose
+//! * **Site-local address** (every host): a network namespace `<cluster>-site-<host>` whose
 //!   `eth0` (veth `vc<hex>s` on the cluster's bridge) has the subnet's last host address
 //!   and the services MAC, which vpnd keeps at its site (ARP and frames never cross the
 //!   WAN). A relay process (`vcluster site-relay`) accepts there on ports 80 and 3142 and
 //!   forwards each connection to the site's package cache (`--site-cache`): every site
 //!   serves the same URL from its own cache, so boot files and packages cross the WAN
 //!   once per site.
-//! * **Frontend** (the frontend host only): a namespace `<cluster>-frontend` (veth `vc<hex>f`) with
+//! * **Frontend** (the frontend host only): a namespace `<cluster>-frontend-<host>` (veth `vc<hex>f`) with
 //!   the frontend address, a real dnsmasq (DHCP with one static lease per node and
 //!   nothing for unknown MACs; TFTP of iPXE for firmware without it; iPXE clients sent to
 //!   the frontend's HTTP), and the frontend's HTTP server in this agent: `/boot.ipxe`
@@ -54,6 +54,9 @@ pub struct ServicesConfig {
     pub site_cache: SocketAddr,
     /// iPXE for firmware without it: `undionly.kpxe` (BIOS) and `ipxe.efi` (UEFI).
     pub ipxe_dir: PathBuf,
+    /// This host's name: in the services' namespace names, which must not meet another
+    /// host's where hosts share a kernel (sites simulated on one machine).
+    pub host: String,
 }
 
 /// The ports the site-local address answers on: plain HTTP (mirror prefixes such as
@@ -126,14 +129,14 @@ impl ClusterServices {
             .unwrap_or_else(|| format!("vc{:x}", net.0))
     }
 
-    /// The namespace of the site-local address: `<cluster>-site`.
+    /// The namespace of the site-local address: `<cluster>-site-<host>`.
     fn sv_netns(&self, net: NetworkId) -> String {
-        format!("{}-site", self.cluster_name(net))
+        format!("{}-site-{}", self.cluster_name(net), self.config.host)
     }
 
-    /// The frontend's namespace: `<cluster>-frontend`.
+    /// The frontend's namespace: `<cluster>-frontend-<host>`.
     fn fe_netns(&self, net: NetworkId) -> String {
-        format!("{}-frontend", self.cluster_name(net))
+        format!("{}-frontend-{}", self.cluster_name(net), self.config.host)
     }
 
     /// Brings the cluster's services on this host to `spec`.
@@ -530,9 +533,8 @@ impl FrontendState {
     }
 }
 
-/// The install token (`Authorization: Bearer`, or `X-Install-Token`), or the answer to a
-/// request without one.
-fn install_token(headers: &axum::http::HeaderMap) -> Result<String, Response> {
+/// The install token (`Authorization: Bearer`, or `X-Install-Token`).
+fn install_token(headers: &axum::http::HeaderMap) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -542,13 +544,15 @@ fn install_token(headers: &axum::http::HeaderMap) -> Result<String, Response> {
         .or(other)
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            (
-                StatusCode::UNAUTHORIZED,
-                "no install token (Authorization: Bearer)\n".to_string(),
-            )
-                .into_response()
-        })
+}
+
+/// The answer to a request without an install token.
+fn no_token() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "no install token (Authorization: Bearer)\n".to_string(),
+    )
+        .into_response()
 }
 
 /// An installer's (or an installed system's) report: relayed to the controller with the
@@ -559,9 +563,8 @@ async fn install_callback(
     headers: axum::http::HeaderMap,
     crate::api_error::ApiJson(cb): crate::api_error::ApiJson<crate::model::InstallCallback>,
 ) -> Response {
-    let token = match install_token(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let Some(token) = install_token(&headers) else {
+        return no_token();
     };
     let Some(lease) = s.lease_of(peer).await else {
         return (
@@ -584,9 +587,8 @@ async fn install_profile(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let token = match install_token(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let Some(token) = install_token(&headers) else {
+        return no_token();
     };
     let Some(lease) = s.lease_of(peer).await else {
         return (

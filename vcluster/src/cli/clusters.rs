@@ -124,12 +124,19 @@ pub(super) fn print_cluster(c: &Cluster) {
         println!("  frontend: {h}");
     }
     println!(
-        "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:<17} STATE",
+        "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<12} {:<6} {:<14} {:<17} STATE",
         "NODE", "HOST", "SITE", "MAC", "ADDRESS", "HEALTH", "LOAD", "MEMORY", "INSTALL"
     );
     for n in &c.nodes {
         let h = n.health.as_ref();
-        let health = h.map(|h| h.health.as_str()).unwrap_or("-");
+        // A VM's accelerator after its health: `unknown/tcg`.
+        let health = match h {
+            Some(h) => match &h.accel {
+                Some(a) => format!("{}/{a}", h.health.as_str()),
+                None => h.health.as_str().to_string(),
+            },
+            None => "-".to_string(),
+        };
         let load = h
             .and_then(|h| h.load1)
             .map(|l| format!("{l:.2}"))
@@ -144,7 +151,7 @@ pub(super) fn print_cluster(c: &Cluster) {
             .map(|i| i.summary())
             .unwrap_or_else(|| "-".into());
         println!(
-            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<8} {:<6} {:<14} {:<17} {:?}{}",
+            "  {:<24} {:<12} {:<10} {:<18} {:<18} {:<12} {:<6} {:<14} {:<17} {:?}{}",
             n.name,
             n.host,
             n.site,

@@ -27,6 +27,10 @@ struct Record {
     watched_since_ms: i64,
     status: Option<crate::node::metrics::NodeStatus>,
     history: VecDeque<(i64, f64)>,
+    /// Its host said it has no agent to ask: never called down for silence.
+    unwatched: bool,
+    /// Its VM's accelerator, as its host last said.
+    accel: Option<String>,
 }
 
 /// A change of a node's health, to be written to the event log.
@@ -65,6 +69,8 @@ impl Monitor {
                 watched_since_ms: now,
                 status: None,
                 history: VecDeque::new(),
+                unwatched: false,
+                accel: None,
             });
             if rec.health == Health::Down {
                 back.push((
@@ -92,6 +98,34 @@ impl Monitor {
         back
     }
 
+    /// Nodes whose host has no agent channel to them (their health stays unknown).
+    pub fn unwatched(&self, names: &[String], now: i64) {
+        let mut nodes = self.nodes.lock().expect("monitor");
+        for name in names {
+            let rec = nodes.entry(name.clone()).or_insert_with(|| Record {
+                health: Health::Unknown,
+                since_ms: now,
+                last_seen_ms: None,
+                watched_since_ms: now,
+                status: None,
+                history: VecDeque::new(),
+                unwatched: true,
+                accel: None,
+            });
+            rec.unwatched = true;
+        }
+    }
+
+    /// Each VM's accelerator, as its host reports it.
+    pub fn accel(&self, accel: &std::collections::BTreeMap<String, String>) {
+        let mut nodes = self.nodes.lock().expect("monitor");
+        for (name, a) in accel {
+            if let Some(rec) = nodes.get_mut(name) {
+                rec.accel = Some(a.clone());
+            }
+        }
+    }
+
     /// Looks at every node: running nodes silent for longer than `down_after_ms` go down
     /// (returned); nodes that are not running are forgotten.
     pub fn sweep(&self, running: &[NodeRow], now: i64, down_after_ms: i64) -> Vec<Change> {
@@ -111,9 +145,11 @@ impl Monitor {
                 watched_since_ms: now,
                 status: None,
                 history: VecDeque::new(),
+                unwatched: false,
+                accel: None,
             });
             let silent_since = rec.last_seen_ms.unwrap_or(rec.watched_since_ms);
-            if rec.health != Health::Down && now - silent_since > down_after_ms {
+            if !rec.unwatched && rec.health != Health::Down && now - silent_since > down_after_ms {
                 rec.health = Health::Down;
                 rec.since_ms = now;
                 let last = match rec.last_seen_ms {
@@ -153,6 +189,7 @@ impl Monitor {
             memory_total_bytes: s.map(|s| s.memory_total_bytes),
             uptime_secs: s.map(|s| s.uptime_secs),
             load_history: rec.history.iter().copied().collect(),
+            accel: rec.accel.clone(),
         })
     }
 

@@ -573,6 +573,12 @@ impl VmDriver for QemuDriver {
         Ok(false)
     }
 
+    fn accel(&self, node: &str) -> Option<String> {
+        check_node_name(node).ok()?;
+        self.live_pid(node)?;
+        self.read_record(node).map(|r| r.accel.as_str().to_string())
+    }
+
     /// The node's serial console log (what `vcluster node console` shows).
     fn console_log(&self, node: &str) -> Option<PathBuf> {
         check_node_name(node).ok()?;

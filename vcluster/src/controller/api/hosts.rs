@@ -216,6 +216,21 @@ pub async fn heartbeat(
         .filter(|r| ours.iter().any(|n| n.name == r.name))
         .cloned()
         .collect();
+    let unwatched: Vec<String> = beat
+        .unwatched
+        .iter()
+        .filter(|u| ours.iter().any(|n| &n.name == *u))
+        .cloned()
+        .collect();
+    app.monitor.unwatched(&unwatched, now);
+    // Only its own nodes, and only names and accelerators the model knows.
+    let accel: std::collections::BTreeMap<String, String> = beat
+        .accel
+        .iter()
+        .filter(|(n, a)| ours.iter().any(|o| &o.name == *n) && matches!(a.as_str(), "kvm" | "tcg"))
+        .map(|(n, a)| (n.clone(), a.clone()))
+        .collect();
+    app.monitor.accel(&accel);
     for (node, silent_ms) in app.monitor.beat(&reports, now) {
         let Some(n) = ours.iter().find(|n| n.name == node) else {
             continue;

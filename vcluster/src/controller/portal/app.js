@@ -251,7 +251,8 @@ function renderClusters(list) {
   $("clusters-empty").hidden = list.length > 0;
 }
 
-// Every node of the user's clusters, by site: state, health from its agent's heartbeats,
+// Every node of the user's clusters, by site: state, install (provisioned clusters),
+// health from its agent's heartbeats,
 // load and memory, and its load over the last hour as a small line.
 function renderNodes(clusters) {
   const body = $("nodes").querySelector("tbody");
@@ -264,8 +265,16 @@ function renderNodes(clusters) {
     const mem = h && h.memory_total_bytes
       ? `${Math.round(h.memory_used_bytes / 1048576)} / ${Math.round(h.memory_total_bytes / 1048576)} MiB`
       : "–";
+    const i = n.install;
+    let install = "–";
+    if (i) {
+      install = i.state;
+      if (i.state === "installing" && i.step) install += ` ${i.step}`;
+      if (i.state === "installing" && i.packages_total != null) install += ` ${i.packages_done}/${i.packages_total}`;
+    }
     body.append(el("tr", { "data-node": n.name },
       el("td", {}, n.site), el("td", {}, n.name), el("td", {}, stateBadge(n.state)),
+      el("td", { class: "install", title: i && i.reason ? i.reason : "" }, install),
       el("td", { class: "health" }, h ? stateBadge(h.health) : "–"),
       el("td", { class: "load" }, load), el("td", {}, mem),
       el("td", {}, sparkline(h ? h.load_history || [] : []))));
