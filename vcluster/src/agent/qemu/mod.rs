@@ -388,17 +388,19 @@ impl QemuDriver {
         if let Err(e) = qmp::execute(&self.qmp_socket(node), "quit", None).await {
             tracing::warn!(node, error = %e, "QMP quit failed: killing QEMU");
         }
+        // The process itself, not the pid file: QEMU removes that before it has exited.
+        let running = || !is_zombie(pid);
         let deadline = tokio::time::Instant::now() + QUIT_TIME;
-        while self.live_pid(node).is_some() && tokio::time::Instant::now() < deadline {
+        while running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if self.live_pid(node).is_some() {
-            // SAFETY: kill(2) on the pid our pid file names and /proc confirmed is ours.
+        if running() {
+            // SAFETY: kill(2) on the pid our pid file named and /proc confirmed was ours.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
             let deadline = tokio::time::Instant::now() + QUIT_TIME;
-            while self.live_pid(node).is_some() {
+            while running() {
                 if tokio::time::Instant::now() > deadline {
                     return Err(node_error(
                         node,
