@@ -159,8 +159,23 @@ impl InstallCallback {
     /// The report it makes for `node`: packages from the download's counts, or from the
     /// step's own (unpack, configure) once past the download.
     pub fn into_report(self, node: String, token: String) -> InstallReport {
+        // Steps whose own counts are packages (the others count bytes of indexes, ...).
+        const PACKAGE_STEPS: [&str; 6] = [
+            "extractpkgs",
+            "instcore",
+            "unpackreq",
+            "confreq",
+            "unpackbase",
+            "confbase",
+        ];
+        let counts_packages = self
+            .step
+            .as_deref()
+            .is_some_and(|s| PACKAGE_STEPS.contains(&s));
         let (packages_done, packages_total) = match (self.done, self.total) {
-            (Some(d), Some(t)) if self.packages_done.is_none() => (Some(d), Some(t)),
+            (Some(d), Some(t)) if self.packages_done.is_none() && counts_packages => {
+                (Some(d), Some(t))
+            }
             _ => (self.packages_done, self.packages_total),
         };
         InstallReport {
@@ -192,6 +207,41 @@ pub const MAX_INSTALL_REASON: usize = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callback_counts_packages_from_the_download_or_from_package_steps_only() {
+        let cb = |step: &str, done: Option<i64>, total: Option<i64>, pd: Option<i64>| {
+            InstallCallback {
+                phase: InstallState::Installing,
+                step: Some(step.into()),
+                message: None,
+                packages_done: pd,
+                packages_total: pd.map(|_| 148),
+                bytes_done: Some(7),
+                bytes_total: None,
+                done,
+                total,
+                reason: None,
+                node: None,
+                address: None,
+            }
+            .into_report("n".into(), "t".into())
+        };
+        let r = cb("download", None, None, Some(12));
+        assert_eq!(
+            (r.packages_done, r.packages_total, r.bytes),
+            (Some(12), Some(148), Some(7))
+        );
+        let r = cb("unpackbase", Some(41), Some(75), None);
+        assert_eq!((r.packages_done, r.packages_total), (Some(41), Some(75)));
+        let r = cb("downpkgs", Some(191_328), Some(191_328), None);
+        assert_eq!(
+            (r.packages_done, r.packages_total),
+            (None, None),
+            "bytes of an index are not packages"
+        );
+        assert_eq!(r.step.as_deref(), Some("downpkgs"));
+    }
 
     #[test]
     fn an_install_moves_forward_only_and_ends_at_booted_or_failed() {
