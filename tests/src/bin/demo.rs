@@ -82,8 +82,13 @@ fn provision_assets() -> Option<std::path::PathBuf> {
     if std::env::args().any(|a| a == "--quick") {
         return None;
     }
-    let dir = std::path::PathBuf::from("target/provision");
-    if dir.join("boot/installer.img").exists() && find_command("qemu-system-x86_64").is_some() {
+    // Absolute: the origin's directory links to it.
+    let dir = std::path::PathBuf::from("target/provision")
+        .canonicalize()
+        .ok();
+    if let Some(dir) = dir.filter(|d| d.join("boot/installer.img").exists())
+        && find_command("qemu-system-x86_64").is_some()
+    {
         Some(dir)
     } else {
         println!(

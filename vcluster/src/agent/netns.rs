@@ -112,7 +112,7 @@ pub(crate) async fn netns_exists(name: &str) -> Result<bool, DriverError> {
 }
 
 /// Network namespace names become files under /run/netns: keep them plain.
-fn check_netns_name(name: &str) -> Result<(), DriverError> {
+pub(crate) fn check_netns_name(name: &str) -> Result<(), DriverError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::driver::{DriverError, FoundNode, VmDriver};
-use super::netns::{ip, is_zombie, write_atomically};
+// Node names become directory names: the netns driver's rule keeps them plain.
+use super::netns::{check_netns_name as check_node_name, ip, is_zombie, write_atomically};
 use crate::model::{BootDevice, NetworkId, NodeSlot, NodeSpec};
 pub use accel::{Accel, AccelChoice};
 
@@ -110,21 +111,6 @@ fn node_error(node: &str, message: impl Into<String>) -> DriverError {
     DriverError::Node {
         node: node.to_string(),
         message: message.into(),
-    }
-}
-
-/// Node names become directory names: keep them plain (the netns driver's rule).
-fn check_node_name(name: &str) -> Result<(), DriverError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(node_error(name, "not a usable node name"))
     }
 }
 

@@ -79,10 +79,43 @@ impl Drop for ExecSlot {
 
 /// `@all`, `@site:NAME`, `@host:NAME`, `@cluster:NAME` (this cluster only) and the
 /// cluster's own groups (`@NAME`, `vcluster group`), over the cluster's nodes.
-pub(crate) struct ClusterGroups<'a> {
-    pub cluster: &'a str,
-    pub nodes: &'a [NodeRow],
-    pub groups: &'a [crate::model::Group],
+struct ClusterGroups<'a> {
+    cluster: &'a str,
+    nodes: &'a [NodeRow],
+    groups: &'a [crate::model::Group],
+}
+
+/// The cluster's nodes that `expr` (a node set) names, its groups resolved; a node set
+/// that does not parse, is empty or names a node outside the cluster is a 422 saying
+/// "nothing was `done`".
+pub(crate) fn nodes_named(
+    cluster: &str,
+    nodes: &[NodeRow],
+    groups: &[crate::model::Group],
+    expr: &str,
+    done: &str,
+) -> Result<NodeSet, ApiError> {
+    let resolver = ClusterGroups {
+        cluster,
+        nodes,
+        groups,
+    };
+    let set =
+        NodeSet::parse(expr, &resolver).map_err(|e| ApiError::invalid("nodes", e.to_string()))?;
+    let unknown: NodeSet = set
+        .iter()
+        .filter(|s| !nodes.iter().any(|n| n.name == *s))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::invalid(
+            "nodes",
+            format!("{unknown} not in cluster {cluster}: nothing was {done}"),
+        ));
+    }
+    if set.is_empty() {
+        return Err(ApiError::invalid("nodes", "the node set is empty"));
+    }
+    Ok(set)
 }
 
 impl GroupResolver for ClusterGroups<'_> {

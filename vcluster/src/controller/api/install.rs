@@ -18,7 +18,6 @@ use crate::model::{
     ApiErrorBody, InstallReport, InstallState, MAX_INSTALL_FIGURE, MAX_INSTALL_REASON, NodeState,
     PowerAction, ReinstallRequest,
 };
-use crate::nodeset::NodeSet;
 
 /// `POST /v1/hosts/{host}/install-profile`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -286,29 +285,7 @@ pub async fn reinstall(
         .filter(|n| n.state != NodeState::Deleted)
         .collect();
     let user_groups = store::groups_of_cluster(tx.conn(), &row).await?;
-    let groups = super::exec::ClusterGroups {
-        cluster: &row.name,
-        nodes: &nodes,
-        groups: &user_groups,
-    };
-    let set = NodeSet::parse(&req.nodes, &groups)
-        .map_err(|e| ApiError::invalid("nodes", e.to_string()))?;
-    let unknown: NodeSet = set
-        .iter()
-        .filter(|s| !nodes.iter().any(|n| n.name == *s))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::invalid(
-            "nodes",
-            format!(
-                "{unknown} not in cluster {}: nothing was reinstalled",
-                row.name
-            ),
-        ));
-    }
-    if set.is_empty() {
-        return Err(ApiError::invalid("nodes", "the node set is empty"));
-    }
+    let set = super::exec::nodes_named(&row.name, &nodes, &user_groups, &req.nodes, "reinstalled")?;
     super::profiles::render_every_node(tx.conn(), &row).await?;
     let chosen: Vec<NodeRow> = nodes
         .iter()

@@ -10,7 +10,6 @@ use crate::api_error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::controller::auth::Principal;
 use crate::controller::store::{self, NodeRow};
 use crate::model::{ApiErrorBody, ConsoleChunk, NodeState, PowerAction, PowerNodes, PowerOutcome};
-use crate::nodeset::NodeSet;
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -81,26 +80,7 @@ pub async fn power_nodes(
     let user_groups = store::groups_of_cluster(rx.conn(), &row).await?;
     let hosts = store::list_hosts(rx.conn()).await?;
     rx.finish().await?;
-    let groups = super::exec::ClusterGroups {
-        cluster: &row.name,
-        nodes: &nodes,
-        groups: &user_groups,
-    };
-    let set = NodeSet::parse(&req.nodes, &groups)
-        .map_err(|e| ApiError::invalid("nodes", e.to_string()))?;
-    let unknown: NodeSet = set
-        .iter()
-        .filter(|s| !nodes.iter().any(|n| n.name == *s))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::invalid(
-            "nodes",
-            format!("{unknown} not in cluster {}: nothing was powered", row.name),
-        ));
-    }
-    if set.is_empty() {
-        return Err(ApiError::invalid("nodes", "the node set is empty"));
-    }
+    let set = super::exec::nodes_named(&row.name, &nodes, &user_groups, &req.nodes, "powered")?;
     let mut jobs = tokio::task::JoinSet::new();
     for n in nodes.into_iter().filter(|n| set.contains(&n.name)) {
         let host = hosts.iter().find(|h| h.id == n.host_id).cloned();
