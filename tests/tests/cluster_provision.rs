@@ -26,7 +26,7 @@ use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, Overlay, Process, Topology, bin_path,
     require_command, require_root, unique_name, wait_until,
 };
-use vcluster::model::{Cluster, ConsoleChunk, Event, InstallState};
+use vcluster::model::{Cluster, ConsoleChunk, Event, InstallState, TaskState};
 
 const ORIGIN: &str = "10.254.0.254:8080";
 
@@ -471,4 +471,14 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
         Some(InstallState::Booted),
         "the other node was left alone"
     );
+
+    // Deleted: its VMs, its frontend and site services go from both hosts.
+    let task = plane.delete_cluster(&name);
+    assert_eq!(task.state, TaskState::Succeeded, "{}", task.message);
+    let left: Vec<String> = site_tests::list_namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{name}-")))
+        .collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(qemu_pids(&topo).is_empty(), "the VMs' directories are gone");
 }

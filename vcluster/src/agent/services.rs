@@ -189,16 +189,8 @@ impl ClusterServices {
     /// Removes everything of the cluster's services from this host.
     pub async fn remove(&self, net: NetworkId) -> Result<(), DriverError> {
         self.remove_frontend(net).await?;
-        let sv = self.sv_netns(net);
         stop_pid(&self.dir(net).join("relay.pid"));
-        if netns_exists(&sv).await? {
-            kill_everything_in(&sv).await?;
-            ip(&["netns", "del", &sv]).await?;
-        }
-        let veth = format!("vc{:x}s", net.0);
-        if link_exists(&veth).await {
-            ip(&["link", "del", "dev", &veth]).await?;
-        }
+        detach(&self.sv_netns(net), &format!("vc{:x}s", net.0)).await?;
         let _ = std::fs::remove_dir_all(self.dir(net));
         Ok(())
     }
@@ -417,16 +409,7 @@ impl ClusterServices {
             h.task.abort();
         }
         stop_pid(&self.dir(net).join("dnsmasq.pid"));
-        let ns = self.fe_netns(net);
-        if netns_exists(&ns).await? {
-            kill_everything_in(&ns).await?;
-            ip(&["netns", "del", &ns]).await?;
-        }
-        let veth = format!("vc{:x}f", net.0);
-        if link_exists(&veth).await {
-            ip(&["link", "del", "dev", &veth]).await?;
-        }
-        Ok(())
+        detach(&self.fe_netns(net), &format!("vc{:x}f", net.0)).await
     }
 }
 
@@ -736,6 +719,23 @@ async fn attach(
         ip(&["-n", ns, "addr", "add", address, "dev", "eth0"]).await?;
     }
     ip(&["-n", ns, "link", "set", "dev", "eth0", "up"]).await?;
+    Ok(())
+}
+
+/// Undoes [`attach`]: the veth first (deleting one end deletes both, at once; a namespace's
+/// teardown deletes its end only later, so the host end could vanish between a look and
+/// a delete), then everything running in the namespace, then the namespace.
+async fn detach(ns: &str, host_veth: &str) -> Result<(), DriverError> {
+    if link_exists(host_veth).await
+        && let Err(e) = ip(&["link", "del", "dev", host_veth]).await
+        && link_exists(host_veth).await
+    {
+        return Err(e);
+    }
+    if netns_exists(ns).await? {
+        kill_everything_in(ns).await?;
+        ip(&["netns", "del", ns]).await?;
+    }
     Ok(())
 }
 
