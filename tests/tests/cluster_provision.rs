@@ -188,6 +188,161 @@ fn wait_booted(plane: &ControlPlane, name: &str, nodes: &[String], limit: Durati
     }
 }
 
+/// Two sites 20 ms apart, each with a site cache in front of the origin repository in the
+/// WAN's namespace; the controller; site 2's agent takes `agent2_args` (its driver).
+struct Bed {
+    // Dropped in this order: the servers, the control plane, then the overlay and sites.
+    origin: Process,
+    plane: ControlPlane,
+    _caches: [Process; 2],
+    _overlay: Overlay,
+    topo: Topology,
+    /// What the origin serves: /debian and /provision.
+    root: PathBuf,
+}
+
+impl Bed {
+    fn start(assets: &Path, agent2_args: Vec<String>) -> Bed {
+        let topo = Topology::builder()
+            .sites(2)
+            .vms_per_site(0)
+            // 5 ms on each access link, each way: every site is 20 ms from every other.
+            .link_params(LinkParams::default().delay(Duration::from_millis(5)))
+            .build();
+        let overlay = Overlay::start_with(&topo, &[], |_, _| {});
+        let vcluster = bin_path("vcluster");
+        let cache = |i: usize| -> Process {
+            let store = topo.dir().join(format!("cache{i}"));
+            topo.spawn(
+                topo.host(i),
+                &format!("cache{i}"),
+                &[
+                    vcluster.display().to_string(),
+                    "cache".into(),
+                    "serve".into(),
+                    "--listen".into(),
+                    "127.0.0.1:3142".into(),
+                    "--store".into(),
+                    store.display().to_string(),
+                    "--mirror".into(),
+                    format!("debian=http://{ORIGIN}/debian"),
+                    "--mirror".into(),
+                    format!("provision=http://{ORIGIN}/provision"),
+                ],
+            )
+        };
+        let mut caches = [cache(1), cache(2)];
+        let site_cache = vec!["--site-cache".to_string(), "127.0.0.1:3142".to_string()];
+        let opts = ControlPlaneOpts {
+            host_memory_mib: 4096,
+            controller_args: vec!["--install-phase-timeout".into(), "900".into()],
+            agent_args: vec![site_cache.clone(), [agent2_args, site_cache].concat()],
+            ..ControlPlaneOpts::default()
+        };
+        let plane = ControlPlane::start_with(&topo, &overlay, &opts);
+
+        // The origin repository, a distant mirror in the WAN's namespace.
+        let root = topo.dir().join("origin-root");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(assets.join("origin"), root.join("debian")).unwrap();
+        std::os::unix::fs::symlink(assets.join("boot"), root.join("provision")).unwrap();
+        let (ip, port) = ORIGIN.split_once(':').unwrap();
+        let mut origin = Process::spawn(
+            "origin repository",
+            topo.wan().command(
+                "python3",
+                [
+                    "-m",
+                    "http.server",
+                    port,
+                    "--bind",
+                    ip,
+                    "--directory",
+                    root.to_str().unwrap(),
+                ],
+            ),
+            topo.dir().join("origin.log"),
+        );
+        for c in caches.iter_mut() {
+            wait_until("the site cache listens", Duration::from_secs(10), || {
+                c.assert_running();
+                c.log().contains("vcluster cache listening on")
+            });
+        }
+        wait_until("the origin listens", Duration::from_secs(10), || {
+            origin.assert_running();
+            origin.log().contains("Serving HTTP")
+        });
+        Bed {
+            origin,
+            plane,
+            _caches: caches,
+            _overlay: overlay,
+            topo,
+            root,
+        }
+    }
+
+    /// The packages and boot files the origin served, each once: panics for one served
+    /// twice; returns their paths and total size.
+    fn each_file_once(&self) -> (BTreeMap<String, usize>, u64) {
+        let fetched = origin_fetches(&self.origin.log());
+        let pool: Vec<(&String, &usize)> = fetched
+            .iter()
+            .filter(|(p, _)| p.contains("/pool/") || p.starts_with("/provision/"))
+            .collect();
+        assert!(pool.len() > 100, "the packages and boot files: {fetched:?}");
+        for (path, n) in &pool {
+            assert_eq!(**n, 1, "{path} came from the origin {n} times");
+        }
+        let set_bytes: u64 = fetched.keys().map(|p| served_size(&self.root, p)).sum();
+        (fetched, set_bytes)
+    }
+
+    /// The payload that crossed the WAN into site 2 as a multiple of `set_bytes` (frame
+    /// headers taken out), with the bytes and frames on the wire.
+    fn wan_into_site2(&self, set_bytes: u64) -> (f64, u64, u64) {
+        let into = self.topo.link(2).stats().b_to_a;
+        // What the frames carried, without their headers: at MTU 1500 a bulk TCP transfer
+        // puts 66 bytes of headers around every 1448, 4.6% that no cache can save.
+        let payload = into
+            .tx_bytes
+            .saturating_sub(into.tx_frames * TCP_FRAME_OVERHEAD);
+        (
+            payload as f64 / set_bytes as f64,
+            into.tx_bytes,
+            into.tx_frames,
+        )
+    }
+
+    /// Makes the test profile `debian`: the base system, two more packages, a file and a
+    /// post script.
+    fn make_profile(&self) {
+        let _: serde_json::Value = self.plane.admin_post(
+            "/v1/roles",
+            &json!({"name": "base", "packages": ["less", "curl"],
+                    "files": [{"path": "/etc/motd", "content": "{{ node.name }} of {{ cluster.name }}, installed by vcluster\n"}],
+                    "post": "echo post ran > /root/post-ran\n"}),
+        );
+        let _: serde_json::Value = self.plane.admin_post(
+            "/v1/profiles",
+            &json!({"name": "debian", "roles": ["base"]}),
+        );
+    }
+}
+
+/// The assets, or `None` after a loud skip (a failure in CI).
+fn assets_or_skip(test: &str) -> Option<PathBuf> {
+    match assets() {
+        Ok(a) => Some(a),
+        Err(why) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
+        Err(why) => {
+            site_tests::skip(test, &why);
+            None
+        }
+    }
+}
+
 #[test]
 fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_reinstalled() {
     let test =
@@ -199,113 +354,25 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
     {
         return;
     }
-    let assets = match assets() {
-        Ok(a) => a,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
-        Err(why) => {
-            site_tests::skip(test, &why);
-            return;
-        }
+    let Some(assets) = assets_or_skip(test) else {
+        return;
     };
-    let topo = Topology::builder()
-        .sites(2)
-        .vms_per_site(0)
-        // 5 ms on each access link, each way: every site is 20 ms from every other.
-        .link_params(LinkParams::default().delay(Duration::from_millis(5)))
-        .build();
-    let overlay = Overlay::start_with(&topo, &[], |_, _| {});
-    let vcluster = bin_path("vcluster");
-    let cache = |i: usize| -> Process {
-        let store = topo.dir().join(format!("cache{i}"));
-        topo.spawn(
-            topo.host(i),
-            &format!("cache{i}"),
-            &[
-                vcluster.display().to_string(),
-                "cache".into(),
-                "serve".into(),
-                "--listen".into(),
-                "127.0.0.1:3142".into(),
-                "--store".into(),
-                store.display().to_string(),
-                "--mirror".into(),
-                format!("debian=http://{ORIGIN}/debian"),
-                "--mirror".into(),
-                format!("provision=http://{ORIGIN}/provision"),
-            ],
-        )
-    };
-    let mut caches = [cache(1), cache(2)];
-    let site_cache = vec!["--site-cache".to_string(), "127.0.0.1:3142".to_string()];
-    let opts = ControlPlaneOpts {
-        host_memory_mib: 4096,
-        controller_args: vec!["--install-phase-timeout".into(), "900".into()],
-        agent_args: vec![
-            site_cache.clone(),
-            [
-                vec![
-                    "--driver".to_string(),
-                    "qemu".into(),
-                    "--accel".into(),
-                    "tcg".into(),
-                ],
-                site_cache,
-            ]
-            .concat(),
+    let mut bed = Bed::start(
+        &assets,
+        vec![
+            "--driver".to_string(),
+            "qemu".into(),
+            "--accel".into(),
+            "tcg".into(),
         ],
-        ..ControlPlaneOpts::default()
-    };
-    let mut plane = ControlPlane::start_with(&topo, &overlay, &opts);
-
-    // The origin repository, a distant mirror in the WAN's namespace.
-    let root = topo.dir().join("origin-root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::os::unix::fs::symlink(assets.join("origin"), root.join("debian")).unwrap();
-    std::os::unix::fs::symlink(assets.join("boot"), root.join("provision")).unwrap();
-    let (ip, port) = ORIGIN.split_once(':').unwrap();
-    let mut origin = Process::spawn(
-        "origin repository",
-        topo.wan().command(
-            "python3",
-            [
-                "-m",
-                "http.server",
-                port,
-                "--bind",
-                ip,
-                "--directory",
-                root.to_str().unwrap(),
-            ],
-        ),
-        topo.dir().join("origin.log"),
-    );
-    for c in caches.iter_mut() {
-        wait_until("the site cache listens", Duration::from_secs(10), || {
-            c.assert_running();
-            c.log().contains("vcluster cache listening on")
-        });
-    }
-    wait_until("the origin listens", Duration::from_secs(10), || {
-        origin.assert_running();
-        origin.log().contains("Serving HTTP")
-    });
-
-    // A profile: the base system, two more packages, a file and a post script.
-    let _: serde_json::Value = plane.admin_post(
-        "/v1/roles",
-        &json!({"name": "base", "packages": ["less", "curl"],
-                "files": [{"path": "/etc/motd", "content": "{{ node.name }} of {{ cluster.name }}, installed by vcluster\n"}],
-                "post": "echo post ran > /root/post-ran\n"}),
-    );
-    let _: serde_json::Value = plane.admin_post(
-        "/v1/profiles",
-        &json!({"name": "debian", "roles": ["base"]}),
     );
 
-    topo.reset_wan_stats();
+    bed.make_profile();
+
+    bed.topo.reset_wan_stats();
     let name = unique_name("pv");
     let started = Instant::now();
-    let c = plane.create_cluster(&json!({
+    let c = bed.plane.create_cluster(&json!({
         "name": name,
         "sites": [{"site": "site2", "nodes": 2}],
         "profile": "debian",
@@ -320,68 +387,50 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
 
     // Mid-install, site 2's agent restarts: its VMs and their installs carry on.
     wait_until("a node is installing", Duration::from_secs(300), || {
-        let c = plane.cluster(&name);
+        let c = bed.plane.cluster(&name);
         nodes
             .iter()
             .any(|n| install_state(&c, n) == Some(InstallState::Installing))
     });
-    let before = qemu_pids(&topo);
+    let before = qemu_pids(&bed.topo);
     assert_eq!(before.len(), 2, "{before:?}");
-    plane.restart_agent(&topo, 2);
+    bed.plane.restart_agent(&bed.topo, 2);
     wait_until("site 2's agent is back", Duration::from_secs(60), || {
-        plane.hosts().iter().all(|h| h.online)
+        bed.plane.hosts().iter().all(|h| h.online)
     });
     std::thread::sleep(Duration::from_secs(10));
-    let after = qemu_pids(&topo);
+    let after = qemu_pids(&bed.topo);
     assert_eq!(
         before, after,
         "the same QEMU processes after the agent's restart"
     );
     assert!(after.values().all(|p| alive(*p)), "and they still run");
 
-    wait_booted(&plane, &name, &nodes, Duration::from_secs(1500));
+    wait_booted(&bed.plane, &name, &nodes, Duration::from_secs(1500));
     let install_time = started.elapsed();
 
     // Each file crossed the WAN once, whatever the number of nodes.
-    let log = origin.log();
-    let fetched = origin_fetches(&log);
-    let pool: Vec<(&String, &usize)> = fetched
-        .iter()
-        .filter(|(p, _)| p.contains("/pool/") || p.starts_with("/provision/"))
-        .collect();
-    assert!(pool.len() > 100, "the packages and boot files: {fetched:?}");
-    for (path, n) in &pool {
-        assert_eq!(**n, 1, "{path} came from the origin {n} times");
-    }
-    let set_bytes: u64 = fetched.keys().map(|p| served_size(&root, p)).sum();
-    let into = topo.link(2).stats().b_to_a;
-    // What the frames carried, without their headers: at MTU 1500 a bulk TCP transfer
-    // puts 66 bytes of headers around every 1448, 4.6% that no cache can save.
-    let payload = into
-        .tx_bytes
-        .saturating_sub(into.tx_frames * TCP_FRAME_OVERHEAD);
-    let ratio = payload as f64 / set_bytes as f64;
+    let (fetched, set_bytes) = bed.each_file_once();
+    let (ratio, wire, frames) = bed.wan_into_site2(set_bytes);
     eprintln!(
         "installed 2 nodes in {:.0} s; one package set and boot files: {:.1} MB; WAN into site 2: \
-         {:.1} MB in {} frames ({:.3}x the set), {:.1} MB of it payload ({ratio:.3}x)",
+         {:.1} MB in {frames} frames ({:.3}x the set), payload {ratio:.3}x",
         install_time.as_secs_f64(),
         set_bytes as f64 / 1e6,
-        into.tx_bytes as f64 / 1e6,
-        into.tx_frames,
-        into.tx_bytes as f64 / set_bytes as f64,
-        payload as f64 / 1e6,
+        wire as f64 / 1e6,
+        wire as f64 / set_bytes as f64,
     );
     assert!(
         ratio <= 1.05,
         "the WAN carried {ratio:.3}x one package set into site 2 (payload)"
     );
     assert!(
-        (into.tx_bytes as f64) < 1.8 * set_bytes as f64,
+        (wire as f64) < 1.8 * set_bytes as f64,
         "two nodes' installs must not cost two package sets on the wire"
     );
 
     // Booted from their own disks: each installed system said so on its console.
-    let c = plane.cluster(&name);
+    let c = bed.plane.cluster(&name);
     for n in &c.nodes {
         let h = n.health.as_ref();
         assert_eq!(
@@ -398,9 +447,10 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
         );
     }
     for n in &nodes {
-        let chunk: ConsoleChunk = plane
+        let chunk: ConsoleChunk = bed
+            .plane
             .block_on(
-                plane
+                bed.plane
                     .user()
                     .get(&format!("/v1/clusters/{name}/nodes/{n}/console")),
             )
@@ -411,8 +461,9 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
             &chunk.text[chunk.text.len().saturating_sub(2000)..]
         );
     }
-    let events: Vec<Event> = plane
-        .block_on(plane.user().get("/v1/events?limit=1000"))
+    let events: Vec<Event> = bed
+        .plane
+        .block_on(bed.plane.user().get("/v1/events?limit=1000"))
         .unwrap();
     for n in &nodes {
         for kind in [
@@ -429,24 +480,24 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
             );
         }
     }
-    let cli = plane.cli(&["cluster", "show", &name]);
+    let cli = bed.plane.cli(&["cluster", "show", &name]);
     assert!(cli.success, "{}", cli.stderr);
     assert_eq!(cli.stdout.matches(" booted ").count(), 2, "{}", cli.stdout);
     drop(c);
 
     // One node reinstalled: a new install, from the warm site cache.
-    topo.reset_wan_stats();
+    bed.topo.reset_wan_stats();
     let fetched_before = fetched.len();
     let again = Instant::now();
-    let out = plane.cli(&["reinstall", &nodes[0]]);
+    let out = bed.plane.cli(&["reinstall", &nodes[0]]);
     assert!(out.success, "{}", out.stderr);
     wait_until("the reinstall started", Duration::from_secs(30), || {
-        install_state(&plane.cluster(&name), &nodes[0]) != Some(InstallState::Booted)
+        install_state(&bed.plane.cluster(&name), &nodes[0]) != Some(InstallState::Booted)
     });
-    wait_booted(&plane, &name, &nodes[..1], Duration::from_secs(1200));
+    wait_booted(&bed.plane, &name, &nodes[..1], Duration::from_secs(1200));
     let reinstall_time = again.elapsed();
-    let into_site2 = topo.link(2).stats().b_to_a.tx_bytes;
-    let refetched: Vec<String> = origin_fetches(&origin.log())
+    let into_site2 = bed.topo.link(2).stats().b_to_a.tx_bytes;
+    let refetched: Vec<String> = origin_fetches(&bed.origin.log())
         .into_iter()
         .filter(|(p, n)| (p.contains("/pool/") || p.starts_with("/provision/")) && *n > 1)
         .map(|(p, _)| p)
@@ -467,18 +518,198 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
         "a reinstall from a warm cache moved {into_site2} bytes across the WAN"
     );
     assert_eq!(
-        install_state(&plane.cluster(&name), &nodes[1]),
+        install_state(&bed.plane.cluster(&name), &nodes[1]),
         Some(InstallState::Booted),
         "the other node was left alone"
     );
 
     // Deleted: its VMs, its frontend and site services go from both hosts.
-    let task = plane.delete_cluster(&name);
+    let task = bed.plane.delete_cluster(&name);
     assert_eq!(task.state, TaskState::Succeeded, "{}", task.message);
     let left: Vec<String> = site_tests::list_namespaces()
         .into_iter()
         .filter(|n| n.starts_with(&format!("{name}-")))
         .collect();
     assert!(left.is_empty(), "namespaces left: {left:?}");
-    assert!(qemu_pids(&topo).is_empty(), "the VMs' directories are gone");
+    assert!(
+        qemu_pids(&bed.topo).is_empty(),
+        "the VMs' directories are gone"
+    );
+}
+
+/// The root directories of `nodes` on site 2's host (the netns driver's "disks").
+fn node_root(topo: &Topology, node: &str) -> PathBuf {
+    topo.dir()
+        .join("agent2")
+        .join("nodes")
+        .join(format!("{node}.root"))
+}
+
+#[test]
+fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one_is_reinstalled() {
+    let test = "eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one_is_reinstalled";
+    if !require_root(test)
+        || !require_command(test, "dnsmasq")
+        || !require_command(test, "python3")
+        || !require_command(test, "busybox")
+    {
+        return;
+    }
+    let Some(assets) = assets_or_skip(test) else {
+        return;
+    };
+    let bed = Bed::start(&assets, vec![]);
+    bed.make_profile();
+
+    bed.topo.reset_wan_stats();
+    let name = unique_name("lw");
+    let started = Instant::now();
+    let c = bed.plane.create_cluster(&json!({
+        "name": name,
+        "sites": [{"site": "site2", "nodes": 8}],
+        "profile": "debian",
+        "frontend_site": "site1",
+    }));
+    let nodes: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(nodes.len(), 8);
+    // While they install they have no agent: nobody calls them down.
+    wait_until("a node is installing", Duration::from_secs(120), || {
+        let c = bed.plane.cluster(&name);
+        nodes
+            .iter()
+            .any(|n| install_state(&c, n) == Some(InstallState::Installing))
+    });
+    let c = bed.plane.cluster(&name);
+    for n in &c.nodes {
+        let health = n.health.as_ref().map(|h| h.health.as_str());
+        assert_ne!(health, Some("down"), "{} is installing, not down", n.name);
+    }
+    wait_booted(&bed.plane, &name, &nodes, Duration::from_secs(900));
+    let install_time = started.elapsed();
+
+    let (fetched, set_bytes) = bed.each_file_once();
+    let (ratio, wire, frames) = bed.wan_into_site2(set_bytes);
+    eprintln!(
+        "installed 8 lightweight nodes in {:.0} s; one package set and boot files: {:.1} MB; \
+         WAN into site 2: {:.1} MB in {frames} frames, payload {ratio:.3}x the set",
+        install_time.as_secs_f64(),
+        set_bytes as f64 / 1e6,
+        wire as f64 / 1e6,
+    );
+    assert!(
+        ratio <= 1.05,
+        "the WAN carried {ratio:.3}x one package set into site 2 (payload) for 8 nodes"
+    );
+
+    // Each root holds the installed system, configured: its profile's file and post
+    // script, its name, a dpkg database; the first boot consumed the token's file.
+    for n in &nodes {
+        let root = node_root(&bed.topo, n);
+        let motd = std::fs::read_to_string(root.join("etc/motd")).unwrap();
+        assert_eq!(motd, format!("{n} of {name}, installed by vcluster\n"));
+        assert_eq!(
+            std::fs::read_to_string(root.join("root/post-ran")).unwrap(),
+            "post ran\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+            format!("{n}\n")
+        );
+        let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+        for pkg in [
+            "Package: curl\n",
+            "Package: less\n",
+            "Package: openssh-server\n",
+        ] {
+            let at = status.find(pkg).unwrap_or_else(|| panic!("{n}: no {pkg}"));
+            assert!(
+                status[at..]
+                    .lines()
+                    .nth(1)
+                    .unwrap_or("")
+                    .contains("install ok installed"),
+                "{n}: {pkg} is not configured"
+            );
+        }
+        assert!(
+            !root.join("etc/vcluster/install.env").exists(),
+            "{n}: the first boot forgets the install's token"
+        );
+        assert!(
+            !root.join("usr/sbin/policy-rc.d").exists(),
+            "{n}: the installer's service block is gone"
+        );
+    }
+    // Booted nodes run their agents: watched, and up.
+    wait_until("every node is up", Duration::from_secs(30), || {
+        bed.plane
+            .cluster(&name)
+            .nodes
+            .iter()
+            .all(|n| n.health.as_ref().is_some_and(|h| h.health.as_str() == "up"))
+    });
+    let events: Vec<Event> = bed
+        .plane
+        .block_on(bed.plane.user().get("/v1/events?limit=1000"))
+        .unwrap();
+    for n in &nodes {
+        for kind in [
+            "install-pxe",
+            "install-installing",
+            "install-rebooting",
+            "install-booted",
+        ] {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.kind == kind && e.message.contains(n.as_str())),
+                "{kind} for {n}"
+            );
+        }
+    }
+    // The token never reached a log.
+    let log = std::fs::read_to_string(
+        bed.topo
+            .dir()
+            .join("agent2")
+            .join("nodes")
+            .join(format!("{}.log", nodes[0])),
+    )
+    .unwrap();
+    assert!(log.contains("vc-netboot"), "{log}");
+    assert!(!log.contains("vc.token="), "the node's log holds its token");
+
+    // One node reinstalled: its root made anew, from the warm site cache.
+    bed.topo.reset_wan_stats();
+    let marker = node_root(&bed.topo, &nodes[0]).join("root/left-over");
+    std::fs::write(&marker, "from the first install\n").unwrap();
+    let out = bed.plane.cli(&["reinstall", &nodes[0]]);
+    assert!(out.success, "{}", out.stderr);
+    wait_until("the reinstall started", Duration::from_secs(30), || {
+        install_state(&bed.plane.cluster(&name), &nodes[0]) != Some(InstallState::Booted)
+    });
+    wait_booted(&bed.plane, &name, &nodes[..1], Duration::from_secs(600));
+    assert!(!marker.exists(), "the reinstall starts from an empty root");
+    let into_site2 = bed.topo.link(2).stats().b_to_a.tx_bytes;
+    assert!(
+        (into_site2 as f64) < 0.05 * set_bytes as f64,
+        "a reinstall from a warm cache moved {into_site2} bytes across the WAN"
+    );
+    let refetched: Vec<String> = origin_fetches(&bed.origin.log())
+        .into_iter()
+        .filter(|(p, n)| (p.contains("/pool/") || p.starts_with("/provision/")) && *n > 1)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(refetched.is_empty(), "fetched again: {refetched:?}");
+    assert!(fetched.len() > 100);
+
+    // Deleted: the nodes and their roots go.
+    let task = bed.plane.delete_cluster(&name);
+    assert_eq!(task.state, TaskState::Succeeded, "{}", task.message);
+    for n in &nodes {
+        assert!(
+            !node_root(&bed.topo, n).exists(),
+            "{n}'s root is left after the delete"
+        );
+    }
 }

@@ -211,6 +211,10 @@ struct NodeAgentArgs {
     /// The Unix socket to serve the host agent on (made mode 0600).
     #[arg(long)]
     socket: PathBuf,
+    /// The node's installed root directory (a lightweight node's "disk"): when it holds
+    /// the install's first-boot file, the agent reports "booted" with it, then removes it.
+    #[arg(long)]
+    root: Option<PathBuf>,
 }
 
 fn host_memory_mib() -> i64 {
@@ -270,6 +274,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             vcluster::node::run(vcluster::node::NodeAgentConfig {
                 name: a.name,
                 socket: a.socket,
+                root: a.root,
             })
             .await
         }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::process::Command;
 
 use super::driver::{DriverError, FoundNode, HostBridges, VmDriver};
-use crate::model::{NodeSlot, NodeSpec};
+use crate::model::{BootDevice, NodeSlot, NodeSpec};
 
 /// One `ip` command may take this long before it is killed and reported.
 const IP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,6 +144,12 @@ pub struct NetnsDriver {
 /// A node whose pid file is there but whose process is gone has crashed: it is reported
 /// as not running and is not restarted here (recovery decides that); powering the node
 /// off removes the pid file, so the next power-on starts a fresh agent.
+///
+/// A node that boots from the network (its install is under way) starts as
+/// [`NETBOOT`] instead, under the same pid file: DHCP from the frontend, its iPXE script,
+/// the installer image from the site cache, an install into `<node>.root/`, then it
+/// becomes the node agent (the same process, by exec), which reports the first boot.
+/// While it installs the node has no agent socket and is not watched.
 #[derive(Debug, Clone)]
 pub struct NodeAgents {
     pub exe: PathBuf,
@@ -152,6 +158,10 @@ pub struct NodeAgents {
 
 /// How long a node agent may take to open its socket.
 const AGENT_START: Duration = Duration::from_secs(10);
+
+/// A lightweight node's network boot (scripts/installer/netboot), written to
+/// `<dir>/netboot` and run in the node's namespace.
+pub const NETBOOT: &str = include_str!("../../../scripts/installer/netboot");
 
 impl NodeAgents {
     fn socket(&self, node: &str) -> PathBuf {
@@ -162,8 +172,63 @@ impl NodeAgents {
         self.dir.join(format!("{node}.pid"))
     }
 
-    /// The agent's pid, when its pid file names a live `node-agent` for this node.
+    /// The node's installed root: a lightweight node's disk.
+    pub fn root(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.root"))
+    }
+
+    /// The network boot's scratch space (the installer image, its logs).
+    fn work(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.netboot"))
+    }
+
+    /// Where the node's boot device is kept, for a power-on that has no spec at hand.
+    fn boot_file(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.boot"))
+    }
+
+    fn netboot_script(&self) -> PathBuf {
+        self.dir.join("netboot")
+    }
+
+    /// The boot device the last spec gave (disk when none did).
+    fn boot(&self, node: &str) -> BootDevice {
+        match std::fs::read_to_string(self.boot_file(node)).as_deref() {
+            Ok("network\n") => BootDevice::Network,
+            _ => BootDevice::Disk,
+        }
+    }
+
+    fn set_boot(&self, node: &str, boot: BootDevice) -> Result<(), DriverError> {
+        let want = format!("{}\n", boot.as_str());
+        if std::fs::read_to_string(self.boot_file(node))
+            .ok()
+            .as_deref()
+            == Some(want.as_str())
+        {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| write_atomically(&self.boot_file(node), want.as_bytes()))
+            .map_err(|e| DriverError::Node {
+                node: node.to_string(),
+                message: format!("recording its boot device: {e}"),
+            })
+    }
+
+    /// Whether the node's process is its network boot (installing), not yet its agent.
+    fn netbooting(&self, node: &str) -> bool {
+        self.live(node)
+            .is_some_and(|(_, kind)| kind == Running::Netboot)
+    }
+
+    /// The agent's pid, when its pid file names a live `node-agent` (or the network boot
+    /// that becomes one) for this node.
     fn live_pid(&self, node: &str) -> Option<i32> {
+        self.live(node).map(|(pid, _)| pid)
+    }
+
+    fn live(&self, node: &str) -> Option<(i32, Running)> {
         let pid: i32 = std::fs::read_to_string(self.pid_file(node))
             .ok()?
             .trim()
@@ -172,11 +237,19 @@ impl NodeAgents {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let socket = self.socket(node);
         let socket = socket.to_string_lossy();
+        let script = self.netboot_script();
+        let script = script.to_string_lossy();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let ours = args.contains(&b"node-agent".as_slice())
-            && args.contains(&socket.as_bytes())
-            && !is_zombie(pid);
-        ours.then_some(pid)
+        if is_zombie(pid) || !args.contains(&socket.as_bytes()) {
+            return None;
+        }
+        if args.contains(&b"node-agent".as_slice()) {
+            Some((pid, Running::Agent))
+        } else if args.contains(&script.as_bytes()) {
+            Some((pid, Running::Netboot))
+        } else {
+            None
+        }
     }
 
     /// Alive, crashed (pid file left by a process that is gone) or off (no pid file).
@@ -190,7 +263,8 @@ impl NodeAgents {
         }
     }
 
-    async fn start(&self, node: &str) -> Result<(), DriverError> {
+    /// Starts the node: its agent, or first its network boot when `boot` says so.
+    async fn start(&self, node: &str, boot: BootDevice) -> Result<(), DriverError> {
         let fail = |message: String| DriverError::Node {
             node: node.to_string(),
             message,
@@ -205,11 +279,25 @@ impl NodeAgents {
         let socket = self.socket(node);
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", node])
-            .arg(&self.exe)
-            .args(["node-agent", "--name", node, "--socket"])
-            .arg(&socket)
-            .stdin(std::process::Stdio::null())
+        cmd.args(["netns", "exec", node]);
+        if boot == BootDevice::Network {
+            write_atomically(&self.netboot_script(), NETBOOT.as_bytes())
+                .map_err(|e| fail(format!("writing {}: {e}", self.netboot_script().display())))?;
+            cmd.arg("bash")
+                .arg(self.netboot_script())
+                .arg(node)
+                .arg(&socket)
+                .arg(self.root(node))
+                .arg(&self.exe)
+                .arg(self.work(node));
+        } else {
+            cmd.arg(&self.exe)
+                .args(["node-agent", "--name", node, "--socket"])
+                .arg(&socket)
+                .arg("--root")
+                .arg(self.root(node));
+        }
+        cmd.stdin(std::process::Stdio::null())
             .stdout(
                 log.try_clone()
                     .map_err(|e| fail(format!("the node agent's log: {e}")))?,
@@ -236,6 +324,18 @@ impl NodeAgents {
             let _ = child.wait().await;
             flag.store(true, std::sync::atomic::Ordering::Relaxed);
         });
+        if boot == BootDevice::Network {
+            // Its socket opens only when it is installed: a start that fails at once is
+            // all there is to catch here.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if exited.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(fail(format!(
+                    "its network boot exited at start (see {})",
+                    self.dir.join(format!("{node}.log")).display()
+                )));
+            }
+            return Ok(());
+        }
         let started = tokio::time::Instant::now();
         while started.elapsed() < AGENT_START {
             if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -255,8 +355,38 @@ impl NodeAgents {
         )))
     }
 
+    /// Removes the node's root, scratch space and boot device: its disk. Nothing may be
+    /// mounted under them (the installer's mounts live in its own mount namespace, gone
+    /// with it): a mount there is refused rather than descended into.
+    async fn remove_disk(&self, node: &str) -> Result<(), DriverError> {
+        let fail = |message: String| DriverError::Node {
+            node: node.to_string(),
+            message,
+        };
+        let _ = std::fs::remove_file(self.boot_file(node));
+        for dir in [self.root(node), self.work(node)] {
+            if !dir.exists() {
+                continue;
+            }
+            if let Some(m) = mount_under(&dir) {
+                return Err(fail(format!(
+                    "{m} is mounted: not removing {}",
+                    dir.display()
+                )));
+            }
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d))
+                .await
+                .map_err(|e| fail(format!("removing {}: {e}", dir.display())))?
+                .map_err(|e| fail(format!("removing {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
     /// Stops the agent (TERM, then KILL after 2 s) and forgets it: the node is off.
     async fn stop(&self, node: &str) {
+        // A network boot runs an installer's whole tree (debootstrap, dpkg): all of it goes.
+        let installing = self.netbooting(node);
         if let Some(pid) = self.live_pid(node) {
             // SAFETY: kill(2) on the pid our pid file names and /proc confirmed.
             unsafe {
@@ -273,9 +403,19 @@ impl NodeAgents {
                 }
             }
         }
+        if installing && let Err(e) = kill_everything_in(node).await {
+            tracing::warn!(node, error = %e, "stopping its install");
+        }
         let _ = std::fs::remove_file(self.pid_file(node));
         let _ = std::fs::remove_file(self.socket(node));
     }
+}
+
+/// What a node's live process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Running {
+    Agent,
+    Netboot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +453,18 @@ pub(crate) async fn kill_everything_in(name: &str) -> Result<(), DriverError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A mount point at or below `dir` in this process's mount namespace, if any.
+fn mount_under(dir: &Path) -> Option<String> {
+    let dir = dir.to_string_lossy();
+    let below = format!("{dir}/");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .find(|m| *m == dir || m.starts_with(&below))
+        .map(str::to_string)
 }
 
 pub(crate) fn is_zombie(pid: i32) -> bool {
@@ -486,10 +638,13 @@ impl VmDriver for NetnsDriver {
         }
         let mut running = spec.running;
         if let Some(agents) = &self.agents {
+            agents.set_boot(ns, spec.boot)?;
             if spec.running {
+                // A running node keeps what it runs: a new boot device counts from its
+                // next start (as a VM's boot order does).
                 match agents.state(ns) {
                     AgentRun::Alive => {}
-                    AgentRun::Off => agents.start(ns).await?,
+                    AgentRun::Off => agents.start(ns, spec.boot).await?,
                     AgentRun::Crashed => {
                         tracing::warn!(
                             node = ns,
@@ -527,7 +682,7 @@ impl VmDriver for NetnsDriver {
         };
         if on {
             let _ = std::fs::remove_file(agents.pid_file(name));
-            agents.start(name).await?;
+            agents.start(name, agents.boot(name)).await?;
             ip(&["-n", name, "link", "set", "dev", "eth0", "up"]).await?;
             return Ok(true);
         }
@@ -571,10 +726,11 @@ impl VmDriver for NetnsDriver {
         Some(agents.dir.join(format!("{name}.log")))
     }
 
+    /// None while the node installs: it has no agent yet, and is not watched.
     fn node_channel(&self, name: &str) -> Option<PathBuf> {
         let agents = self.agents.as_ref()?;
         check_netns_name(name).ok()?;
-        Some(agents.socket(name))
+        (!agents.netbooting(name)).then(|| agents.socket(name))
     }
 
     async fn remove(&self, slot: NodeSlot, name: Option<&str>) -> Result<(), DriverError> {
@@ -594,6 +750,9 @@ impl VmDriver for NetnsDriver {
                 // the node ran goes with it.
                 kill_everything_in(ns).await?;
                 ip(&["netns", "del", ns]).await?;
+            }
+            if let Some(agents) = &self.agents {
+                agents.remove_disk(ns).await?;
             }
         }
         Ok(())

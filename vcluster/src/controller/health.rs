@@ -72,6 +72,8 @@ impl Monitor {
                 unwatched: false,
                 accel: None,
             });
+            // An agent that answers is watched from now on (a node that installed has one).
+            rec.unwatched = false;
             if rec.health == Health::Down {
                 back.push((
                     r.name.clone(),

@@ -12,6 +12,7 @@
 //!   object per line (see [`crate::exec`]).
 
 pub mod client;
+pub mod firstboot;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -42,6 +43,9 @@ pub struct NodeAgentConfig {
     pub name: String,
     /// The Unix socket to serve on.
     pub socket: PathBuf,
+    /// The installed root of a lightweight node, whose first boot this agent reports
+    /// (see [`firstboot`]).
+    pub root: Option<PathBuf>,
 }
 
 struct Shared {
@@ -62,6 +66,9 @@ pub async fn serve(
         started: std::time::Instant::now(),
     });
     tracing::info!(node = %config.name, socket = %config.socket.display(), "node agent serving");
+    if let Some(root) = config.root.clone() {
+        tokio::spawn(firstboot::report(root));
+    }
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(stop)
         .await?;
