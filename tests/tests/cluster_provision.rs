@@ -26,7 +26,7 @@ use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, Overlay, Process, Topology, bin_path,
     require_command, require_root, unique_name, wait_until,
 };
-use vcluster::model::{Cluster, ConsoleChunk, Event, InstallState, TaskState};
+use vcluster::model::{Accepted, Cluster, ConsoleChunk, Event, Firmware, InstallState, TaskState};
 
 const ORIGIN: &str = "10.254.0.254:8080";
 
@@ -374,16 +374,28 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
     let started = Instant::now();
     let c = bed.plane.create_cluster(&json!({
         "name": name,
-        "sites": [{"site": "site2", "nodes": 2}],
+        "sites": [{"site": "site2", "nodes": 1}],
         "profile": "debian",
         "frontend_site": "site1",
         "node_cpus": 1,
         "node_memory_mib": 768,
     }));
     assert_eq!(c.frontend_host.as_deref(), Some("site1-h1"));
+    // A second node with UEFI firmware (OVMF), installing beside the BIOS one.
+    let added: Accepted = bed
+        .plane
+        .block_on(bed.plane.user().post(
+            &format!("/v1/clusters/{name}/nodes"),
+            &json!({"count": 1, "site": "site2", "firmware": "uefi"}),
+        ))
+        .unwrap();
+    bed.plane.expect_success(&added.task);
+    let c = bed.plane.cluster(&name);
     let nodes: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     assert_eq!(nodes.len(), 2);
     assert!(c.nodes.iter().all(|n| n.site == "site2"));
+    let firmware: Vec<Firmware> = c.nodes.iter().map(|n| n.firmware).collect();
+    assert_eq!(firmware, [Firmware::Bios, Firmware::Uefi]);
 
     // Mid-install, site 2's agent restarts: its VMs and their installs carry on.
     wait_until("a node is installing", Duration::from_secs(300), || {
@@ -446,7 +458,7 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
             n.name
         );
     }
-    for n in &nodes {
+    for (n, firmware) in nodes.iter().zip(&firmware) {
         let chunk: ConsoleChunk = bed
             .plane
             .block_on(
@@ -459,6 +471,15 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
             chunk.text.contains(&format!("VC-BOOTED node={n}")),
             "{n}'s console: {}",
             &chunk.text[chunk.text.len().saturating_sub(2000)..]
+        );
+        // The installed kernel says which firmware started it (UEFI: "efi: EFI v2.70 by
+        // EDK II"; SeaBIOS: no EFI line at all).
+        let efi = chunk.text.contains("efi: EFI v");
+        assert_eq!(
+            efi,
+            *firmware == Firmware::Uefi,
+            "{n} ({firmware}) booted {} firmware",
+            if efi { "UEFI" } else { "BIOS" }
         );
     }
     let events: Vec<Event> = bed

@@ -188,6 +188,9 @@ struct HostAgentArgs {
     /// qemu driver: the size of a new node's disk, in GiB.
     #[arg(long, default_value_t = 8)]
     disk_gib: u32,
+    /// qemu driver: where OVMF_CODE_4M.fd and OVMF_VARS_4M.fd are, for UEFI nodes.
+    #[arg(long, default_value = vcluster::agent::qemu::DEBIAN_OVMF_DIR)]
+    ovmf_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -360,6 +363,7 @@ async fn host_agent(a: HostAgentArgs) -> anyhow::Result<()> {
                 a.disk_gib
             );
             settings.disk_gib = a.disk_gib;
+            settings.ovmf_dir = a.ovmf_dir.clone();
             let forced = match a.accel.as_str() {
                 "auto" => None,
                 other => Some(

@@ -462,6 +462,9 @@ pub struct CreateCluster {
     /// Memory per node in MiB (default 512).
     #[serde(default)]
     pub node_memory_mib: Option<i64>,
+    /// BIOS (default) or UEFI firmware for its nodes' VMs.
+    #[serde(default)]
+    pub node_firmware: Option<Firmware>,
     /// The nodes' IPv4 subnet, e.g. `10.77.3.0/24`; chosen from the controller's pool when left out.
     #[serde(default)]
     pub subnet: Option<String>,
@@ -487,6 +490,9 @@ pub struct AddNodes {
     pub site: Option<String>,
     #[serde(default)]
     pub strategy: Option<Strategy>,
+    /// The new nodes' firmware (default: the cluster's `node_firmware`).
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
 }
 
 closed_set! {
@@ -692,6 +698,9 @@ pub struct Node {
     pub address: String,
     pub cpus: i64,
     pub memory_mib: i64,
+    /// BIOS or UEFI (for VMs).
+    #[serde(default)]
+    pub firmware: Firmware,
     pub state: NodeState,
     /// Why the node failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -900,6 +909,9 @@ pub struct NodeSpec {
     /// What the node boots from: the network while an install is pending, else its disk.
     #[serde(default)]
     pub boot: BootDevice,
+    /// BIOS or UEFI (drivers that run real VMs).
+    #[serde(default)]
+    pub firmware: Firmware,
 }
 
 fn one_cpu() -> u32 {
@@ -908,6 +920,19 @@ fn one_cpu() -> u32 {
 
 fn default_node_memory_mib() -> u32 {
     512
+}
+
+closed_set! {
+    /// A VM's firmware (`NodeSpec::firmware`; lightweight nodes have none).
+    #[derive(Default)]
+    pub enum Firmware as "firmware" {
+        /// SeaBIOS: PXE through the NIC's iPXE ROM, the installed disk boots with extlinux.
+        #[default]
+        Bios = "bios",
+        /// OVMF (UEFI): the iPXE ROM's EFI driver, the installed disk boots with
+        /// systemd-boot from its EFI system partition.
+        Uefi = "uefi",
+    }
 }
 
 closed_set! {

@@ -141,6 +141,7 @@ async fn netns_nodes_on_one_bridge_reach_each_other_and_stop_and_go() {
     assert!(bridges.list().await.unwrap().contains(&bridge));
 
     let spec = |i: u32, running: bool| NodeSpec {
+        firmware: Default::default(),
         index: i,
         name: format!("{prefix}-node-{i}"),
         mac: NodeSlot {

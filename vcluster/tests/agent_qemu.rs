@@ -92,6 +92,7 @@ fn tcg() -> AccelChoice {
 
 fn spec(net: NetworkId, index: u32, name: &str, running: bool, boot: BootDevice) -> NodeSpec {
     NodeSpec {
+        firmware: Default::default(),
         index,
         name: name.to_string(),
         mac: NodeSlot {

@@ -39,6 +39,7 @@ fn share(revision: i64, id: u32, nodes: &[u32], peers: &[u8], running: bool) -> 
         nodes: nodes
             .iter()
             .map(|&i| NodeSpec {
+                firmware: Default::default(),
                 index: i,
                 name: format!("c{id}-node-{i}"),
                 mac: NodeSlot {

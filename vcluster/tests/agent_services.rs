@@ -489,6 +489,7 @@ async fn a_qemu_node_pxe_boots_through_the_frontend_and_fetches_from_the_site_ad
     };
     let lease = &w.spec.frontend.as_ref().unwrap().leases[0];
     let spec = NodeSpec {
+        firmware: Default::default(),
         index: 1,
         name: name.clone(),
         mac: lease.mac.clone(),

@@ -18,6 +18,7 @@ use common::{Backend, TestAgent, TestController, eventually, raw, test_config, w
 struct World {
     ctl: TestController,
     alice: ApiClient,
+    alice_token: String,
     agent_token: String,
     other_agent_token: String,
     agent: TestAgent,
@@ -43,6 +44,7 @@ async fn world(ctl: TestController) -> World {
     }
     World {
         alice: ctl.client(&alice_token),
+        alice_token,
         ctl,
         agent_token,
         other_agent_token,
@@ -615,7 +617,58 @@ async fn reinstall_needs_a_profile(b: Backend) {
     );
 }
 
+async fn firmware_is_the_clusters_unless_added_nodes_say_otherwise(b: Backend) {
+    let w = world(TestController::start(&b).await).await;
+    let a: Accepted = w
+        .alice
+        .post(
+            "/v1/clusters",
+            &json!({"name": "fw", "sites": [{"site": "paris", "nodes": 1}], "profile": "plain",
+                    "node_firmware": "uefi"}),
+        )
+        .await
+        .unwrap();
+    wait_task(&w.alice, a.task.id).await;
+    for (body, want) in [
+        (json!({"count": 1, "site": "paris"}), "uefi"),
+        (
+            json!({"count": 1, "site": "paris", "firmware": "bios"}),
+            "bios",
+        ),
+    ] {
+        let a: Accepted = w.alice.post("/v1/clusters/fw/nodes", &body).await.unwrap();
+        wait_task(&w.alice, a.task.id).await;
+        let c: Cluster = w.alice.get("/v1/clusters/fw").await.unwrap();
+        assert_eq!(c.nodes.last().unwrap().firmware.as_str(), want, "{body}");
+    }
+    let c: Cluster = w.alice.get("/v1/clusters/fw").await.unwrap();
+    let api: Vec<&str> = c.nodes.iter().map(|n| n.firmware.as_str()).collect();
+    assert_eq!(api, ["uefi", "uefi", "bios"]);
+    // The host is told, node by node.
+    let d = desired(&w).await;
+    let specs: Vec<&str> = d
+        .clusters
+        .iter()
+        .flat_map(|c| c.nodes.iter())
+        .map(|n| n.firmware.as_str())
+        .collect();
+    assert_eq!(specs, ["uefi", "uefi", "bios"]);
+    // A firmware that is not one: refused, naming it, and nothing added.
+    let (s, body) = raw(
+        Method::POST,
+        &format!("{}/v1/clusters/fw/nodes", w.ctl.url),
+        Some(&w.alice_token),
+        Some(r#"{"count": 1, "firmware": "coreboot"}"#),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.to_string().contains("coreboot"), "{body}");
+    let c: Cluster = w.alice.get("/v1/clusters/fw").await.unwrap();
+    assert_eq!(c.nodes.len(), 3);
+}
+
 both_backends!(
+    firmware_is_the_clusters_unless_added_nodes_say_otherwise,
     an_install_moves_from_pending_to_booted_on_its_frontends_reports,
     an_install_that_stalls_fails_naming_its_phase,
     nodes_are_powered_as_a_set_and_their_console_is_asked_of_their_host,

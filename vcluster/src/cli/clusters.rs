@@ -39,6 +39,9 @@ pub enum ClusterSub {
         /// Memory per node in MiB (default 512).
         #[arg(long)]
         node_memory_mib: Option<i64>,
+        /// The firmware of its nodes' VMs: bios (default) or uefi.
+        #[arg(long)]
+        firmware: Option<String>,
         /// The nodes' IPv4 subnet (default: a free one from the controller's pool).
         #[arg(long)]
         subnet: Option<String>,
@@ -182,12 +185,18 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
             reservation,
             node_cpus,
             node_memory_mib,
+            firmware,
             subnet,
             recovery,
             profile,
             frontend_site,
             wait,
         } => {
+            let node_firmware = firmware
+                .as_deref()
+                .map(str::parse::<crate::model::Firmware>)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let recovery = recovery
                 .as_deref()
                 .map(str::parse::<Recovery>)
@@ -205,6 +214,7 @@ pub async fn cluster(c: ClusterCmd) -> anyhow::Result<()> {
                 recovery,
                 profile,
                 frontend_site,
+                node_firmware,
             };
             let provisioned = req.profile.is_some();
             let cluster = req.name.clone();

@@ -23,6 +23,9 @@ pub enum NodeSub {
         count: u32,
         #[arg(long)]
         site: Option<String>,
+        /// bios or uefi (default: the cluster's)
+        #[arg(long)]
+        firmware: Option<String>,
         #[arg(long)]
         wait: bool,
     },
@@ -63,8 +66,14 @@ pub async fn node(c: NodeCmd) -> anyhow::Result<()> {
             cluster,
             count,
             site,
+            firmware,
             wait,
         } => {
+            let firmware = firmware
+                .as_deref()
+                .map(str::parse::<crate::model::Firmware>)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let a: Accepted = client
                 .post(
                     &format!("/v1/clusters/{cluster}/nodes"),
@@ -72,6 +81,7 @@ pub async fn node(c: NodeCmd) -> anyhow::Result<()> {
                         count,
                         site,
                         strategy: None,
+                        firmware,
                     },
                 )
                 .await?;

@@ -49,6 +49,7 @@ pub fn cluster_on_host(
             running: n.target == NodeTarget::Running,
             cpus: u32::try_from(cluster.node_cpus).unwrap_or(1),
             memory_mib: u32::try_from(cluster.node_memory_mib).unwrap_or(512),
+            firmware: n.firmware,
             boot: if install::boots_from_network(installs.get(&n.id)) {
                 BootDevice::Network
             } else {

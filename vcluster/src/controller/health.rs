@@ -240,6 +240,7 @@ mod tests {
             address: String::new(),
             cpus: 1,
             memory_mib: 64,
+            firmware: crate::model::Firmware::Bios,
             state: NodeState::Running,
             target: NodeTarget::Running,
             reason: None,

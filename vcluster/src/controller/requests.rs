@@ -115,6 +115,7 @@ pub struct ClusterRequest {
     pub profile: Option<String>,
     /// The site of the provisioning frontend (name or id).
     pub frontend_site: Option<String>,
+    pub node_firmware: crate::model::Firmware,
 }
 
 impl ClusterRequest {
@@ -198,6 +199,7 @@ impl CreateCluster {
             recovery: self.recovery.unwrap_or(crate::model::Recovery::Restart),
             profile: self.profile.clone(),
             frontend_site: self.frontend_site.clone(),
+            node_firmware: self.node_firmware.unwrap_or_default(),
         })
     }
 }

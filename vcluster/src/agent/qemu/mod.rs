@@ -32,7 +32,7 @@ use tokio::process::Command;
 use super::driver::{DriverError, FoundNode, VmDriver};
 // Node names become directory names: the netns driver's rule keeps them plain.
 use super::netns::{check_netns_name as check_node_name, ip, is_zombie, write_atomically};
-use crate::model::{BootDevice, NetworkId, NodeSlot, NodeSpec};
+use crate::model::{BootDevice, Firmware, NetworkId, NodeSlot, NodeSpec};
 pub use accel::{Accel, AccelChoice};
 
 /// What the driver needs from the host.
@@ -46,10 +46,17 @@ pub struct QemuSettings {
     pub nic_rom: Option<PathBuf>,
     /// Size of a new node's disk.
     pub disk_gib: u32,
+    /// Where OVMF's `OVMF_CODE_4M.fd` and `OVMF_VARS_4M.fd` are (UEFI nodes).
+    pub ovmf_dir: PathBuf,
 }
 
-/// Where Debian's ipxe-qemu package puts the virtio-net ROM.
+/// Where Debian's ipxe-qemu package puts the virtio-net ROM (BIOS and EFI images both).
 pub const DEBIAN_NIC_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+/// Where Debian's ovmf package puts the UEFI firmware.
+pub const DEBIAN_OVMF_DIR: &str = "/usr/share/OVMF";
+/// The firmware's code (read-only) and the template of each VM's variable store.
+const OVMF_CODE: &str = "OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "OVMF_VARS_4M.fd";
 
 impl QemuSettings {
     /// The usual programs from `PATH`, the Debian ROM if installed, 8 GiB disks.
@@ -60,6 +67,7 @@ impl QemuSettings {
             qemu_img: PathBuf::from("qemu-img"),
             nic_rom: Some(PathBuf::from(DEBIAN_NIC_ROM)).filter(|p| p.exists()),
             disk_gib: 8,
+            ovmf_dir: PathBuf::from(DEBIAN_OVMF_DIR),
         }
     }
 }
@@ -82,6 +90,9 @@ struct VmRecord {
     memory_mib: u32,
     boot: BootDevice,
     accel: Accel,
+    /// Absent in records written before UEFI: BIOS.
+    #[serde(default)]
+    firmware: Firmware,
 }
 
 impl VmRecord {
@@ -215,6 +226,34 @@ impl QemuDriver {
         ours.then_some(pid)
     }
 
+    /// A UEFI VM's variable store: a copy of OVMF's template, made once and kept (it
+    /// holds the boot entries the firmware makes).
+    fn ensure_efivars(&self, node: &str) -> Result<(), DriverError> {
+        let vars = self.vm_dir(node).join("efivars.fd");
+        if vars.exists() {
+            return Ok(());
+        }
+        let code = self.settings.ovmf_dir.join(OVMF_CODE);
+        let template = self.settings.ovmf_dir.join(OVMF_VARS);
+        if !code.exists() || !template.exists() {
+            return Err(node_error(
+                node,
+                format!(
+                    "UEFI needs OVMF: no {} and {} in {} (apt-get install ovmf, or the agent's \
+                     --ovmf-dir)",
+                    OVMF_CODE,
+                    OVMF_VARS,
+                    self.settings.ovmf_dir.display()
+                ),
+            ));
+        }
+        let tmp = vars.with_extension("fd.tmp");
+        std::fs::copy(&template, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &vars))
+            .map_err(|e| node_error(node, format!("its UEFI variable store: {e}")))?;
+        Ok(())
+    }
+
     async fn ensure_disk(&self, node: &str) -> Result<PathBuf, DriverError> {
         let disk = self.vm_dir(node).join("disk.qcow2");
         if disk.exists() {
@@ -274,8 +313,21 @@ impl QemuDriver {
                     "max"
                 },
             ])
-            .args(["-smp", &record.cpus.to_string()])
-            .args(["-m", &record.memory_mib.to_string()])
+            .args(["-smp", &record.cpus.to_string()]);
+        if record.firmware == Firmware::Uefi {
+            // OVMF: its code read-only, the VM's own variable store (boot entries) beside it.
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    self.settings.ovmf_dir.join(OVMF_CODE).display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    dir.join("efivars.fd").display()
+                ));
+        }
+        cmd.args(["-m", &record.memory_mib.to_string()])
             .args(["-nodefaults", "-display", "none", "-daemonize"])
             .arg("-pidfile")
             .arg(dir.join("qemu.pid"))
@@ -487,6 +539,7 @@ impl VmDriver for QemuDriver {
             cpus: spec.cpus.max(1),
             memory_mib: spec.memory_mib.max(64),
             boot: spec.boot,
+            firmware: spec.firmware,
             // A VM keeps the accelerator it started with until it is started again.
             accel: previous.as_ref().map_or(self.accel.accel, |p| {
                 if self.live_pid(node).is_some() {
@@ -497,6 +550,9 @@ impl VmDriver for QemuDriver {
             }),
         };
         let disk = self.ensure_disk(node).await?;
+        if record.firmware == Firmware::Uefi {
+            self.ensure_efivars(node)?;
+        }
         let tap = self.ensure_tap(slot, bridge).await?;
         let alive = self.live_pid(node).is_some();
         if previous.as_ref() != Some(&record) {

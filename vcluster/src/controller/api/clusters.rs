@@ -25,8 +25,8 @@ use crate::controller::store::{
 use crate::controller::tasks::{self, Operation};
 use crate::controller::view::CapacityView;
 use crate::model::{
-    Accepted, AddNodes, ApiErrorBody, Cluster, CreateCluster, MAX_NODE_INDEX, NetworkId, NodeSlot,
-    Resources, Strategy, node_name,
+    Accepted, AddNodes, ApiErrorBody, Cluster, CreateCluster, Firmware, MAX_NODE_INDEX, NetworkId,
+    NodeSlot, Resources, Strategy, node_name,
 };
 
 pub(crate) async fn cluster_model(
@@ -222,6 +222,7 @@ async fn place_nodes(
     cluster: &ClusterRow,
     reservation: Option<&ReservationRow>,
     placement: Placement,
+    firmware: Firmware,
     now: i64,
 ) -> Result<Vec<i64>, ApiError> {
     let Placement {
@@ -314,6 +315,7 @@ async fn place_nodes(
                 address: &address,
                 cpus: cluster.node_cpus,
                 memory_mib: cluster.node_memory_mib,
+                firmware,
             },
             now,
         )
@@ -439,6 +441,7 @@ pub async fn create_cluster(
             recovery: req.recovery,
             profile_id,
             frontend_host_id,
+            node_firmware: req.node_firmware,
         },
         now,
     )
@@ -460,7 +463,17 @@ pub async fn create_cluster(
         pinned,
         strategy: req.strategy,
     };
-    let node_ids = place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    let firmware = row.node_firmware;
+    let node_ids = place_nodes(
+        &mut tx,
+        &app,
+        &row,
+        reservation.as_ref(),
+        placement,
+        firmware,
+        now,
+    )
+    .await?;
     // Before anything is accepted: a template error refuses the create, and dropping the
     // transaction keeps nothing of it.
     super::profiles::render_every_node(tx.conn(), &row).await?;
@@ -554,7 +567,17 @@ pub async fn add_nodes(
         Some(r) => store::reservation_by_id(tx.conn(), r).await?,
         None => None,
     };
-    let node_ids = place_nodes(&mut tx, &app, &row, reservation.as_ref(), placement, now).await?;
+    let firmware = req.firmware.unwrap_or(row.node_firmware);
+    let node_ids = place_nodes(
+        &mut tx,
+        &app,
+        &row,
+        reservation.as_ref(),
+        placement,
+        firmware,
+        now,
+    )
+    .await?;
     super::profiles::render_every_node(tx.conn(), &row).await?;
     crate::controller::install::start_new_installs(tx.conn(), &row, &node_ids, now).await?;
     let what = format!("{} asked for {count} more nodes", who.name);

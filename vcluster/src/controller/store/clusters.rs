@@ -29,6 +29,8 @@ pub struct ClusterRow {
     /// The host of its provisioning frontend, when chosen at create.
     pub frontend_host_id: Option<i64>,
     pub frontend_host_name: Option<String>,
+    /// Its nodes' firmware unless a node's own says otherwise.
+    pub node_firmware: model::Firmware,
 }
 
 impl ClusterRow {
@@ -61,7 +63,7 @@ impl ClusterRow {
 const CLUSTER_SELECT: &str = "SELECT c.id, c.name, c.owner_id, u.name AS owner_name, \
     c.network_id, c.psk, c.subnet, c.state, c.overlay, c.reason, c.reservation_id, c.node_cpus, \
     c.node_memory_mib, c.created_at, c.updated_at, c.recovery, c.profile_id, p.name AS profile_name, \
-    c.frontend_host_id, fh.name AS frontend_host_name \
+    c.frontend_host_id, fh.name AS frontend_host_name, c.node_firmware \
     FROM clusters c JOIN users u ON u.id = c.owner_id LEFT JOIN profiles p ON p.id = c.profile_id \
     LEFT JOIN hosts fh ON fh.id = c.frontend_host_id";
 
@@ -77,14 +79,15 @@ pub struct NewCluster<'a> {
     pub recovery: model::Recovery,
     pub profile_id: Option<i64>,
     pub frontend_host_id: Option<i64>,
+    pub node_firmware: model::Firmware,
 }
 
 pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64> {
     Ok(sqlx::query_scalar(
         "INSERT INTO clusters (name, owner_id, network_id, psk, subnet, state, overlay, \
          reservation_id, node_cpus, node_memory_mib, created_at, updated_at, recovery, profile_id, \
-         frontend_host_id) \
-         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10, $11, $12) \
+         frontend_host_id, node_firmware) \
+         VALUES ($1, $2, $3, $4, $5, 'active', 'running', $6, $7, $8, $9, $9, $10, $11, $12, $13) \
          RETURNING id",
     )
     .bind(n.name)
@@ -99,6 +102,7 @@ pub async fn insert_cluster(c: &mut Conn, n: NewCluster<'_>, now: i64) -> R<i64>
     .bind(n.recovery.as_str())
     .bind(n.profile_id)
     .bind(n.frontend_host_id)
+    .bind(n.node_firmware.as_str())
     .fetch_one(c)
     .await?)
 }

@@ -264,6 +264,7 @@ text_column!(
     model::TaskState,
     model::TaskKind,
     model::Recovery,
+    model::Firmware,
 );
 
 /// Milliseconds since the Unix epoch, the store's time unit.

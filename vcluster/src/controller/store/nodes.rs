@@ -19,6 +19,7 @@ pub struct NodeRow {
     pub address: String,
     pub cpus: i64,
     pub memory_mib: i64,
+    pub firmware: model::Firmware,
     pub state: model::NodeState,
     pub target: model::NodeTarget,
     pub reason: Option<String>,
@@ -41,6 +42,7 @@ impl NodeRow {
             address: self.address.clone(),
             cpus: self.cpus,
             memory_mib: self.memory_mib,
+            firmware: self.firmware,
             state: self.state(),
             reason: self.reason.clone(),
             updated_at: ms_to_time(self.updated_at),
@@ -52,7 +54,7 @@ impl NodeRow {
 
 const NODE_SELECT: &str = "SELECT n.id, n.cluster_id, c.name AS cluster_name, n.idx, n.name, \
     n.host_id, h.name AS host_name, s.name AS site_name, n.mac, n.address, n.cpus, n.memory_mib, \
-    n.state, n.target, n.reason, n.updated_at FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
+    n.firmware, n.state, n.target, n.reason, n.updated_at FROM nodes n JOIN clusters c ON c.id = n.cluster_id \
     JOIN hosts h ON h.id = n.host_id JOIN sites s ON s.id = h.site_id";
 
 pub async fn nodes_of_cluster(c: &mut Conn, cluster_id: i64) -> R<Vec<NodeRow>> {
@@ -88,6 +90,7 @@ pub struct NewNode<'a> {
     pub address: &'a str,
     pub cpus: i64,
     pub memory_mib: i64,
+    pub firmware: model::Firmware,
 }
 
 /// Creates the node in state `requested`, or brings back the row of a deleted or failed
@@ -95,7 +98,7 @@ pub struct NewNode<'a> {
 pub async fn upsert_requested_node(c: &mut Conn, n: NewNode<'_>, now: i64) -> R<()> {
     let updated = sqlx::query(
         "UPDATE nodes SET host_id = $1, mac = $2, address = $3, cpus = $4, memory_mib = $5, \
-         state = 'requested', target = 'running', reason = NULL, updated_at = $6 \
+         state = 'requested', target = 'running', reason = NULL, updated_at = $6, firmware = $9 \
          WHERE cluster_id = $7 AND idx = $8",
     )
     .bind(n.host_id)
@@ -106,13 +109,14 @@ pub async fn upsert_requested_node(c: &mut Conn, n: NewNode<'_>, now: i64) -> R<
     .bind(now)
     .bind(n.cluster_id)
     .bind(n.idx)
+    .bind(n.firmware.as_str())
     .execute(&mut *c)
     .await?;
     if updated.rows_affected() == 0 {
         sqlx::query(
             "INSERT INTO nodes (cluster_id, idx, name, host_id, mac, address, cpus, memory_mib, \
-             state, target, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', 'running', $9, $9)",
+             state, target, created_at, updated_at, firmware) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requested', 'running', $9, $9, $10)",
         )
         .bind(n.cluster_id)
         .bind(n.idx)
@@ -123,6 +127,7 @@ pub async fn upsert_requested_node(c: &mut Conn, n: NewNode<'_>, now: i64) -> R<
         .bind(n.cpus)
         .bind(n.memory_mib)
         .bind(now)
+        .bind(n.firmware.as_str())
         .execute(c)
         .await?;
     }
