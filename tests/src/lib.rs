@@ -35,6 +35,7 @@ pub mod handshake;
 pub mod netns;
 pub mod ping;
 pub mod process;
+pub mod provision;
 pub mod topology;
 pub mod vpnd;
 pub mod wanem;

@@ -22,33 +22,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use site_tests::provision::{Origin, TCP_FRAME_OVERHEAD, site_cache};
 use site_tests::{
-    ControlPlane, ControlPlaneOpts, LinkParams, Overlay, Process, Topology, bin_path,
-    require_command, require_root, unique_name, wait_until,
+    ControlPlane, ControlPlaneOpts, LinkParams, Overlay, Process, Topology, require_command,
+    require_root, unique_name, wait_until,
 };
 use vcluster::model::{Accepted, Cluster, ConsoleChunk, Event, Firmware, InstallState, TaskState};
-
-const ORIGIN: &str = "10.254.0.254:8080";
-
-/// The assets of `scripts/provision-assets`, or why they are not there.
-fn assets() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("VC_PROVISION_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/provision"));
-    for f in [
-        "boot/vmlinuz",
-        "boot/installer.img",
-        "origin/dists/bookworm/InRelease",
-    ] {
-        if !dir.join(f).exists() {
-            return Err(format!(
-                "{} is missing: run scripts/provision-assets",
-                dir.join(f).display()
-            ));
-        }
-    }
-    Ok(dir)
-}
 
 fn install_state(c: &Cluster, node: &str) -> Option<InstallState> {
     c.nodes
@@ -80,58 +59,6 @@ fn progress(c: &Cluster) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
-
-/// Paths the origin answered 200 for, with how many times, from python's access log.
-fn origin_fetches(log: &str) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for line in log.lines() {
-        let Some(rest) = line.split("\"GET ").nth(1) else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let (Some(path), Some(_http), Some(status)) = (words.next(), words.next(), words.next())
-        else {
-            continue;
-        };
-        if status == "200" {
-            *m.entry(path.to_string()).or_insert(0) += 1;
-        }
-    }
-    m
-}
-
-/// `%2B` -> `+`: a request path as the file's name.
-fn percent_decode(path: &str) -> String {
-    let b = path.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The size on disk of a path the origin serves; panics for one it does not have.
-fn served_size(root: &Path, path: &str) -> u64 {
-    let rel = percent_decode(path.trim_start_matches('/'));
-    std::fs::metadata(root.join(&rel))
-        .unwrap_or_else(|e| panic!("{}: {e}", root.join(&rel).display()))
-        .len()
-}
-
-/// The frame overhead of a full TCP segment on the WAN links: Ethernet 14, IPv4 20, TCP
-/// 20 + 12 (timestamps) bytes around 1448 of payload at MTU 1500.
-const TCP_FRAME_OVERHEAD: u64 = 14 + 20 + 32;
 
 fn qemu_pids(topo: &Topology) -> BTreeMap<String, u32> {
     let vms = topo.dir().join("agent2").join("vms");
@@ -192,13 +119,11 @@ fn wait_booted(plane: &ControlPlane, name: &str, nodes: &[String], limit: Durati
 /// WAN's namespace; the controller; site 2's agent takes `agent2_args` (its driver).
 struct Bed {
     // Dropped in this order: the servers, the control plane, then the overlay and sites.
-    origin: Process,
+    origin: Origin,
     plane: ControlPlane,
     _caches: [Process; 2],
     _overlay: Overlay,
     topo: Topology,
-    /// What the origin serves: /debian and /provision.
-    root: PathBuf,
 }
 
 impl Bed {
@@ -210,28 +135,7 @@ impl Bed {
             .link_params(LinkParams::default().delay(Duration::from_millis(5)))
             .build();
         let overlay = Overlay::start_with(&topo, &[], |_, _| {});
-        let vcluster = bin_path("vcluster");
-        let cache = |i: usize| -> Process {
-            let store = topo.dir().join(format!("cache{i}"));
-            topo.spawn(
-                topo.host(i),
-                &format!("cache{i}"),
-                &[
-                    vcluster.display().to_string(),
-                    "cache".into(),
-                    "serve".into(),
-                    "--listen".into(),
-                    "127.0.0.1:3142".into(),
-                    "--store".into(),
-                    store.display().to_string(),
-                    "--mirror".into(),
-                    format!("debian=http://{ORIGIN}/debian"),
-                    "--mirror".into(),
-                    format!("provision=http://{ORIGIN}/provision"),
-                ],
-            )
-        };
-        let mut caches = [cache(1), cache(2)];
+        let caches = [1, 2].map(|i| site_cache(&topo, i, &topo.dir().join(format!("cache{i}"))));
         let site_cache = vec!["--site-cache".to_string(), "127.0.0.1:3142".to_string()];
         let opts = ControlPlaneOpts {
             host_memory_mib: 4096,
@@ -240,53 +144,20 @@ impl Bed {
             ..ControlPlaneOpts::default()
         };
         let plane = ControlPlane::start_with(&topo, &overlay, &opts);
-
-        // The origin repository, a distant mirror in the WAN's namespace.
-        let root = topo.dir().join("origin-root");
-        std::fs::create_dir_all(&root).unwrap();
-        std::os::unix::fs::symlink(assets.join("origin"), root.join("debian")).unwrap();
-        std::os::unix::fs::symlink(assets.join("boot"), root.join("provision")).unwrap();
-        let (ip, port) = ORIGIN.split_once(':').unwrap();
-        let mut origin = Process::spawn(
-            "origin repository",
-            topo.wan().command(
-                "python3",
-                [
-                    "-m",
-                    "http.server",
-                    port,
-                    "--bind",
-                    ip,
-                    "--directory",
-                    root.to_str().unwrap(),
-                ],
-            ),
-            topo.dir().join("origin.log"),
-        );
-        for c in caches.iter_mut() {
-            wait_until("the site cache listens", Duration::from_secs(10), || {
-                c.assert_running();
-                c.log().contains("vcluster cache listening on")
-            });
-        }
-        wait_until("the origin listens", Duration::from_secs(10), || {
-            origin.assert_running();
-            origin.log().contains("Serving HTTP")
-        });
+        let origin = Origin::start(&topo, assets);
         Bed {
             origin,
             plane,
             _caches: caches,
             _overlay: overlay,
             topo,
-            root,
         }
     }
 
     /// The packages and boot files the origin served, each once: panics for one served
     /// twice; returns their paths and total size.
     fn each_file_once(&self) -> (BTreeMap<String, usize>, u64) {
-        let fetched = origin_fetches(&self.origin.log());
+        let fetched = self.origin.fetches();
         let pool: Vec<(&String, &usize)> = fetched
             .iter()
             .filter(|(p, _)| p.contains("/pool/") || p.starts_with("/provision/"))
@@ -295,7 +166,7 @@ impl Bed {
         for (path, n) in &pool {
             assert_eq!(**n, 1, "{path} came from the origin {n} times");
         }
-        let set_bytes: u64 = fetched.keys().map(|p| served_size(&self.root, p)).sum();
+        let set_bytes: u64 = fetched.keys().map(|p| self.origin.size(p)).sum();
         (fetched, set_bytes)
     }
 
@@ -313,6 +184,39 @@ impl Bed {
             into.tx_bytes,
             into.tx_frames,
         )
+    }
+
+    /// Each of `nodes` went through every phase, each logged as an event.
+    fn assert_install_events(&self, nodes: &[String]) {
+        let events: Vec<Event> = self
+            .plane
+            .block_on(self.plane.user().get("/v1/events?limit=1000"))
+            .unwrap();
+        for n in nodes {
+            for kind in [
+                "install-pxe",
+                "install-installing",
+                "install-rebooting",
+                "install-booted",
+            ] {
+                assert!(
+                    events
+                        .iter()
+                        .any(|e| e.kind == kind && e.message.contains(n.as_str())),
+                    "{kind} for {n}"
+                );
+            }
+        }
+    }
+
+    /// Packages and boot files the origin served more than once.
+    fn refetched(&self) -> Vec<String> {
+        self.origin
+            .fetches()
+            .into_iter()
+            .filter(|(p, n)| (p.contains("/pool/") || p.starts_with("/provision/")) && *n > 1)
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// Makes the test profile `debian`: the base system, two more packages, a file and a
@@ -333,7 +237,7 @@ impl Bed {
 
 /// The assets, or `None` after a loud skip (a failure in CI).
 fn assets_or_skip(test: &str) -> Option<PathBuf> {
-    match assets() {
+    match site_tests::provision::assets() {
         Ok(a) => Some(a),
         Err(why) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
         Err(why) => {
@@ -482,25 +386,7 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
             if efi { "UEFI" } else { "BIOS" }
         );
     }
-    let events: Vec<Event> = bed
-        .plane
-        .block_on(bed.plane.user().get("/v1/events?limit=1000"))
-        .unwrap();
-    for n in &nodes {
-        for kind in [
-            "install-pxe",
-            "install-installing",
-            "install-rebooting",
-            "install-booted",
-        ] {
-            assert!(
-                events
-                    .iter()
-                    .any(|e| e.kind == kind && e.message.contains(n.as_str())),
-                "{kind} for {n}"
-            );
-        }
-    }
+    bed.assert_install_events(&nodes);
     let cli = bed.plane.cli(&["cluster", "show", &name]);
     assert!(cli.success, "{}", cli.stderr);
     assert_eq!(cli.stdout.matches(" booted ").count(), 2, "{}", cli.stdout);
@@ -518,11 +404,7 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
     wait_booted(&bed.plane, &name, &nodes[..1], Duration::from_secs(1200));
     let reinstall_time = again.elapsed();
     let into_site2 = bed.topo.link(2).stats().b_to_a.tx_bytes;
-    let refetched: Vec<String> = origin_fetches(&bed.origin.log())
-        .into_iter()
-        .filter(|(p, n)| (p.contains("/pool/") || p.starts_with("/provision/")) && *n > 1)
-        .map(|(p, _)| p)
-        .collect();
+    let refetched = bed.refetched();
     assert!(
         refetched.is_empty(),
         "fetched from the origin again: {refetched:?}"
@@ -669,25 +551,7 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
             .iter()
             .all(|n| n.health.as_ref().is_some_and(|h| h.health.as_str() == "up"))
     });
-    let events: Vec<Event> = bed
-        .plane
-        .block_on(bed.plane.user().get("/v1/events?limit=1000"))
-        .unwrap();
-    for n in &nodes {
-        for kind in [
-            "install-pxe",
-            "install-installing",
-            "install-rebooting",
-            "install-booted",
-        ] {
-            assert!(
-                events
-                    .iter()
-                    .any(|e| e.kind == kind && e.message.contains(n.as_str())),
-                "{kind} for {n}"
-            );
-        }
-    }
+    bed.assert_install_events(&nodes);
     // The token never reached a log.
     let log = std::fs::read_to_string(
         bed.topo
@@ -716,11 +580,7 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
         (into_site2 as f64) < 0.05 * set_bytes as f64,
         "a reinstall from a warm cache moved {into_site2} bytes across the WAN"
     );
-    let refetched: Vec<String> = origin_fetches(&bed.origin.log())
-        .into_iter()
-        .filter(|(p, n)| (p.contains("/pool/") || p.starts_with("/provision/")) && *n > 1)
-        .map(|(p, _)| p)
-        .collect();
+    let refetched = bed.refetched();
     assert!(refetched.is_empty(), "fetched again: {refetched:?}");
     assert!(fetched.len() > 100);
 

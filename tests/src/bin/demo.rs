@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, NetworkOpts, Overlay, PingOpts, Process, Topology,
-    bin_path, find_command, list_namespaces, node_ip, unique_name, unreachable_pairs, wait_until,
+    bin_path, find_command, list_namespaces, node_ip, unique_name, unreachable_pairs,
 };
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -479,59 +479,11 @@ fn provision_vm(
     );
     println!("      a `vcluster cache` at sites 1 and 3; site 3's agent runs QEMU (KVM if a probe");
     println!("      guest runs under it, else TCG); the frontend (dnsmasq, iPXE) at site 1");
-    let vcluster = bin_path("vcluster");
-    let mut caches: Vec<Process> = [1usize, 3]
+    let _caches: Vec<Process> = [1usize, 3]
         .iter()
-        .map(|&i| {
-            topo.spawn(
-                topo.host(i),
-                &format!("cache{i}"),
-                &[
-                    vcluster.display().to_string(),
-                    "cache".into(),
-                    "serve".into(),
-                    "--listen".into(),
-                    "127.0.0.1:3142".into(),
-                    "--store".into(),
-                    topo.dir().join(format!("cache{i}")).display().to_string(),
-                    "--mirror".into(),
-                    "debian=http://10.254.0.254:8080/debian".into(),
-                    "--mirror".into(),
-                    "provision=http://10.254.0.254:8080/provision".into(),
-                ],
-            )
-        })
+        .map(|&i| site_tests::provision::site_cache(topo, i, &topo.dir().join(format!("cache{i}"))))
         .collect();
-    let root = topo.dir().join("origin-root");
-    let _ = std::fs::create_dir_all(&root);
-    let _ = std::os::unix::fs::symlink(assets.join("origin"), root.join("debian"));
-    let _ = std::os::unix::fs::symlink(assets.join("boot"), root.join("provision"));
-    let mut origin = Process::spawn(
-        "origin repository",
-        topo.wan().command(
-            "python3",
-            [
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "10.254.0.254",
-                "--directory",
-                root.to_str().unwrap_or("."),
-            ],
-        ),
-        topo.dir().join("origin.log"),
-    );
-    for c in caches.iter_mut() {
-        wait_until("a site cache listens", Duration::from_secs(10), || {
-            c.assert_running();
-            c.log().contains("vcluster cache listening on")
-        });
-    }
-    wait_until("the origin listens", Duration::from_secs(10), || {
-        origin.assert_running();
-        origin.log().contains("Serving HTTP")
-    });
+    let origin = site_tests::provision::Origin::start(topo, assets);
     let _: serde_json::Value = plane.admin_post(
         "/v1/roles",
         &serde_json::json!({"name": "base", "packages": ["less", "curl"],
@@ -615,12 +567,16 @@ fn provision_vm(
     }
     println!("\n      $ vcluster cluster show {name}");
     print_indented(&plane.cli(&["cluster", "show", &name]).stdout);
-    let fetched = origin
-        .log()
-        .lines()
-        .filter(|l| l.contains("\"GET ") && l.contains(" 200 "))
-        .count();
-    println!("      the origin served {fetched} files to site 3's cache, each once");
+    let fetched = origin.fetches();
+    let once = if fetched.values().all(|&n| n == 1) {
+        "each once"
+    } else {
+        "some more than once"
+    };
+    println!(
+        "      the origin served {} files to site 3's cache, {once}",
+        fetched.len()
+    );
     println!("\n      $ vcluster cluster delete {name} --wait");
     let out = plane.cli(&["cluster", "delete", &name, "--wait"]);
     print_indented(&out.stdout);

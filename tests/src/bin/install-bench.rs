@@ -29,15 +29,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::json;
+use site_tests::provision::{ORIGIN, Origin, TCP_FRAME_OVERHEAD, site_cache};
 use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, Overlay, Process, Topology, bin_path, find_command,
     unique_name, wait_until,
 };
 use vcluster::model::InstallState;
-
-const ORIGIN: &str = "10.254.0.254:8080";
-/// Ethernet 14, IPv4 20, TCP 32 (timestamps) around each full segment.
-const TCP_FRAME_OVERHEAD: u64 = 14 + 20 + 32;
 
 #[derive(Parser, Clone)]
 #[command(about = "Reinstall N remote nodes through their site cache: time and WAN bytes")]
@@ -56,6 +53,9 @@ struct Args {
         default_value = "site,squid,apt-cacher-ng,none"
     )]
     caches: Vec<String>,
+    /// Numbers of nodes for the cache comparison and the warm runs (default: --nodes).
+    #[arg(long, value_delimiter = ',')]
+    cache_nodes: Vec<usize>,
     /// The most nodes a run without a cache takes (each of them fetches the whole set
     /// across the WAN).
     #[arg(long, default_value_t = 32)]
@@ -178,8 +178,13 @@ fn plan(args: &Args) -> Vec<Plan> {
             plans.push(lw(n, rtt, "site", false));
         }
     }
+    let cache_nodes = if args.cache_nodes.is_empty() {
+        &args.nodes
+    } else {
+        &args.cache_nodes
+    };
     for cache in args.caches.iter().filter(|c| c.as_str() != "site") {
-        for &n in &args.nodes {
+        for &n in cache_nodes {
             if cache == "none" && n > args.max_uncached_nodes {
                 continue;
             }
@@ -187,7 +192,7 @@ fn plan(args: &Args) -> Vec<Plan> {
         }
     }
     if args.warm {
-        for &n in &args.nodes {
+        for &n in cache_nodes {
             plans.push(lw(n, max_rtt, "site", true));
         }
     }
@@ -249,23 +254,7 @@ fn start_site_cache(topo: &Topology, kind: &str) -> SiteCache {
     std::fs::create_dir_all(&dir).unwrap();
     let host = topo.host(2);
     let process = match kind {
-        "site" => Some(topo.spawn(
-            host,
-            "cache2",
-            &[
-                bin_path("vcluster").display().to_string(),
-                "cache".into(),
-                "serve".into(),
-                "--listen".into(),
-                "127.0.0.1:3142".into(),
-                "--store".into(),
-                dir.join("store").display().to_string(),
-                "--mirror".into(),
-                format!("debian=http://{ORIGIN}/debian"),
-                "--mirror".into(),
-                format!("provision=http://{ORIGIN}/provision"),
-            ],
-        )),
+        "site" => Some(site_cache(topo, 2, &dir.join("store"))),
         "squid" => {
             let (ip, port) = ORIGIN.split_once(':').unwrap();
             // A reverse proxy in front of the origin, with what a package cache needs
@@ -337,7 +326,7 @@ fn start_site_cache(topo: &Topology, kind: &str) -> SiteCache {
         "none" => None,
         other => panic!("unknown cache {other}: site, squid, apt-cacher-ng or none"),
     };
-    if kind != "none" {
+    if !["none", "site"].contains(&kind) {
         wait_until("the site cache listens", Duration::from_secs(20), || {
             host.command("bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/3142"])
                 .stderr(std::process::Stdio::null())
@@ -349,35 +338,6 @@ fn start_site_cache(topo: &Topology, kind: &str) -> SiteCache {
         _process: process,
         dir,
     }
-}
-
-/// Paths the origin answered 200 for, with how many times, from python's access log.
-fn origin_fetches(log: &str) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for line in log.lines() {
-        let Some(rest) = line.split("\"GET ").nth(1) else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let (Some(path), Some(_), Some(status)) = (words.next(), words.next(), words.next()) else {
-            continue;
-        };
-        if status == "200" {
-            *m.entry(path.to_string()).or_insert(0) += 1;
-        }
-    }
-    m
-}
-
-fn served_size(root: &Path, path: &str) -> u64 {
-    let path = path.split('?').next().unwrap_or(path);
-    let rel = path
-        .trim_start_matches('/')
-        .replace("%2B", "+")
-        .replace("%2b", "+");
-    std::fs::metadata(root.join(rel))
-        .map(|m| m.len())
-        .unwrap_or(0)
 }
 
 /// The package names of the origin repository (what `cache warm` fills the cache with).
@@ -409,23 +369,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     topo.link(2).set(site_tests::Dirs::Both, link);
     let overlay = Overlay::start_with(&topo, &[], |_, _| {});
     let vcluster = bin_path("vcluster");
-    let _cache1 = topo.spawn(
-        topo.host(1),
-        "cache1",
-        &[
-            vcluster.display().to_string(),
-            "cache".into(),
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:3142".into(),
-            "--store".into(),
-            topo.dir().join("cache1").display().to_string(),
-            "--mirror".into(),
-            format!("debian=http://{ORIGIN}/debian"),
-            "--mirror".into(),
-            format!("provision=http://{ORIGIN}/provision"),
-        ],
-    );
+    let _cache1 = site_cache(&topo, 1, &topo.dir().join("cache1"));
     let cache2 = start_site_cache(&topo, &p.cache);
     let site2_cache = if p.cache == "none" {
         ORIGIN.to_string()
@@ -448,31 +392,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
             ..ControlPlaneOpts::default()
         },
     );
-    let root = topo.dir().join("origin-root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::os::unix::fs::symlink(assets.join("origin"), root.join("debian")).unwrap();
-    std::os::unix::fs::symlink(assets.join("boot"), root.join("provision")).unwrap();
-    let (ip, port) = ORIGIN.split_once(':').unwrap();
-    let mut origin = Process::spawn(
-        "origin repository",
-        topo.wan().command(
-            "python3",
-            [
-                "-m",
-                "http.server",
-                port,
-                "--bind",
-                ip,
-                "--directory",
-                root.to_str().unwrap(),
-            ],
-        ),
-        topo.dir().join("origin.log"),
-    );
-    wait_until("the origin listens", Duration::from_secs(10), || {
-        origin.assert_running();
-        origin.log().contains("Serving HTTP")
-    });
+    let origin = Origin::start(&topo, assets);
     let _: serde_json::Value = plane.admin_post(
         "/v1/roles",
         &json!({"name": "bench", "packages": ["less", "curl"],
@@ -552,7 +472,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
         }
     }
 
-    let origin_before = origin_fetches(&origin.log());
+    let origin_before = origin.fetches();
     topo.reset_wan_stats();
     let cpu0 = cpu_jiffies();
     let name = unique_name("ib");
@@ -613,12 +533,12 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let wan_payload = into
         .tx_bytes
         .saturating_sub(into.tx_frames * TCP_FRAME_OVERHEAD);
-    let fetches = origin_fetches(&origin.log());
+    let fetches = origin.fetches();
     let mut origin_bytes = 0;
     let mut set = 0;
     for (path, n) in &fetches {
         let before = origin_before.get(path).copied().unwrap_or(0);
-        let size = served_size(&root, path);
+        let size = origin.size(path);
         origin_bytes += size * (n - before) as u64;
         set += size;
     }
