@@ -156,8 +156,9 @@ fn main() {
             r.cpu_busy * 100.0
         );
         results.push(r);
+        // Written after every run: an interrupted benchmark keeps what it measured.
+        report(&args, &results, set_bytes, i + 1 == plans.len());
     }
-    report(&args, &results, set_bytes);
 }
 
 /// The runs: time against N per RTT (site cache, cold), WAN bytes against N per cache
@@ -568,7 +569,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     )
 }
 
-fn report(args: &Args, results: &[RunResult], set_bytes: u64) {
+fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
@@ -584,6 +585,9 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64) {
     let set = set_bytes.max(1) as f64;
     let mut md = String::new();
     let _ = writeln!(md, "# Reinstalling remote nodes through their site cache\n");
+    if !last {
+        let _ = writeln!(md, "(partial: the runs measured so far)\n");
+    }
     let _ = writeln!(
         md,
         "`bench/install/run {}`: nodes at site 2, frontend at site 1 (no delay), origin \
@@ -680,9 +684,12 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64) {
         time_svg.file_name().unwrap().to_string_lossy(),
         wan_svg.file_name().unwrap().to_string_lossy()
     );
-    println!("\n{md}");
+    if last {
+        println!("\n{md}");
+    }
     match std::fs::write(&out, &md) {
-        Ok(()) => println!("written to {} (plots beside it)", out.display()),
+        Ok(()) if last => println!("written to {} (plots beside it)", out.display()),
+        Ok(()) => {}
         Err(e) => eprintln!("writing {}: {e}", out.display()),
     }
 }

@@ -210,14 +210,33 @@ pub async fn install_report(
     {
         let app = app.clone();
         let id = cluster.id;
-        tokio::spawn(async move {
+        let push = async move {
             if let Err(e) = crate::controller::tasks::converge(&app, id, true).await {
                 tracing::warn!(cluster = id, error = %e, "pushing an install's change failed");
             }
-        });
+        };
+        if changed && report.state == InstallState::Rebooting {
+            // The installer reboots as soon as this is answered: its VM must boot its disk
+            // first by then. A UEFI firmware that finds the network first and is told
+            // `exit` does not go on to the disk (OVMF shows its menu), so the boot order
+            // changes before the answer, not after.
+            if tokio::time::timeout(REBOOT_PUSH, push).await.is_err() {
+                tracing::warn!(
+                    node = %node.name,
+                    "the boot order change did not reach its host in {} s; the node may \
+                     network-boot once more",
+                    REBOOT_PUSH.as_secs()
+                );
+            }
+        } else {
+            tokio::spawn(push);
+        }
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// How long a `rebooting` report waits for the node's host to switch its boot order.
+const REBOOT_PUSH: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What a node installs (its rendered profile), for its installer, relayed by its
 /// cluster's frontend agent.
