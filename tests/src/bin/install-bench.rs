@@ -174,16 +174,21 @@ fn plan(args: &Args) -> Vec<Plan> {
         qemu: false,
     };
     let mut plans = Vec::new();
-    for &rtt in args.rtt.iter().rev() {
-        for &n in &args.nodes {
-            plans.push(lw(n, rtt, "site", false));
-        }
+    // The largest RTT first, then the caches compared there, then the other RTTs: an
+    // interrupted run keeps the comparisons that matter most.
+    for &n in &args.nodes {
+        plans.push(lw(n, max_rtt, "site", false));
     }
     let cache_nodes = if args.cache_nodes.is_empty() {
         &args.nodes
     } else {
         &args.cache_nodes
     };
+    if args.warm {
+        for &n in cache_nodes {
+            plans.push(lw(n, max_rtt, "site", true));
+        }
+    }
     for cache in args.caches.iter().filter(|c| c.as_str() != "site") {
         for &n in cache_nodes {
             if cache == "none" && n > args.max_uncached_nodes {
@@ -192,9 +197,11 @@ fn plan(args: &Args) -> Vec<Plan> {
             plans.push(lw(n, max_rtt, cache, false));
         }
     }
-    if args.warm {
-        for &n in cache_nodes {
-            plans.push(lw(n, max_rtt, "site", true));
+    let mut others: Vec<u64> = args.rtt.iter().copied().filter(|&r| r != max_rtt).collect();
+    others.sort_unstable();
+    for rtt in others {
+        for &n in &args.nodes {
+            plans.push(lw(n, rtt, "site", false));
         }
     }
     if args.qemu > 0 {

@@ -245,19 +245,8 @@ impl Reconciler {
                 )
                 .await?;
         }
-        for n in &share.nodes {
-            self.driver
-                .ensure(
-                    NodeSlot {
-                        network: net,
-                        index: n.index,
-                    },
-                    &bridge,
-                    n,
-                )
-                .await?;
-        }
-
+        // The services first: a node that network-boots at once (a lightweight node's
+        // netboot) finds its frontend and its site's cache already there.
         match (&self.services, &share.services) {
             (Some(services), Some(spec)) => {
                 services
@@ -275,6 +264,19 @@ impl Reconciler {
                 );
             }
             (None, None) => {}
+        }
+
+        for n in &share.nodes {
+            self.driver
+                .ensure(
+                    NodeSlot {
+                        network: net,
+                        index: n.index,
+                    },
+                    &bridge,
+                    n,
+                )
+                .await?;
         }
 
         let nodes: BTreeMap<u32, String> = share
