@@ -821,7 +821,12 @@ async fn power_node(
             else {
                 return Err(ApiError::not_found(format!("no node {node} on this host")));
             };
-            driver.remove(f.slot, Some(&node)).await.map_err(failed)?;
+            {
+                // No reconcile may remake the node while it is being removed (it would
+                // start a node whose files the removal then deletes under it).
+                let _state = shared.reconciler.state.lock().await;
+                driver.remove(f.slot, Some(&node)).await.map_err(failed)?;
+            }
             let errors = reconcile_once(&shared)
                 .await
                 .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
