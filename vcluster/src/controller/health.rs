@@ -5,8 +5,14 @@
 //! an hour of load samples for the portal's chart) are kept in memory, as gmetad keeps
 //! its round-robin data: after a controller restart nodes are `unknown` until their
 //! next report.
+//!
+//! A node being installed (its install neither `booted` nor `failed`) has no agent by
+//! design: its install reports and its phase timeout watch it, not the heartbeats. Its
+//! silence is not counted, and its clock starts anew when the install ends (a reinstall
+//! does not find the node "silent since" its agent of before the reinstall, and recovery
+//! never fences a node in the middle of its install).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use crate::model::{Health, NodeAgentReport, NodeHealth, NodeState};
@@ -129,8 +135,16 @@ impl Monitor {
     }
 
     /// Looks at every node: running nodes silent for longer than `down_after_ms` go down
-    /// (returned); nodes that are not running are forgotten.
-    pub fn sweep(&self, running: &[NodeRow], now: i64, down_after_ms: i64) -> Vec<Change> {
+    /// (returned); nodes that are not running are forgotten; nodes whose install is under
+    /// way (by node id, in `installing`) are neither up nor down, and watched afresh once
+    /// it ends.
+    pub fn sweep(
+        &self,
+        running: &[NodeRow],
+        installing: &HashSet<i64>,
+        now: i64,
+        down_after_ms: i64,
+    ) -> Vec<Change> {
         let mut nodes = self.nodes.lock().expect("monitor");
         let live: HashMap<&str, &NodeRow> = running
             .iter()
@@ -150,13 +164,25 @@ impl Monitor {
                 unwatched: false,
                 accel: None,
             });
+            if installing.contains(&row.id) {
+                if rec.health != Health::Unknown {
+                    rec.health = Health::Unknown;
+                    rec.since_ms = now;
+                }
+                rec.last_seen_ms = None;
+                rec.watched_since_ms = now;
+                continue;
+            }
             let silent_since = rec.last_seen_ms.unwrap_or(rec.watched_since_ms);
             if !rec.unwatched && rec.health != Health::Down && now - silent_since > down_after_ms {
                 rec.health = Health::Down;
                 rec.since_ms = now;
                 let last = match rec.last_seen_ms {
                     Some(t) => format!("last answer at {}", ms_to_time(t).format("%H:%M:%S")),
-                    None => "never answered since the controller started".to_string(),
+                    None => format!(
+                        "never answered since it was first watched at {}",
+                        ms_to_time(rec.watched_since_ms).format("%H:%M:%S")
+                    ),
                 };
                 changes.push(Change {
                     node: name.to_string(),
@@ -263,8 +289,9 @@ mod tests {
     #[test]
     fn a_node_goes_down_after_k_silent_beats_and_up_at_the_next_answer() {
         let m = Monitor::new();
+        let none = HashSet::new();
         let rows = [row("c-node-1"), row("c-node-2")];
-        assert!(m.sweep(&rows, 0, 4000).is_empty());
+        assert!(m.sweep(&rows, &none, 0, 4000).is_empty());
         assert_eq!(m.health("c-node-1").unwrap().health, Health::Unknown);
         m.beat(&[report("c-node-1", 0.5), report("c-node-2", 0.1)], 1000);
         assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
@@ -277,21 +304,24 @@ mod tests {
         };
         for t in [2000, 3000, 4000, 5000] {
             m.beat(&[silent.clone(), report("c-node-2", 0.1)], t);
-            assert!(m.sweep(&rows, t, 4000).is_empty(), "at {t}");
+            assert!(m.sweep(&rows, &none, t, 4000).is_empty(), "at {t}");
         }
-        let changes = m.sweep(&rows, 5001, 4000);
+        let changes = m.sweep(&rows, &none, 5001, 4000);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].node, "c-node-1");
         assert!(
             changes[0].message.contains("has not answered for 4.0 s"),
             "{changes:?}"
         );
-        assert!(m.sweep(&rows, 9000, 4000).is_empty(), "down is said once");
+        assert!(
+            m.sweep(&rows, &none, 9000, 4000).is_empty(),
+            "down is said once"
+        );
         let back = m.beat(&[report("c-node-1", 0.2), report("c-node-2", 0.1)], 9500);
         assert_eq!(back, vec![("c-node-1".to_string(), 8500)]);
         assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
         // A node that is no longer running is forgotten.
-        m.sweep(&rows[1..], 9600, 4000);
+        m.sweep(&rows[1..], &none, 9600, 4000);
         assert!(m.health("c-node-1").is_none());
         let counts = m.counts();
         assert_eq!(counts.get(&Health::Up), Some(&1));
@@ -300,11 +330,37 @@ mod tests {
     #[test]
     fn a_node_that_never_answers_goes_down_from_when_it_was_first_watched() {
         let m = Monitor::new();
+        let none = HashSet::new();
         let rows = [row("c-node-1")];
-        m.sweep(&rows, 10_000, 4000);
-        assert!(m.sweep(&rows, 14_000, 4000).is_empty());
-        let c = m.sweep(&rows, 14_001, 4000);
+        m.sweep(&rows, &none, 10_000, 4000);
+        assert!(m.sweep(&rows, &none, 14_000, 4000).is_empty());
+        let c = m.sweep(&rows, &none, 14_001, 4000);
         assert!(c[0].message.contains("never answered"), "{c:?}");
+    }
+
+    #[test]
+    fn a_node_being_reinstalled_is_never_called_down_and_is_watched_afresh_after() {
+        let m = Monitor::new();
+        let none = HashSet::new();
+        let mut rows = [row("c-node-1")];
+        rows[0].id = 7;
+        m.beat(&[report("c-node-1", 0.5)], 1000);
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
+        // Reinstalled: its agent is gone for as long as the install takes.
+        let installing = HashSet::from([7]);
+        for t in [2000, 10_000, 600_000] {
+            assert!(m.sweep(&rows, &installing, t, 4000).is_empty(), "at {t}");
+            assert_eq!(m.health("c-node-1").unwrap().health, Health::Unknown);
+        }
+        // The install ended at 600 s: silence counts from then, not from its old agent.
+        assert!(m.sweep(&rows, &none, 603_000, 4000).is_empty());
+        let c = m.sweep(&rows, &none, 604_001, 4000);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].message.contains("never answered"), "{c:?}");
+        // A node already down when its reinstall starts is no longer down (recovery
+        // leaves it to the install).
+        m.sweep(&rows, &installing, 700_000, 4000);
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Unknown);
     }
 
     #[test]

@@ -63,9 +63,15 @@ pub async fn check_node_health(app: &App) -> Result<(), store::StoreError> {
         .into_iter()
         .map(|c| (c.id, c.owner_id))
         .collect();
+    // Nodes being installed have no agent yet: their installs watch them.
+    let installing: std::collections::HashSet<i64> = store::unfinished_installs(rx.conn())
+        .await?
+        .into_iter()
+        .map(|i| i.node_id)
+        .collect();
     rx.finish().await?;
     let down_after = app.config.node_down_after().as_millis() as i64;
-    let changes = app.monitor.sweep(&nodes, now, down_after);
+    let changes = app.monitor.sweep(&nodes, &installing, now, down_after);
     let mut rx = app.store.read().await?;
     let hosts = store::list_hosts(rx.conn()).await?;
     rx.finish().await?;
