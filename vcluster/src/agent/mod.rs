@@ -453,7 +453,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
         let Some(host_id) = *shared.host_id.read().await else {
             continue;
         };
-        let beat = match shared.reconciler.observe().await {
+        let beat = match shared.reconciler.observe_within(every / 2).await {
             Ok((networks, nodes)) => {
                 let node_agents = ask_node_agents(&shared.reconciler.driver, &nodes, every).await;
                 let driver = &shared.reconciler.driver;

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -59,7 +60,12 @@ pub struct Reconciler {
     /// Provisioned clusters' services (site-local address, frontend), when this host
     /// has a site cache to serve.
     pub services: Option<Arc<ClusterServices>>,
+    /// The last observation, for a heartbeat that finds the reconciler busy.
+    last_observed: std::sync::Mutex<Option<Observation>>,
 }
+
+/// This host's cluster networks and the nodes found on them.
+pub type Observation = (Vec<u32>, Vec<ObservedNode>);
 
 fn observed(found: &[FoundNode], network: u32, names: &BTreeMap<u32, String>) -> Vec<ObservedNode> {
     let mut out: Vec<ObservedNode> = found
@@ -159,6 +165,7 @@ impl Reconciler {
             vpnd,
             state: Mutex::new(state),
             services: None,
+            last_observed: std::sync::Mutex::new(None),
         }
     }
 
@@ -482,10 +489,31 @@ impl Reconciler {
         Ok(errors)
     }
 
+    /// As [`Reconciler::observe`], but when the reconciler stays busy (applying, removing)
+    /// for longer than `wait`, the last observation: a heartbeat must not wait behind a
+    /// burst of applies, or the host looks offline and its nodes down.
+    pub async fn observe_within(&self, wait: Duration) -> Result<Observation, ReconcileError> {
+        let state = match tokio::time::timeout(wait, self.state.lock()).await {
+            Ok(state) => state,
+            Err(_) => {
+                let last = self.last_observed.lock().expect("last observation").clone();
+                match last {
+                    Some(last) => return Ok(last),
+                    None => self.state.lock().await,
+                }
+            }
+        };
+        self.observe_locked(&state).await
+    }
+
     /// What the agent has on the host now.
-    pub async fn observe(&self) -> Result<(Vec<u32>, Vec<ObservedNode>), ReconcileError> {
+    pub async fn observe(&self) -> Result<Observation, ReconcileError> {
         let state = self.state.lock().await;
-        let networks: Vec<u32> = self.networks_on_host(&state).await?.into_iter().collect();
+        self.observe_locked(&state).await
+    }
+
+    async fn observe_locked(&self, state: &StateStore) -> Result<Observation, ReconcileError> {
+        let networks: Vec<u32> = self.networks_on_host(state).await?.into_iter().collect();
         let found = self.driver.list().await?;
         let mut nodes = Vec::new();
         for id in &networks {
@@ -497,6 +525,8 @@ impl Reconciler {
                 .unwrap_or_default();
             nodes.extend(observed(&found, *id, &names));
         }
+        *self.last_observed.lock().expect("last observation") =
+            Some((networks.clone(), nodes.clone()));
         Ok((networks, nodes))
     }
 }
