@@ -16,6 +16,9 @@ use crate::model::{ApiErrorBody, AppliedCluster, ClusterOnHost};
 use super::store::HostRow;
 use crate::tls::{Fingerprint, ServerTrust};
 
+/// How much longer an apply may take for each node it makes on the host.
+pub const APPLY_PER_NODE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct AgentClient {
     timeout: Duration,
@@ -61,6 +64,9 @@ impl AgentClient {
         Ok(client)
     }
 
+    /// Makes the host hold `share`. The agent answers once every node is made, so the
+    /// wait grows with their number: [`APPLY_PER_NODE`] each on top of the client's
+    /// timeout (134 lightweight nodes on one host took more than a minute).
     pub async fn apply(
         &self,
         host: &HostRow,
@@ -71,9 +77,14 @@ impl AgentClient {
             host.agent_url.trim_end_matches('/'),
             share.network.id
         );
+        let nodes = u32::try_from(share.nodes.len()).unwrap_or(u32::MAX);
+        let limit = self
+            .timeout
+            .saturating_add(APPLY_PER_NODE.saturating_mul(nodes));
         let resp = self
             .http(host)?
             .put(&url)
+            .timeout(limit)
             .bearer_auth(&host.agent_secret)
             .json(share)
             .send()
