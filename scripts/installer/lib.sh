@@ -9,10 +9,15 @@
 #   KEYRING      the origin repository's key
 #   DEBOOTSTRAP  the command that runs debootstrap
 #   CHROOT       the chroot to run (default chroot)
-#   REPO PROFILE CALLBACK TOKEN SUITE   from the kernel command line
+#   REPO PROFILE CALLBACK TOKEN SUITE PROGRESS   from the kernel command line
 # and defines fail MESSAGE (reports, cleans up, never returns) and say MESSAGE.
 
 PHASE=start
+# Seconds between progress reports within a step (vc.progress=, a whole number 1..3600).
+case "${PROGRESS:-}" in
+  ''|*[!0-9]*) PROGRESS=3 ;;
+esac
+[ "$PROGRESS" -ge 1 ] && [ "$PROGRESS" -le 3600 ] || PROGRESS=3
 # JSON string: backslash and quote escaped, control characters dropped.
 jstr() { printf '"%s"' "$(printf %s "$1" | tr -d '\000-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"; }
 # report PHASE JSON-FIELDS...: POST {"phase":..., fields} to the callback, 3 tries.
@@ -78,7 +83,7 @@ progress_reader() {
           SIZEDEBS) PKGS_TOTAL=$b ;;
         esac
         t=$(cut -d. -f1 /proc/uptime)
-        if [ "$c" != "$LASTSTAGE" ] || [ $((t - LAST)) -ge 3 ] || [ "$a" = "$b" ]; then
+        if [ "$c" != "$LASTSTAGE" ] || [ $((t - LAST)) -ge "$PROGRESS" ] || [ "$a" = "$b" ]; then
           LAST=$t LASTSTAGE=$c
           case "$c" in
             DOWNDEBS) report installing "\"step\":\"download\",\"packages_done\":$PKGS_DONE,\"packages_total\":$PKGS_TOTAL,\"bytes_done\":$a,\"bytes_total\":$b,\"message\":\"packages $PKGS_DONE/$PKGS_TOTAL\"" ;;

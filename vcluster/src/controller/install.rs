@@ -90,6 +90,7 @@ pub fn services_on_host(
     let net = NetworkId(cluster.network_id as u32);
     let (site_mac, fe_mac) = service_macs(net);
     let prefix = subnet.prefix_len();
+    let progress = progress_every(nodes.iter().filter(|n| present(n)).count());
     let frontend = (frontend_host(cluster, nodes) == Some(host_id)).then(|| FrontendSpec {
         address: format!("{fe_ip}/{prefix}"),
         mac: fe_mac.to_string(),
@@ -102,7 +103,7 @@ pub fn services_on_host(
                     node: n.name.clone(),
                     mac: n.mac.clone(),
                     address: n.address.split('/').next().unwrap_or_default().to_string(),
-                    ipxe: ipxe_script(n, install, site_ip, fe_ip, cluster),
+                    ipxe: ipxe_script(n, install, site_ip, fe_ip, cluster, progress),
                     token: install
                         .filter(|i| !i.state.is_final())
                         .map(|i| i.token.clone()),
@@ -117,6 +118,14 @@ pub fn services_on_host(
     })
 }
 
+/// Seconds between an installer's progress reports within a step (a new step is always
+/// reported): every 3 s for a few nodes, less often for many, so that the reports of a
+/// large cluster, which cross the WAN to the frontend, stay small beside the packages
+/// (134 nodes: one report every 30 s each, about 4 a second in all).
+pub fn progress_every(nodes: usize) -> u32 {
+    u32::try_from(nodes / 4).unwrap_or(u32::MAX).clamp(3, 30)
+}
+
 /// A node's iPXE script: the installer from its site's cache while its install is under
 /// way, its own disk otherwise.
 fn ipxe_script(
@@ -125,6 +134,7 @@ fn ipxe_script(
     site_ip: Ipv4Addr,
     fe_ip: Ipv4Addr,
     cluster: &ClusterRow,
+    progress: u32,
 ) -> String {
     let name = &node.name;
     match install {
@@ -133,7 +143,7 @@ fn ipxe_script(
              echo vcluster: {name} installs profile {profile} from its site's cache\n\
              kernel http://{site_ip}/provision/vmlinuz initrd=installer.img console=ttyS0,115200 \
              quiet vc.repo=http://{site_ip}/debian vc.profile=http://{fe_ip}/install/profile \
-             vc.callback=http://{fe_ip}/install/callback vc.token={token}\n\
+             vc.callback=http://{fe_ip}/install/callback vc.progress={progress} vc.token={token}\n\
              initrd --name installer.img http://{site_ip}/provision/installer.img\n\
              boot\n",
             profile = cluster.profile_name.as_deref().unwrap_or("-"),
@@ -236,4 +246,18 @@ pub async fn fail_stalled_installs(app: &App) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reports_thin_out_with_the_clusters_size_within_bounds() {
+        assert_eq!(progress_every(0), 3);
+        assert_eq!(progress_every(8), 3);
+        assert_eq!(progress_every(32), 8);
+        assert_eq!(progress_every(134), 30);
+        assert_eq!(progress_every(usize::MAX), 30);
+    }
 }
