@@ -159,6 +159,14 @@ pub struct NodeAgents {
 /// How long a node agent may take to open its socket.
 const AGENT_START: Duration = Duration::from_secs(10);
 
+/// Whether a lightweight node's disk boots: a node that was never provisioned has no
+/// root at all (its agent runs without one); an installed root names its node in
+/// `etc/hostname` (even one whose install threw the tree away keeps that); a root
+/// without it is a blank or half-written disk.
+fn installed_or_absent(root: &Path) -> bool {
+    !root.exists() || root.join("etc/hostname").is_file()
+}
+
 /// A lightweight node's network boot (scripts/installer/netboot), written to
 /// `<dir>/netboot` and run in the node's namespace.
 pub const NETBOOT: &str = include_str!("../../../scripts/installer/netboot");
@@ -276,6 +284,13 @@ impl NodeAgents {
             .append(true)
             .open(self.dir.join(format!("{node}.log")))
             .map_err(|e| fail(format!("the node agent's log: {e}")))?;
+        if boot == BootDevice::Disk && !installed_or_absent(&self.root(node)) {
+            // As a VM with a blank disk: nothing to boot (a reinstall makes it anew).
+            return Err(fail(format!(
+                "its disk holds no installed system ({} has no etc/hostname): reinstall it",
+                self.root(node).display()
+            )));
+        }
         let socket = self.socket(node);
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new("ip");
@@ -374,13 +389,56 @@ impl NodeAgents {
                     dir.display()
                 )));
             }
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&d))
-                .await
-                .map_err(|e| fail(format!("removing {}: {e}", dir.display())))?
+            // Gone from its name at once (a node of the same name may be made next);
+            // its files are deleted in the background: a root holds tens of thousands
+            // of them, and deleting eight at once on a busy host took a minute, with
+            // the reconciler (and so the host's heartbeat) waiting.
+            let trash = self.trash();
+            std::fs::create_dir_all(&trash)
+                .map_err(|e| fail(format!("creating {}: {e}", trash.display())))?;
+            let name = dir.file_name().unwrap_or_default().to_string_lossy();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let to = trash.join(format!("{name}.{nanos}"));
+            std::fs::rename(&dir, &to)
                 .map_err(|e| fail(format!("removing {}: {e}", dir.display())))?;
+            std::thread::spawn(move || {
+                if let Err(e) = std::fs::remove_dir_all(&to) {
+                    tracing::warn!(dir = %to.display(), error = %e, "deleting a removed node's files");
+                }
+            });
         }
         Ok(())
+    }
+
+    /// Where removed disks wait for their deletion (see `remove_disk`).
+    fn trash(&self) -> PathBuf {
+        self.dir.join(".trash")
+    }
+
+    /// Deletes, in the background, what an earlier run left in the trash.
+    fn empty_trash(&self) {
+        let trash = self.trash();
+        let Ok(entries) = std::fs::read_dir(&trash) else {
+            return;
+        };
+        let left: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        if left.is_empty() {
+            return;
+        }
+        std::thread::spawn(move || {
+            for d in left {
+                if mount_under(&d).is_some() {
+                    tracing::warn!(dir = %d.display(), "something is mounted under a removed node's files: left alone");
+                    continue;
+                }
+                if let Err(e) = std::fs::remove_dir_all(&d) {
+                    tracing::warn!(dir = %d.display(), error = %e, "deleting a removed node's files");
+                }
+            }
+        });
     }
 
     /// Stops the agent (TERM, then KILL after 2 s) and forgets it: the node is off.
@@ -525,8 +583,10 @@ impl NetnsDriver {
 
     /// Every running node runs `exe node-agent`, with its files in `dir`.
     pub fn with_node_agents(exe: PathBuf, dir: PathBuf) -> NetnsDriver {
+        let agents = NodeAgents { exe, dir };
+        agents.empty_trash();
         NetnsDriver {
-            agents: Some(NodeAgents { exe, dir }),
+            agents: Some(agents),
         }
     }
 
@@ -786,5 +846,24 @@ impl HostBridges for LinuxBridges {
             .into_iter()
             .map(|l| l.ifname)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blank_disk_does_not_boot_and_an_installed_or_absent_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("node.root");
+        assert!(installed_or_absent(&root), "never provisioned: no root");
+        std::fs::create_dir(&root).unwrap();
+        assert!(!installed_or_absent(&root), "blank");
+        std::fs::create_dir_all(root.join("etc/hostname")).unwrap();
+        assert!(!installed_or_absent(&root), "etc/hostname is not a file");
+        std::fs::remove_dir(root.join("etc/hostname")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "node\n").unwrap();
+        assert!(installed_or_absent(&root));
     }
 }

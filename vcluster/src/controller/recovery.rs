@@ -93,10 +93,10 @@ pub async fn recover_down_nodes(app: &App) -> Result<(), store::StoreError> {
     let now = now_ms();
     let mut rx = app.store.read().await?;
     let nodes = store::all_nodes(rx.conn()).await?;
-    let clusters: HashMap<i64, (Recovery, i64)> = store::list_clusters(rx.conn(), None)
+    let clusters: HashMap<i64, (Recovery, i64, bool)> = store::list_clusters(rx.conn(), None)
         .await?
         .into_iter()
-        .map(|c| (c.id, (c.recovery, c.owner_id)))
+        .map(|c| (c.id, (c.recovery, c.owner_id, c.profile_id.is_some())))
         .collect();
     rx.finish().await?;
     let down: Vec<&NodeRow> = nodes
@@ -111,7 +111,7 @@ pub async fn recover_down_nodes(app: &App) -> Result<(), store::StoreError> {
     app.recoveries
         .forget_others(&down.iter().map(|n| n.name.as_str()).collect::<Vec<_>>());
     for n in down {
-        let Some(&(policy, owner)) = clusters.get(&n.cluster_id) else {
+        let Some(&(policy, owner, provisioned)) = clusters.get(&n.cluster_id) else {
             continue;
         };
         if policy == Recovery::Off {
@@ -120,7 +120,16 @@ pub async fn recover_down_nodes(app: &App) -> Result<(), store::StoreError> {
         let Some(attempt) = app.recoveries.claim(&n.name, now) else {
             continue;
         };
-        tokio::spawn(recover(app.clone(), n.clone(), policy, owner, attempt));
+        tokio::spawn(recover(
+            app.clone(),
+            n.clone(),
+            Policy {
+                recovery: policy,
+                owner,
+                provisioned,
+            },
+            attempt,
+        ));
     }
     Ok(())
 }
@@ -148,7 +157,22 @@ async fn event(app: &App, node: &NodeRow, owner: i64, kind: &str, message: Strin
     }
 }
 
-async fn recover(app: App, node: NodeRow, policy: Recovery, owner: i64, attempt: u32) {
+/// What a recovery does, from the node's cluster.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    recovery: Recovery,
+    owner: i64,
+    /// The cluster has a profile: a reinstall is a real install (network boot, the
+    /// profile, `booted`), which then watches the node.
+    provisioned: bool,
+}
+
+async fn recover(app: App, node: NodeRow, policy: Policy, attempt: u32) {
+    let Policy {
+        recovery: policy,
+        owner,
+        provisioned,
+    } = policy;
     let down_after = app.config.node_down_after();
     let name = node.name.clone();
     let n = attempt + 1;
@@ -222,6 +246,40 @@ async fn recover(app: App, node: NodeRow, policy: Recovery, owner: i64, attempt:
     } else {
         "restart"
     };
+    if action == PowerAction::Reinstall && provisioned {
+        // A real install: pending with a fresh token, the frontend told, then the node
+        // remade; from here its install watches it (its phase timeout, its reports).
+        match reinstall_provisioned(&app, &node, &host).await {
+            Ok(()) => {
+                event(
+                    &app,
+                    &node,
+                    owner,
+                    "recovery",
+                    format!(
+                        "node {name}: reinstall started on host {} (attempt {n}/{MAX_ATTEMPTS}); its install reports from now on",
+                        host.name
+                    ),
+                )
+                .await;
+                app.recoveries.finish(&name, Ok(()));
+            }
+            Err(e) => {
+                event(
+                    &app,
+                    &node,
+                    owner,
+                    "recovery",
+                    format!("node {name}: reinstall failed: {e}"),
+                )
+                .await;
+                let after = backoff(down_after, n);
+                app.recoveries
+                    .finish(&name, Err(now_ms() + after.as_millis() as i64));
+            }
+        }
+        return;
+    }
     let started = match app
         .agents
         .power(&host, &name, action, Duration::from_secs(60))
@@ -327,6 +385,33 @@ async fn recover(app: App, node: NodeRow, policy: Recovery, owner: i64, attempt:
     .await;
     app.recoveries
         .finish(&name, Err(now_ms() + after.as_millis() as i64));
+}
+
+/// Starts a real reinstall of a provisioned node, as `vcluster reinstall` does.
+async fn reinstall_provisioned(
+    app: &App,
+    node: &NodeRow,
+    host: &store::HostRow,
+) -> Result<(), String> {
+    let mut tx = app.store.write().await.map_err(|e| e.to_string())?;
+    store::start_install(tx.conn(), node.id, &super::install::new_token(), now_ms())
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    // The frontend learns the new install. The node's own host answers that the fenced
+    // node is not up, which is why it is remade next: not a reason to stop here.
+    if let Err(e) = super::tasks::converge(app, node.cluster_id, true).await {
+        tracing::info!(node = %node.name, "pushing the reinstall: {e}");
+    }
+    app.agents
+        .power(
+            host,
+            &node.name,
+            PowerAction::Reinstall,
+            Duration::from_secs(120),
+        )
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]
