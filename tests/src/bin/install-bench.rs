@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -35,6 +36,63 @@ use site_tests::{
     unique_name, wait_until,
 };
 use vcluster::model::InstallState;
+
+/// Set by SIGINT or SIGTERM: the run stops at its next look and unwinds, so that its
+/// guards remove the namespaces, links and daemons it made.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Unwinds (the guards clean up) when a signal asked to stop.
+fn check_stop() {
+    if STOP.load(Ordering::SeqCst) {
+        panic!("install-bench: interrupted; removing what this run made");
+    }
+}
+
+/// The benchmark's profiles: the role's packages (the compute set is
+/// scripts/provision-assets' COMPUTE_SET).
+const PROFILES: &[(&str, &[&str])] = &[
+    ("small", &["less", "curl"]),
+    (
+        "compute",
+        &[
+            "less",
+            "curl",
+            "build-essential",
+            "gfortran",
+            "openmpi-bin",
+            "libopenmpi-dev",
+            "libopenblas-dev",
+            "python3",
+            "python3-numpy",
+            "python3-scipy",
+            "default-jdk-headless",
+            "git",
+            "perl",
+            "make",
+        ],
+    ),
+];
+
+fn profile_packages(profile: &str) -> Vec<&'static str> {
+    PROFILES
+        .iter()
+        .find(|(p, _)| *p == profile)
+        .map(|(_, pkgs)| pkgs.to_vec())
+        .unwrap_or_default()
+}
 
 #[derive(Parser, Clone)]
 #[command(about = "Reinstall N remote nodes through their site cache: time and WAN bytes")]
@@ -67,6 +125,11 @@ struct Args {
     /// full (configure too, kept).
     #[arg(long, default_value = "unpack")]
     mode: String,
+    /// The profile's packages: small (less, curl over the base system: about 60 MB) or
+    /// compute (compilers, MPI, BLAS, Python's numerics, a JDK: several hundred MB; needs
+    /// `scripts/provision-assets --compute`, which bench/install/run runs for it).
+    #[arg(long, default_value = "small")]
+    profile: String,
     /// QEMU nodes (TCG here) installed once at the largest RTT through the site cache.
     #[arg(long, default_value_t = 2)]
     qemu: usize,
@@ -118,18 +181,24 @@ fn main() {
         ["unpack", "full"].contains(&args.mode.as_str()),
         "--mode unpack|full"
     );
+    assert!(
+        PROFILES.iter().any(|(p, _)| *p == args.profile),
+        "--profile small|compute"
+    );
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/provision");
     assert!(
         assets.join("boot/installer.img").exists(),
         "{} has no installer: run scripts/provision-assets",
         assets.display()
     );
+    stop_on_signals();
     let _limits = site_tests::cluster::NeighbourLimits::raise();
     let plans = plan(&args);
     eprintln!("install-bench: {} runs", plans.len());
     let mut set_bytes = 0u64;
     let mut results = Vec::new();
     for (i, p) in plans.iter().enumerate() {
+        check_stop();
         eprintln!(
             "\n== run {}/{}: {} {} node(s), RTT {} ms, {} cache{}",
             i + 1,
@@ -403,7 +472,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let origin = Origin::start(&topo, assets);
     let _: serde_json::Value = plane.admin_post(
         "/v1/roles",
-        &json!({"name": "bench", "packages": ["less", "curl"],
+        &json!({"name": "bench", "packages": profile_packages(&args.profile),
                 "files": [{"path": "/etc/motd", "content": "{{ node.name }}\n"}]}),
     );
     let _: serde_json::Value = plane.admin_post(
@@ -503,6 +572,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let mut booted: BTreeMap<String, f64> = BTreeMap::new();
     let mut last_print = Instant::now();
     while booted.len() < nodes.len() {
+        check_stop();
         let c = plane.cluster(&name);
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for n in &c.nodes {
@@ -599,8 +669,8 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
         md,
         "`bench/install/run {}`: nodes at site 2, frontend at site 1 (no delay), origin \
          repository in the WAN's namespace; site 2's WAN link carries the RTT{}. Lightweight \
-         nodes install in mode `{}`; one package set (packages, indexes and boot files one \
-         node fetches) is {:.1} MB. WAN is the payload into site 2 (frame headers taken out), \
+         nodes install the `{}` profile in mode `{}`; one package set (packages, indexes and \
+         boot files one node fetches) is {:.1} MB. WAN is the payload into site 2 (frame headers taken out), \
          as a multiple of one set. Hit ratio: 1 − origin bytes / bytes the nodes fetched. \
          CPU: machine-wide CPU seconds during the run (2 cores).\n",
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
@@ -609,6 +679,7 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
         } else {
             String::new()
         },
+        args.profile,
         args.mode,
         set / 1e6
     );
