@@ -668,7 +668,13 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
         at("no installed system") < at("reinstall started"),
         "{story:#?}"
     );
-    assert!(at("reinstall started") < at("install-booted"), "{story:#?}");
+    let reinstalled = at("reinstall started");
+    assert!(
+        story[reinstalled..]
+            .iter()
+            .any(|m| m.starts_with("install-booted")),
+        "{story:#?}"
+    );
     assert_eq!(
         std::fs::read_to_string(root.join("etc/motd")).unwrap(),
         format!("{victim} of {name}, installed by vcluster\n")
