@@ -113,6 +113,9 @@ pub struct ControlPlane {
     agent_dirs: Vec<std::path::PathBuf>,
     /// Each agent's arguments, for [`ControlPlane::restart_agent`].
     agent_argv: Vec<Vec<String>>,
+    /// How long [`ControlPlane::wait_task`] waits: the controller's task timeout (it fails
+    /// a task that takes longer) and half a minute, two minutes at least.
+    task_wait: Duration,
 }
 
 /// 16 random bytes in hex, from the kernel.
@@ -273,6 +276,7 @@ impl ControlPlane {
             clusters: RefCell::new(BTreeSet::new()),
             agent_dirs: Vec::new(),
             agent_argv: Vec::new(),
+            task_wait: Duration::from_secs(opts.task_timeout.saturating_add(30).max(120)),
         };
         let up = try_wait_until(Duration::from_secs(20), || {
             plane
@@ -492,9 +496,10 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("GET /v1/clusters/{name}: {e:#}"))
     }
 
-    /// Waits for `task` to end (up to two minutes) and returns it as it ended.
+    /// Waits for `task` to end (the controller's task timeout and half a minute, two
+    /// minutes at least) and returns it as it ended.
     pub fn wait_task(&self, task: &Task) -> Task {
-        self.block_on(self.user.wait_task(task.id, Duration::from_secs(120)))
+        self.block_on(self.user.wait_task(task.id, self.task_wait))
             .unwrap_or_else(|e| panic!("waiting for task {} {}: {e:#}", task.id, task.kind))
     }
 
