@@ -359,13 +359,26 @@ async fn run_as_task(
     let row = store::cluster_by_id(tx.conn(), cluster_id)
         .await?
         .ok_or_else(|| ApiError::internal(format!("cluster {cluster_id} vanished")))?;
+    // A task that makes or removes many nodes gets the time their hosts need for them
+    // (as the controller's wait for each host's apply does).
+    let nodes = match &op {
+        Operation::CreateCluster | Operation::DeleteCluster => {
+            store::nodes_of_cluster(tx.conn(), row.id).await?.len()
+        }
+        Operation::AddNodes { node_ids } => node_ids.len(),
+        _ => 0,
+    };
+    let per_node = crate::controller::agent_client::APPLY_PER_NODE.as_millis() as i64;
+    let deadline = app
+        .task_deadline(now)
+        .saturating_add(per_node.saturating_mul(i64::try_from(nodes).unwrap_or(i64::MAX)));
     let task = store::insert_task(
         tx.conn(),
         op.kind(),
         row.owner_id,
         Some(&row.name),
         now,
-        app.task_deadline(now),
+        deadline,
     )
     .await?;
     store::insert_event(
