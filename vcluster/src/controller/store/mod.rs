@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Executor, Transaction};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Transaction};
 use thiserror::Error;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -67,6 +67,8 @@ pub enum StoreError {
     BadUrl(String),
     #[error("bad row: {0}")]
     BadRow(String),
+    #[error("starting a transaction: {0}")]
+    Begin(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +142,19 @@ impl Store {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(8)
+                    // A connection that comes back inside a transaction would hold
+                    // SQLite's write lock for good (every other writer then fails with
+                    // "database is locked"): it is closed instead, which rolls it back.
+                    // The ping first lets a rollback queued by a dropped transaction run.
+                    .after_release(|conn, _| {
+                        Box::pin(async move {
+                            conn.ping().await?;
+                            Ok(!conn.is_in_transaction())
+                        })
+                    })
+                    .before_acquire(|conn, _| {
+                        Box::pin(async move { Ok(!conn.is_in_transaction()) })
+                    })
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA busy_timeout = 30000").await?;
@@ -195,7 +210,10 @@ impl Store {
         let (mut tx, guard) = match self.backend {
             Backend::Sqlite => {
                 let guard = self.sqlite_writer.clone().lock_owned().await;
-                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(guard))
+                (
+                    begin_with(&self.pool, "BEGIN IMMEDIATE").await?,
+                    Some(guard),
+                )
             }
             Backend::Postgres => (self.pool.begin().await?, None),
         };
@@ -216,9 +234,11 @@ impl Store {
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin().await?,
             Backend::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?
+                begin_with(
+                    &self.pool,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                )
+                .await?
             }
         };
         Ok(ReadTx { tx })
@@ -228,6 +248,22 @@ impl Store {
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
         Ok(self.pool.acquire().await?)
     }
+}
+
+/// `pool.begin_with(statement)` in a task of its own: in sqlx 0.8 a `begin_with` whose
+/// caller is dropped after the database ran the statement but before the `Transaction`
+/// exists leaves the connection inside that transaction (sqlx issue #3932, fixed in
+/// 0.9). A handler whose client went away (134 installers' reports on a loaded machine)
+/// did exactly that, and the leaked `BEGIN IMMEDIATE` locked every other writer out.
+async fn begin_with(
+    pool: &AnyPool,
+    statement: &'static str,
+) -> Result<Transaction<'static, sqlx::Any>, StoreError> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|e| StoreError::Begin(e.to_string()))?
+        .map_err(StoreError::from)
 }
 
 /// The closed sets the store keeps as text (`model`'s `closed_set!` enums) decode from
