@@ -175,6 +175,8 @@ pub struct AppInner {
     /// One lock per cluster: its tasks run one at a time, so each push reads the
     /// cluster's newest desired state.
     cluster_locks: Mutex<HashMap<i64, Arc<Mutex<()>>>>,
+    /// Per cluster: the pushes asked for and the last one done (`tasks::converge`).
+    pub converges: std::sync::Mutex<HashMap<i64, Arc<tasks::ConvergeSlot>>>,
 }
 
 /// The controller's shared state, handed to every handler and task.
@@ -197,6 +199,10 @@ impl App {
     /// Drops a deleted cluster's lock (whoever still holds it keeps their handle).
     pub async fn forget_cluster_lock(&self, cluster_id: i64) {
         self.cluster_locks.lock().await.remove(&cluster_id);
+        self.converges
+            .lock()
+            .expect("converge slots")
+            .remove(&cluster_id);
     }
 
     pub fn host_timeout_ms(&self) -> i64 {
@@ -295,6 +301,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, StartE
         recoveries: recovery::Recoveries::new(),
         execs: api::exec::ExecSlots::default(),
         cluster_locks: Mutex::new(HashMap::new()),
+        converges: std::sync::Mutex::new(HashMap::new()),
         store,
         config,
     }));

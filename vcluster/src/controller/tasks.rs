@@ -154,9 +154,64 @@ fn in_scope(op: &Operation, node_id: i64) -> bool {
     }
 }
 
+/// One cluster's pushes: how many were asked for, and the last one done with how many
+/// asks it covered and what it answered.
+#[derive(Default)]
+pub struct ConvergeSlot {
+    asked: std::sync::atomic::AtomicU64,
+    last: tokio::sync::Mutex<Option<(u64, Result<String, String>)>>,
+}
+
 /// Pushes the cluster's current desired state to every host it touches.
 /// Returns a one-line summary, or every host's error.
+///
+/// Asks that may skip offline hosts are coalesced: an ask waits for the push running
+/// now, and is answered by it if that push began after the ask (it read a desired state
+/// that holds the asker's change, committed before asking); otherwise it makes one push
+/// for itself and every ask made meanwhile. A burst of install reports (134 nodes each
+/// reporting `rebooting` and `booted`, every one changing what the hosts must have) so
+/// makes a few pushes of the whole cluster instead of one each.
 pub async fn converge(
+    app: &App,
+    cluster_id: i64,
+    may_skip_offline: bool,
+) -> Result<String, String> {
+    if !may_skip_offline {
+        return converge_now(app, cluster_id, false).await;
+    }
+    let slot = app
+        .converges
+        .lock()
+        .expect("converge slots")
+        .entry(cluster_id)
+        .or_default()
+        .clone();
+    slot.run(|| converge_now(app, cluster_id, true)).await
+}
+
+impl ConvergeSlot {
+    /// Runs `push` unless a push that began after this call answers it (see [`converge`]).
+    async fn run<F, Fut>(&self, push: F) -> Result<String, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, String>>,
+    {
+        use std::sync::atomic::Ordering;
+        let ask = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = self.last.lock().await;
+        if let Some((covered, result)) = &*last
+            && *covered >= ask
+        {
+            return result.clone();
+        }
+        let covers = self.asked.load(Ordering::SeqCst);
+        let result = push().await;
+        *last = Some((covers, result.clone()));
+        result
+    }
+}
+
+async fn converge_now(
     app: &App,
     cluster_id: i64,
     may_skip_offline: bool,
@@ -438,4 +493,68 @@ async fn rollback(
     tx.commit().await?;
     app.metrics.task_finished(op.kind(), TaskState::Failed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_burst_of_asks_makes_few_pushes_and_each_ask_is_answered_by_a_later_push() {
+        let slot = Arc::new(ConvergeSlot::default());
+        // What the "desired state" is: bumped by each asker before it asks, as an
+        // install report commits its change before it pushes.
+        let state = Arc::new(AtomicU32::new(0));
+        let pushes = Arc::new(AtomicU32::new(0));
+        let mut asks = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let (slot, state, pushes) = (slot.clone(), state.clone(), pushes.clone());
+            asks.spawn(async move {
+                let mine = state.fetch_add(1, Ordering::SeqCst) + 1;
+                let answer = slot
+                    .run(|| async {
+                        pushes.fetch_add(1, Ordering::SeqCst);
+                        let seen = state.load(Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok(seen.to_string())
+                    })
+                    .await
+                    .unwrap();
+                // The push that answered saw this asker's change.
+                assert!(answer.parse::<u32>().unwrap() >= mine, "{answer} < {mine}");
+            });
+            tokio::task::yield_now().await;
+        }
+        while let Some(r) = asks.join_next().await {
+            r.unwrap();
+        }
+        let n = pushes.load(Ordering::SeqCst);
+        assert!((1..=10).contains(&n), "{n} pushes for 40 asks");
+        // An ask after the burst pushes again.
+        slot.run(|| async {
+            pushes.fetch_add(1, Ordering::SeqCst);
+            Ok(String::new())
+        })
+        .await
+        .unwrap();
+        assert_eq!(pushes.load(Ordering::SeqCst), n + 1);
+    }
+
+    #[tokio::test]
+    async fn a_push_cancelled_midway_answers_nobody_and_the_next_ask_pushes() {
+        let slot = ConvergeSlot::default();
+        let cut = tokio::time::timeout(
+            Duration::from_millis(10),
+            slot.run(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok("never".to_string())
+            }),
+        )
+        .await;
+        assert!(cut.is_err());
+        let answer = slot.run(|| async { Ok("pushed".to_string()) }).await;
+        assert_eq!(answer.unwrap(), "pushed");
+    }
 }
