@@ -499,8 +499,22 @@ impl ControlPlane {
     /// Waits for `task` to end (the controller's task timeout and half a minute, two
     /// minutes at least) and returns it as it ended.
     pub fn wait_task(&self, task: &Task) -> Task {
-        self.block_on(self.user.wait_task(task.id, self.task_wait))
-            .unwrap_or_else(|e| panic!("waiting for task {} {}: {e:#}", task.id, task.kind))
+        let end = std::time::Instant::now() + self.task_wait;
+        loop {
+            // In slices, so that a harness's stop signal is heard.
+            let slice = end
+                .saturating_duration_since(std::time::Instant::now())
+                .min(Duration::from_secs(1));
+            match self.block_on(self.user.wait_task(task.id, slice)) {
+                Ok(t) => return t,
+                Err(vcluster::cli::client::ClientError::TaskTimeout { .. })
+                    if std::time::Instant::now() < end =>
+                {
+                    crate::check_interrupted()
+                }
+                Err(e) => panic!("waiting for task {} {}: {e:#}", task.id, task.kind),
+            }
+        }
     }
 
     /// Waits for `task` and panics, with the agents' and controller's logs, unless it

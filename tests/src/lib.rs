@@ -53,3 +53,30 @@ pub use process::{Process, command};
 pub use topology::{Topology, TopologyBuilder};
 pub use vpnd::{NetworkOpts, Overlay};
 pub use wanem::{DirStats, Direction, Dirs, LinkConfig, LinkParams, LinkStats, WanLink};
+
+/// Set by a harness's SIGINT/SIGTERM handler ([`stop_on_signals`]): the waits of this
+/// library then panic, so that the caller unwinds and its guards remove the namespaces,
+/// links and daemons it made. Tests never set it.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// For benchmark harnesses: SIGINT and SIGTERM make the next wait unwind (see
+/// [`check_interrupted`]) instead of killing the process before its guards ran.
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Panics (so that guards clean up) when a signal asked to stop.
+pub fn check_interrupted() {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        panic!("interrupted by a signal; removing what this run made");
+    }
+}

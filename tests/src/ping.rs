@@ -166,6 +166,7 @@ pub fn try_wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool
         if Instant::now() >= end {
             return false;
         }
+        crate::check_interrupted();
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -36,30 +35,6 @@ use site_tests::{
     unique_name, wait_until,
 };
 use vcluster::model::InstallState;
-
-/// Set by SIGINT or SIGTERM: the run stops at its next look and unwinds, so that its
-/// guards remove the namespaces, links and daemons it made.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn stop_on_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t);
-        }
-    }
-}
-
-/// Unwinds (the guards clean up) when a signal asked to stop.
-fn check_stop() {
-    if STOP.load(Ordering::SeqCst) {
-        panic!("install-bench: interrupted; removing what this run made");
-    }
-}
 
 /// The benchmark's profiles: the role's packages (the compute set is
 /// scripts/provision-assets' COMPUTE_SET).
@@ -191,14 +166,14 @@ fn main() {
         "{} has no installer: run scripts/provision-assets",
         assets.display()
     );
-    stop_on_signals();
+    site_tests::stop_on_signals();
     let _limits = site_tests::cluster::NeighbourLimits::raise();
     let plans = plan(&args);
     eprintln!("install-bench: {} runs", plans.len());
     let mut set_bytes = 0u64;
     let mut results = Vec::new();
     for (i, p) in plans.iter().enumerate() {
-        check_stop();
+        site_tests::check_interrupted();
         eprintln!(
             "\n== run {}/{}: {} {} node(s), RTT {} ms, {} cache{}",
             i + 1,
@@ -572,7 +547,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let mut booted: BTreeMap<String, f64> = BTreeMap::new();
     let mut last_print = Instant::now();
     while booted.len() < nodes.len() {
-        check_stop();
+        site_tests::check_interrupted();
         let c = plane.cluster(&name);
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for n in &c.nodes {
