@@ -3,7 +3,8 @@
 //! iPXE), fetch the installer and real Debian packages from site 2's own cache (which
 //! fetches each file once from the origin repository behind the emulated WAN, 20 ms round
 //! trip from every site), install, reboot from their disks and report `booted`. The host
-//! agent of site 2 is restarted while they install; then one node is reinstalled.
+//! agent of site 2 is restarted while they install; then one node is reinstalled while
+//! the other is killed (`kill -9` of its QEMU) and recovered.
 //!
 //! ```text
 //!  wan namespace   controller :7200, origin repository :8080 (python http.server over
@@ -27,7 +28,9 @@ use site_tests::{
     ControlPlane, ControlPlaneOpts, LinkParams, Overlay, Process, Topology, require_command,
     require_root, unique_name, wait_until,
 };
-use vcluster::model::{Accepted, Cluster, ConsoleChunk, Event, Firmware, InstallState, TaskState};
+use vcluster::model::{
+    Accepted, Cluster, ConsoleChunk, Event, Firmware, InstallState, SeenBy, TaskState,
+};
 
 fn install_state(c: &Cluster, node: &str) -> Option<InstallState> {
     c.nodes
@@ -72,6 +75,27 @@ fn qemu_pids(topo: &Topology) -> BTreeMap<String, u32> {
         }
     }
     m
+}
+
+fn vm_dir(topo: &Topology, node: &str) -> PathBuf {
+    topo.dir().join("agent2").join("vms").join(node)
+}
+
+/// How many live processes run `node`'s VM (QEMU with its QMP socket on the command line).
+fn qemu_processes(topo: &Topology, node: &str) -> usize {
+    let socket = vm_dir(topo, node).join("qmp.sock");
+    let needle = socket.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                && alive(pid)
+        })
+        .count()
 }
 
 fn alive(pid: u32) -> bool {
@@ -192,6 +216,30 @@ impl Bed {
     }
 
     /// Each of `nodes` went through every phase, each logged as an event.
+    /// The events that name `node`, oldest first.
+    fn events_of(&self, node: &str) -> Vec<Event> {
+        let mut e: Vec<Event> = self
+            .plane
+            .block_on(self.plane.user().get::<Vec<Event>>("/v1/events?limit=1000"))
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                e.message.contains(&format!("node {node}"))
+                    || e.message.contains(&format!("install of {node}"))
+            })
+            .collect();
+        e.sort_by_key(|e| e.id);
+        e
+    }
+
+    /// What the events of `node` say, `kind: message`, oldest first.
+    fn story(&self, node: &str) -> Vec<String> {
+        self.events_of(node)
+            .iter()
+            .map(|e| format!("{}: {}", e.kind, e.message))
+            .collect()
+    }
+
     fn assert_install_events(&self, nodes: &[String]) {
         let events: Vec<Event> = self
             .plane
@@ -361,9 +409,9 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
             n.name
         );
         assert_eq!(
-            h.map(|h| h.health.as_str()),
-            Some("unknown"),
-            "{}: a VM without an agent channel is neither up nor down",
+            h.map(|h| (h.health.as_str(), h.seen_by)),
+            Some(("up", Some(SeenBy::Hypervisor))),
+            "{}: a VM without an agent channel is up while its host sees it running",
             n.name
         );
     }
@@ -406,6 +454,54 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
     wait_until("the reinstall started", Duration::from_secs(30), || {
         install_state(&bed.plane.cluster(&name), &nodes[0]) != Some(InstallState::Booted)
     });
+
+    // Meanwhile the other VM is killed (`kill -9` of its QEMU): its host no longer sees
+    // it running, so it is down after the same beats as a silent agent, fenced (confirmed
+    // off), and started again from its disk; never two QEMUs for it.
+    let victim = &nodes[1];
+    let boots = |node: &str| {
+        std::fs::read_to_string(vm_dir(&bed.topo, node).join("console.log"))
+            .unwrap_or_default()
+            .matches(&format!("VC-BOOTED node={node}"))
+            .count()
+    };
+    let booted_before = boots(victim);
+    assert!(booted_before >= 1, "{victim} booted once from its disk");
+    let killed = qemu_pids(&bed.topo)[victim];
+    // SAFETY: kill(2) on the pid of a QEMU this test's host agent started.
+    assert_eq!(unsafe { libc::kill(killed as i32, libc::SIGKILL) }, 0);
+    wait_until(
+        "the killed VM is recovered",
+        Duration::from_secs(180),
+        || {
+            assert!(
+                qemu_processes(&bed.topo, victim) <= 1,
+                "two QEMUs run {victim}"
+            );
+            bed.story(victim)
+                .iter()
+                .any(|m| m.starts_with("recovered:"))
+        },
+    );
+    let story = bed.story(victim);
+    let at = |what: &str| {
+        story
+            .iter()
+            .position(|m| m.contains(what))
+            .unwrap_or_else(|| panic!("no event '{what}' for {victim}: {story:#?}"))
+    };
+    assert!(
+        at("its host has not seen its VM running") < at("fencing it"),
+        "{story:#?}"
+    );
+    assert!(at("fencing it") < at("fenced: host"), "{story:#?}");
+    assert!(at("fenced: host") < at("restarted on host"), "{story:#?}");
+    assert!(at("restarted on host") < at("recovered:"), "{story:#?}");
+    let restarted = qemu_pids(&bed.topo)[victim];
+    assert_ne!(restarted, killed, "a new QEMU runs {victim}");
+    assert!(alive(restarted));
+    assert!(!alive(killed));
+
     wait_booted(&bed.plane, &name, &nodes[..1], Duration::from_secs(1200));
     let reinstall_time = again.elapsed();
     let into_site2 = bed.topo.link(2).stats().b_to_a.tx_bytes;
@@ -428,7 +524,22 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
     assert_eq!(
         install_state(&bed.plane.cluster(&name), &nodes[1]),
         Some(InstallState::Booted),
-        "the other node was left alone"
+        "the other node's install was left alone by its recovery"
+    );
+    // The restarted VM booted its installed system again, and is up.
+    wait_until(
+        "the restarted VM boots from its disk",
+        Duration::from_secs(300),
+        || boots(victim) > booted_before,
+    );
+    assert_eq!(qemu_processes(&bed.topo, victim), 1);
+    let c = bed.plane.cluster(&name);
+    let v = c.nodes.iter().find(|n| &n.name == victim).unwrap();
+    assert_eq!(v.state.as_str(), "running", "{v:?}");
+    assert_eq!(
+        v.health.as_ref().map(|h| h.health.as_str()),
+        Some("up"),
+        "{v:?}"
     );
 
     // Deleted: its VMs, its frontend and site services go from both hosts.
@@ -614,20 +725,7 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
         .unwrap();
     // SAFETY: kill(2) on the node agent's pid, which this test's host agent started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let events_of = |node: &str| -> Vec<Event> {
-        let mut e: Vec<Event> = bed
-            .plane
-            .block_on(bed.plane.user().get::<Vec<Event>>("/v1/events?limit=1000"))
-            .unwrap()
-            .into_iter()
-            .filter(|e| {
-                e.message.contains(&format!("node {node}"))
-                    || e.message.contains(&format!("install of {node}"))
-            })
-            .collect();
-        e.sort_by_key(|e| e.id);
-        e
-    };
+    let events_of = |node: &str| bed.events_of(node);
     wait_until(
         "the recovery reinstalls it",
         Duration::from_secs(120),
@@ -652,10 +750,7 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
             })
         },
     );
-    let story: Vec<String> = events_of(victim)
-        .iter()
-        .map(|e| format!("{}: {}", e.kind, e.message))
-        .collect();
+    let story = bed.story(victim);
     let at = |what: &str| {
         story
             .iter()

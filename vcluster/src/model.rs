@@ -410,10 +410,12 @@ pub struct Heartbeat {
     /// The agents of the host's running nodes, asked just before this beat.
     #[serde(default)]
     pub node_agents: Vec<NodeAgentReport>,
-    /// Running nodes whose driver gives them no agent channel (a VM without one yet):
-    /// their silence says nothing, so monitoring does not call them down.
+    /// Running nodes whose driver gives them no agent channel (a VM without one yet) and
+    /// whose hypervisor says their guest runs: the host vouches for them, and monitoring
+    /// counts that as their answer (a VM killed, crashed, paused or shut down is missing
+    /// here and goes down after the same beats as a silent agent).
     #[serde(default)]
-    pub unwatched: Vec<String>,
+    pub vms_running: Vec<String>,
     /// The accelerator of each running VM (`kvm`, `tcg`), by node name.
     #[serde(default)]
     pub accel: BTreeMap<String, String>,
@@ -638,10 +640,21 @@ closed_set! {
     pub enum Health as "node health" {
         /// No report from the node's agent yet (since the node or the controller started).
         Unknown = "unknown",
-        /// Its agent answered its host within the last k heartbeats.
+        /// Its agent answered its host within the last k heartbeats (a VM without an
+        /// agent channel: its host saw its guest running).
         Up = "up",
-        /// Its agent has not answered for k heartbeats (Ganglia's rule: k = 4).
+        /// Its agent has not answered for k heartbeats (Ganglia's rule: k = 4), or its
+        /// host has not seen its VM running for as long.
         Down = "down",
+    }
+}
+
+closed_set! {
+    pub enum SeenBy as "who answers for a node" {
+        /// Its node agent answered its host.
+        Agent = "agent",
+        /// A VM without an agent channel: its host's hypervisor said its guest runs.
+        Hypervisor = "hypervisor",
     }
 }
 
@@ -670,6 +683,10 @@ pub struct NodeHealth {
     /// where KVM cannot run guests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// Who last answered for it: `agent` (its node agent) or `hypervisor` (a VM without
+    /// an agent channel, vouched for by its host: QEMU alive and running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_by: Option<SeenBy>,
 }
 
 /// One node's agent as its host agent found it at a heartbeat.

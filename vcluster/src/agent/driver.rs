@@ -80,6 +80,14 @@ pub trait VmDriver: Send + Sync {
     fn node_channel(&self, _name: &str) -> Option<std::path::PathBuf> {
         None
     }
+
+    /// For a node without an agent channel: whether its hypervisor says its guest runs
+    /// (the VM's process is alive and its run state is `running`, not paused, panicked or
+    /// shut down). What the host vouches for when no agent can answer, as OpenNebula's
+    /// monitoring reads a VM's state from its hypervisor.
+    async fn guest_running(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 #[async_trait]

@@ -457,11 +457,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
             Ok((networks, nodes)) => {
                 let node_agents = ask_node_agents(&shared.reconciler.driver, &nodes, every).await;
                 let driver = &shared.reconciler.driver;
-                let unwatched = nodes
-                    .iter()
-                    .filter(|n| n.running && driver.node_channel(&n.name).is_none())
-                    .map(|n| n.name.clone())
-                    .collect();
+                let vms_running = ask_hypervisor(driver, &nodes, every).await;
                 let accel = nodes
                     .iter()
                     .filter(|n| n.running)
@@ -471,7 +467,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
                     nodes,
                     networks,
                     node_agents,
-                    unwatched,
+                    vms_running,
                     accel,
                 }
             }
@@ -481,7 +477,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::R
                     nodes: vec![],
                     networks: vec![],
                     node_agents: vec![],
-                    unwatched: vec![],
+                    vms_running: vec![],
                     accel: Default::default(),
                 }
             }
@@ -541,6 +537,36 @@ async fn ask_node_agents(
     }
     reports.sort_by(|a, b| a.name.cmp(&b.name));
     reports
+}
+
+/// The running nodes that have no agent channel (VMs, for now) and whose hypervisor says
+/// their guest runs: the host vouches for them in its heartbeat. Asked in parallel, each
+/// within half a beat (a QEMU that does not answer in time is not vouched for).
+async fn ask_hypervisor(
+    driver: &Arc<dyn VmDriver>,
+    nodes: &[crate::model::ObservedNode],
+    beat: Duration,
+) -> Vec<String> {
+    let wait = (beat / 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut asks = tokio::task::JoinSet::new();
+    for n in nodes.iter().filter(|n| n.running) {
+        if driver.node_channel(&n.name).is_some() {
+            continue;
+        }
+        let (driver, name) = (driver.clone(), n.name.clone());
+        asks.spawn(async move {
+            let runs = tokio::time::timeout(wait, driver.guest_running(&name)).await;
+            runs.unwrap_or(false).then_some(name)
+        });
+    }
+    let mut running = Vec::new();
+    while let Some(r) = asks.join_next().await {
+        if let Ok(Some(name)) = r {
+            running.push(name);
+        }
+    }
+    running.sort();
+    running
 }
 
 // ---------------------------------------------------------------------------------------

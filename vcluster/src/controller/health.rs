@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
-use crate::model::{Health, NodeAgentReport, NodeHealth, NodeState};
+use crate::model::{Health, NodeAgentReport, NodeHealth, NodeState, SeenBy};
 
 use super::store::{NodeRow, ms_to_time};
 
@@ -33,10 +33,46 @@ struct Record {
     watched_since_ms: i64,
     status: Option<crate::node::metrics::NodeStatus>,
     history: VecDeque<(i64, f64)>,
-    /// Its host said it has no agent to ask: never called down for silence.
-    unwatched: bool,
+    /// Who last answered for it: its agent, or (a VM without an agent channel) its host,
+    /// from the hypervisor's view.
+    seen_by: Option<SeenBy>,
+    /// Its install is under way (as of the last sweep): an answer does not make it up.
+    installing: bool,
     /// Its VM's accelerator, as its host last said.
     accel: Option<String>,
+}
+
+impl Record {
+    fn new(now: i64) -> Record {
+        Record {
+            health: Health::Unknown,
+            since_ms: now,
+            last_seen_ms: None,
+            watched_since_ms: now,
+            status: None,
+            history: VecDeque::new(),
+            seen_by: None,
+            installing: false,
+            accel: None,
+        }
+    }
+
+    /// It answered (through `by`) at `now`: up. When it was down, how long it was silent.
+    fn seen(&mut self, by: SeenBy, now: i64) -> Option<i64> {
+        if self.installing {
+            // A VM network-booting its installer runs, but nothing of the node does yet.
+            return None;
+        }
+        let back =
+            (self.health == Health::Down).then(|| now - self.last_seen_ms.unwrap_or(self.since_ms));
+        if self.health != Health::Up {
+            self.health = Health::Up;
+            self.since_ms = now;
+        }
+        self.last_seen_ms = Some(now);
+        self.seen_by = Some(by);
+        back
+    }
 }
 
 /// A change of a node's health, to be written to the event log.
@@ -68,29 +104,12 @@ impl Monitor {
         let mut back = Vec::new();
         for r in reports {
             let Some(status) = &r.status else { continue };
-            let rec = nodes.entry(r.name.clone()).or_insert_with(|| Record {
-                health: Health::Unknown,
-                since_ms: now,
-                last_seen_ms: None,
-                watched_since_ms: now,
-                status: None,
-                history: VecDeque::new(),
-                unwatched: false,
-                accel: None,
-            });
-            // An agent that answers is watched from now on (a node that installed has one).
-            rec.unwatched = false;
-            if rec.health == Health::Down {
-                back.push((
-                    r.name.clone(),
-                    now - rec.last_seen_ms.unwrap_or(rec.since_ms),
-                ));
+            let rec = nodes
+                .entry(r.name.clone())
+                .or_insert_with(|| Record::new(now));
+            if let Some(silent) = rec.seen(SeenBy::Agent, now) {
+                back.push((r.name.clone(), silent));
             }
-            if rec.health != Health::Up {
-                rec.health = Health::Up;
-                rec.since_ms = now;
-            }
-            rec.last_seen_ms = Some(now);
             if rec
                 .history
                 .back()
@@ -106,22 +125,20 @@ impl Monitor {
         back
     }
 
-    /// Nodes whose host has no agent channel to them (their health stays unknown).
-    pub fn unwatched(&self, names: &[String], now: i64) {
+    /// The VMs (nodes without an agent channel) whose host says their guest runs: seen
+    /// now, by the hypervisor's view; a VM that was down is up again (returned).
+    pub fn vms_running(&self, names: &[String], now: i64) -> Vec<(String, i64)> {
         let mut nodes = self.nodes.lock().expect("monitor");
+        let mut back = Vec::new();
         for name in names {
-            let rec = nodes.entry(name.clone()).or_insert_with(|| Record {
-                health: Health::Unknown,
-                since_ms: now,
-                last_seen_ms: None,
-                watched_since_ms: now,
-                status: None,
-                history: VecDeque::new(),
-                unwatched: true,
-                accel: None,
-            });
-            rec.unwatched = true;
+            let rec = nodes
+                .entry(name.clone())
+                .or_insert_with(|| Record::new(now));
+            if let Some(silent) = rec.seen(SeenBy::Hypervisor, now) {
+                back.push((name.clone(), silent));
+            }
         }
+        back
     }
 
     /// Each VM's accelerator, as its host reports it.
@@ -154,17 +171,11 @@ impl Monitor {
         nodes.retain(|name, _| live.contains_key(name.as_str()));
         let mut changes = Vec::new();
         for (name, row) in live {
-            let rec = nodes.entry(name.to_string()).or_insert_with(|| Record {
-                health: Health::Unknown,
-                since_ms: now,
-                last_seen_ms: None,
-                watched_since_ms: now,
-                status: None,
-                history: VecDeque::new(),
-                unwatched: false,
-                accel: None,
-            });
-            if installing.contains(&row.id) {
+            let rec = nodes
+                .entry(name.to_string())
+                .or_insert_with(|| Record::new(now));
+            rec.installing = installing.contains(&row.id);
+            if rec.installing {
                 if rec.health != Health::Unknown {
                     rec.health = Health::Unknown;
                     rec.since_ms = now;
@@ -174,26 +185,35 @@ impl Monitor {
                 continue;
             }
             let silent_since = rec.last_seen_ms.unwrap_or(rec.watched_since_ms);
-            if !rec.unwatched && rec.health != Health::Down && now - silent_since > down_after_ms {
+            if rec.health != Health::Down && now - silent_since > down_after_ms {
                 rec.health = Health::Down;
                 rec.since_ms = now;
-                let last = match rec.last_seen_ms {
-                    Some(t) => format!("last answer at {}", ms_to_time(t).format("%H:%M:%S")),
-                    None => format!(
-                        "never answered since it was first watched at {}",
-                        ms_to_time(rec.watched_since_ms).format("%H:%M:%S")
+                let silent = (now - silent_since) as f64 / 1000.0;
+                let what = match rec.seen_by {
+                    Some(SeenBy::Hypervisor) => format!(
+                        "its host has not seen its VM running for {silent:.1} s (killed, crashed, \
+                         paused or shut down; last seen running at {})",
+                        ms_to_time(silent_since).format("%H:%M:%S")
                     ),
+                    _ => {
+                        let last = match rec.last_seen_ms {
+                            Some(t) => {
+                                format!("last answer at {}", ms_to_time(t).format("%H:%M:%S"))
+                            }
+                            None => format!(
+                                "never answered since it was first watched at {}",
+                                ms_to_time(rec.watched_since_ms).format("%H:%M:%S")
+                            ),
+                        };
+                        format!("its agent has not answered for {silent:.1} s ({last})")
+                    }
                 };
                 changes.push(Change {
                     node: name.to_string(),
                     cluster: row.cluster_name.clone(),
                     owner_id: None,
                     to: Health::Down,
-                    message: format!(
-                        "node {name} on host {} is down: its agent has not answered for {:.1} s ({last})",
-                        row.host_name,
-                        (now - silent_since) as f64 / 1000.0
-                    ),
+                    message: format!("node {name} on host {} is down: {what}", row.host_name),
                 });
             }
         }
@@ -218,6 +238,7 @@ impl Monitor {
             uptime_secs: s.map(|s| s.uptime_secs),
             load_history: rec.history.iter().copied().collect(),
             accel: rec.accel.clone(),
+            seen_by: rec.seen_by,
         })
     }
 
@@ -361,6 +382,45 @@ mod tests {
         // leaves it to the install).
         m.sweep(&rows, &installing, 700_000, 4000);
         assert_eq!(m.health("c-node-1").unwrap().health, Health::Unknown);
+    }
+
+    #[test]
+    fn a_vm_without_an_agent_is_up_while_its_host_sees_it_running_and_down_when_not() {
+        let m = Monitor::new();
+        let none = HashSet::new();
+        let rows = [row("c-node-1")];
+        m.sweep(&rows, &none, 0, 4000);
+        assert!(m.vms_running(&["c-node-1".into()], 1000).is_empty());
+        let h = m.health("c-node-1").unwrap();
+        assert_eq!(
+            (h.health, h.seen_by),
+            (Health::Up, Some(SeenBy::Hypervisor))
+        );
+        // Killed: its host no longer lists it; down after the same delay as an agent.
+        assert!(m.sweep(&rows, &none, 5000, 4000).is_empty());
+        let c = m.sweep(&rows, &none, 5001, 4000);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(
+            c[0].message
+                .contains("its host has not seen its VM running for 4.0 s"),
+            "{c:?}"
+        );
+        // Restarted: up again, with how long it was gone.
+        let back = m.vms_running(&["c-node-1".into()], 9000);
+        assert_eq!(back, vec![("c-node-1".to_string(), 8000)]);
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
+        // While it installs, its running QEMU does not make it up.
+        let mut rows = rows;
+        rows[0].id = 9;
+        m.sweep(&rows, &HashSet::from([9]), 9100, 4000);
+        assert!(m.vms_running(&["c-node-1".into()], 9200).is_empty());
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Unknown);
+        m.sweep(&rows, &none, 9300, 4000);
+        m.vms_running(&["c-node-1".into()], 9400);
+        assert_eq!(m.health("c-node-1").unwrap().health, Health::Up);
+        // Once its agent answers (an installed agent), the agent is who speaks for it.
+        m.beat(&[report("c-node-1", 0.3)], 9500);
+        assert_eq!(m.health("c-node-1").unwrap().seen_by, Some(SeenBy::Agent));
     }
 
     #[test]

@@ -292,7 +292,7 @@ async fn recover(app: App, node: NodeRow, policy: Policy, attempt: u32) {
                 owner,
                 "recovery",
                 format!(
-                    "node {name}: {verb}ed on host {}; waiting for its agent",
+                    "node {name}: {verb}ed on host {}; waiting for it to answer",
                     host.name
                 ),
             )
@@ -311,7 +311,7 @@ async fn recover(app: App, node: NodeRow, policy: Policy, attempt: u32) {
             false
         }
     };
-    // 3. Wait for its agent to answer.
+    // 3. Wait for it to answer (its agent; a VM without one: its host sees it running).
     // Its agent starts within a second or so and answers at the host's next beat.
     let wait = down_after.saturating_mul(2) + app.config.heartbeat.saturating_mul(2);
     let deadline = tokio::time::Instant::now() + wait;
@@ -341,7 +341,7 @@ async fn recover(app: App, node: NodeRow, policy: Policy, attempt: u32) {
     }
     if n >= MAX_ATTEMPTS {
         let reason = format!(
-            "recovery gave up after {MAX_ATTEMPTS} attempts: its agent never answered after a {verb}"
+            "recovery gave up after {MAX_ATTEMPTS} attempts: it never answered after a {verb} (its agent, or for a VM its hypervisor)"
         );
         let write = async {
             let mut tx = app.store.write().await?;

@@ -617,6 +617,19 @@ impl VmDriver for QemuDriver {
         Ok(false)
     }
 
+    async fn guest_running(&self, node: &str) -> bool {
+        if check_node_name(node).is_err() || self.live_pid(node).is_none() {
+            return false;
+        }
+        match qmp::status(&self.qmp_socket(node)).await {
+            Ok(status) => status == "running",
+            Err(e) => {
+                tracing::debug!(node, error = %e, "asking QEMU for the VM's run state");
+                false
+            }
+        }
+    }
+
     fn accel(&self, node: &str) -> Option<String> {
         check_node_name(node).ok()?;
         self.live_pid(node)?;

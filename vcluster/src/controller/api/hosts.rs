@@ -216,13 +216,12 @@ pub async fn heartbeat(
         .filter(|r| ours.iter().any(|n| n.name == r.name))
         .cloned()
         .collect();
-    let unwatched: Vec<String> = beat
-        .unwatched
+    let vms_running: Vec<String> = beat
+        .vms_running
         .iter()
         .filter(|u| ours.iter().any(|n| &n.name == *u))
         .cloned()
         .collect();
-    app.monitor.unwatched(&unwatched, now);
     // Only its own nodes, and only names and accelerators the model knows.
     let accel: std::collections::BTreeMap<String, String> = beat
         .accel
@@ -231,7 +230,17 @@ pub async fn heartbeat(
         .map(|(n, a)| (n.clone(), a.clone()))
         .collect();
     app.monitor.accel(&accel);
-    for (node, silent_ms) in app.monitor.beat(&reports, now) {
+    let back = app
+        .monitor
+        .beat(&reports, now)
+        .into_iter()
+        .map(|b| (b, "its agent answered"));
+    let vms_back = app
+        .monitor
+        .vms_running(&vms_running, now)
+        .into_iter()
+        .map(|b| (b, "its host sees its VM running"));
+    for ((node, silent_ms), how) in back.chain(vms_back).collect::<Vec<_>>() {
         let Some(n) = ours.iter().find(|n| n.name == node) else {
             continue;
         };
@@ -239,7 +248,7 @@ pub async fn heartbeat(
             .await?
             .map(|c| c.owner_id);
         let message = format!(
-            "node {node} on host {} is up again: its agent answered after {:.1} s of silence",
+            "node {node} on host {} is up again: {how} after {:.1} s of silence",
             row.name,
             silent_ms as f64 / 1000.0
         );
