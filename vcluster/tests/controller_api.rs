@@ -970,7 +970,98 @@ async fn the_cli_drives_the_api_and_prints_server_errors(b: Backend) {
     );
 }
 
+/// How many answers of `status` the controller gave to its agents' pulls.
+async fn desired_pulls(w: &World, status: u16) -> u64 {
+    let metrics = common::http()
+        .get(format!("{}/metrics", w.ctl.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("vcluster_http_requests_total{")
+                && l.contains("route=\"/v1/hosts/{host}/desired\"")
+                && l.contains(&format!("status=\"{status}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn the_desired_state_is_pulled_whole_only_when_it_changed(b: Backend) {
+    let w = world(&b, &[("east", 4)]).await;
+    let a = create(
+        &w.user,
+        json!({"name": "etag", "sites": [{"site": "east", "nodes": 1}]}),
+    )
+    .await;
+    expect_success(&w.user, &a).await;
+    let hosts: Vec<Host> = w.ctl.admin.get("/v1/hosts").await.unwrap();
+    let url = format!("{}/v1/hosts/{}/desired", w.ctl.url, hosts[0].id);
+    let get = |etag: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut req = common::http().get(&url).bearer_auth(common::ADMIN_TOKEN);
+            if let Some(e) = etag {
+                req = req.header("if-none-match", e);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let etag = resp
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, etag, resp.text().await.unwrap())
+        }
+    };
+    let (status, etag, body) = get(None).await;
+    assert_eq!(status, 200, "{body}");
+    let etag = etag.expect("the desired state has an ETag");
+    assert!(body.contains("etag-node-1"), "{body}");
+    // Unchanged: 304, nothing but headers.
+    let (status, again, body) = get(Some(etag.clone())).await;
+    assert_eq!((status, body.as_str()), (304, ""));
+    assert_eq!(again.as_deref(), Some(etag.as_str()));
+    // A write elsewhere moves the store's revision, not this host's state.
+    w.ctl.site("west").await;
+    assert_eq!(get(Some(etag.clone())).await.0, 304);
+    // An ETag of something else, or garbage: the whole state.
+    assert_eq!(get(Some("\"00\"".into())).await.0, 200);
+    assert_eq!(get(Some("not an etag at all".into())).await.0, 200);
+    // A second node on the host: the state changed, so does its ETag.
+    let add: Accepted = w
+        .user
+        .post("/v1/clusters/etag/nodes", &json!({"count": 1}))
+        .await
+        .unwrap();
+    expect_success(&w.user, &add).await;
+    let (status, changed, body) = get(Some(etag.clone())).await;
+    assert_eq!(status, 200);
+    assert_ne!(changed.as_deref(), Some(etag.as_str()));
+    assert!(body.contains("etag-node-2"), "{body}");
+
+    // The agent sends back the ETag of the copy it holds and converges to that copy on a
+    // 304: a node removed behind its back is made again without pulling the whole state.
+    let agent = w.agents[0].agent.as_ref().unwrap();
+    agent.reconcile_now().await.unwrap();
+    let not_modified = desired_pulls(&w, 304).await;
+    let full = desired_pulls(&w, 200).await;
+    w.agents[0].driver.nodes.lock().unwrap().clear();
+    let errors = agent.reconcile_now().await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        w.agents[0].driver.names(),
+        ["etag-node-1".to_string(), "etag-node-2".to_string()].into()
+    );
+    assert_eq!(desired_pulls(&w, 304).await, not_modified + 1);
+    assert_eq!(desired_pulls(&w, 200).await, full, "no whole state pulled");
+}
+
 both_backends!(
+    the_desired_state_is_pulled_whole_only_when_it_changed,
     roles_are_enforced_and_errors_are_json,
     bad_input_is_refused_naming_the_field_and_leaves_nothing,
     a_cluster_spreads_across_sites_and_its_overlay_links_the_hosts,

@@ -136,6 +136,12 @@ struct RunResult {
     per_node: Vec<f64>,
     wan_payload: u64,
     origin_bytes: u64,
+    /// What crossed beside the package set: the overlay's UDP (the nodes' DHCP, boot
+    /// scripts, profiles and install reports to the frontend at site 1, whole frames) and
+    /// the rest of the TCP payload (the controller and the agent; the cache's own
+    /// requests), per node.
+    overlay_per_node: f64,
+    management_per_node: f64,
     cpu_secs: f64,
     cpu_busy: f64,
 }
@@ -190,12 +196,15 @@ fn main() {
         }
         eprintln!(
             "   all booted in {:.1} s; per node median {:.1} s, max {:.1} s; WAN payload {:.1} MB; \
-             origin served {:.1} MB; CPU {:.0} s ({:.0}% busy)",
+             origin served {:.1} MB; beside it per node {:.1} kB overlay, {:.1} kB management; \
+             CPU {:.0} s ({:.0}% busy)",
             r.wall,
             median(&r.per_node),
             r.per_node.last().copied().unwrap_or(0.0),
             r.wan_payload as f64 / 1e6,
             r.origin_bytes as f64 / 1e6,
+            r.overlay_per_node / 1e3,
+            r.management_per_node / 1e3,
             r.cpu_secs,
             r.cpu_busy * 100.0
         );
@@ -586,6 +595,8 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let wan_payload = into
         .tx_bytes
         .saturating_sub(into.tx_frames * TCP_FRAME_OVERHEAD);
+    let tcp_payload = (into.tx_bytes - into.tx_udp_bytes)
+        .saturating_sub((into.tx_frames - into.tx_udp_frames) * TCP_FRAME_OVERHEAD);
     let fetches = origin.fetches();
     let mut origin_bytes = 0;
     let mut set = 0;
@@ -614,6 +625,8 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
             per_node,
             wan_payload,
             origin_bytes,
+            overlay_per_node: into.tx_udp_bytes as f64 / p.nodes as f64,
+            management_per_node: tcp_payload.saturating_sub(origin_bytes) as f64 / p.nodes as f64,
             cpu_secs: busy / hz,
             cpu_busy: busy / total,
         },
@@ -647,6 +660,9 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
          nodes install the `{}` profile in mode `{}`; one package set (packages, indexes and \
          boot files one node fetches) is {:.1} MB. WAN is the payload into site 2 (frame headers taken out), \
          as a multiple of one set. Hit ratio: 1 − origin bytes / bytes the nodes fetched. \
+         Beside the set, per node: the overlay's UDP frames into site 2 \
+         (the nodes' DHCP, boot scripts, profiles and install reports from the frontend at \
+         site 1) and the rest of the TCP payload (controller and agent, the cache's requests). \
          CPU: machine-wide CPU seconds during the run (2 cores).\n",
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         if args.rate_mbit > 0 {
@@ -660,15 +676,15 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
     );
     let _ = writeln!(
         md,
-        "| nodes | kind | RTT | cache | all booted | per node median | p90 | max | WAN × set | hit ratio | CPU s (busy) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|"
+        "| nodes | kind | RTT | cache | all booted | per node median | p90 | max | WAN × set | overlay kB/node | management kB/node | hit ratio | CPU s (busy) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in results {
         let p = &r.plan;
         let fetched = set * p.nodes as f64;
         let _ = writeln!(
             md,
-            "| {} | {} | {} ms | {}{} | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.3} | {:.3} | {:.0} ({:.0}%) |",
+            "| {} | {} | {} ms | {}{} | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.3} | {:.1} | {:.1} | {:.3} | {:.0} ({:.0}%) |",
             p.nodes,
             if p.qemu { "QEMU (TCG)" } else { "lightweight" },
             p.rtt_ms,
@@ -679,6 +695,8 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
             percentile(&r.per_node, 0.9),
             r.per_node.last().copied().unwrap_or(0.0),
             r.wan_payload as f64 / set,
+            r.overlay_per_node / 1e3,
+            r.management_per_node / 1e3,
             (1.0 - r.origin_bytes as f64 / fetched).max(0.0),
             r.cpu_secs,
             r.cpu_busy * 100.0

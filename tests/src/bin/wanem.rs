@@ -362,6 +362,10 @@ fn forward(dir: Direction, rx: PacketSocket, tx: PacketSocket, pipe: &Mutex<Pipe
         while let Some(due) = pipe.poll_transmit(now) {
             if !tx.send(&due.frame) {
                 pipe.send_failed(due.len);
+            } else if is_udp(&due.frame[VNET_HDR_LEN.min(due.frame.len())..]) {
+                let s = pipe.stats_mut();
+                s.tx_udp_frames += 1;
+                s.tx_udp_bytes += due.len as u64;
             }
             if pool.len() < 1024 && due.frame.capacity() <= 4096 {
                 pool.push(due.frame);
@@ -371,6 +375,19 @@ fn forward(dir: Direction, rx: PacketSocket, tx: PacketSocket, pipe: &Mutex<Pipe
             next_stats = now + Duration::from_millis(200);
             pipe.stats_mut().kernel_drops += rx.take_kernel_drops();
         }
+    }
+}
+
+/// Whether an Ethernet frame (802.1Q tag or not) carries UDP over IPv4 or IPv6.
+fn is_udp(frame: &[u8]) -> bool {
+    let (ethertype, l3) = match frame.get(12..14) {
+        Some([0x81, 0x00]) => (frame.get(16..18), 18),
+        t => (t, 14),
+    };
+    match ethertype {
+        Some([0x08, 0x00]) => frame.get(l3 + 9) == Some(&17),
+        Some([0x86, 0xdd]) => frame.get(l3 + 6) == Some(&17),
+        _ => false,
     }
 }
 
@@ -618,4 +635,42 @@ fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, val: &T) -
         )
     };
     if rc == 0 { Ok(()) } else { Err(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_udp;
+
+    fn frame(ethertype: [u8; 2], vlan: bool, l3: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        }
+        f.extend_from_slice(&ethertype);
+        f.extend_from_slice(l3);
+        f
+    }
+
+    #[test]
+    fn udp_is_told_from_tcp_over_both_ip_versions_tagged_or_not() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        v4[9] = 17;
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        for vlan in [false, true] {
+            assert!(is_udp(&frame([0x08, 0x00], vlan, &v4)));
+            assert!(is_udp(&frame([0x86, 0xdd], vlan, &v6)));
+        }
+        v4[9] = 6;
+        v6[6] = 6;
+        assert!(!is_udp(&frame([0x08, 0x00], false, &v4)));
+        assert!(!is_udp(&frame([0x86, 0xdd], true, &v6)));
+        // ARP, and frames cut short, are not UDP (and never read out of bounds).
+        assert!(!is_udp(&frame([0x08, 0x06], false, &[0u8; 28])));
+        assert!(!is_udp(&frame([0x08, 0x00], false, &v4[..9])));
+        assert!(!is_udp(&[0x00; 13]));
+        assert!(!is_udp(&[]));
+    }
 }

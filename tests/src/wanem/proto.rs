@@ -179,6 +179,10 @@ pub struct DirStats {
     /// Frames written to the egress interface (duplicates included).
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// Of those, UDP datagrams over IPv4 or IPv6 (an overlay's tunnel traffic, where the
+    /// rest is TCP), so a benchmark can tell them apart.
+    pub tx_udp_frames: u64,
+    pub tx_udp_bytes: u64,
     pub dropped_loss: u64,
     /// Tail drops at the rate limiter's queue, or the in-flight limit.
     pub dropped_queue: u64,
@@ -216,6 +220,8 @@ impl DirStats {
         self.rx_bytes += o.rx_bytes;
         self.tx_frames += o.tx_frames;
         self.tx_bytes += o.tx_bytes;
+        self.tx_udp_frames += o.tx_udp_frames;
+        self.tx_udp_bytes += o.tx_udp_bytes;
         self.dropped_loss += o.dropped_loss;
         self.dropped_queue += o.dropped_queue;
         self.dropped_outage += o.dropped_outage;

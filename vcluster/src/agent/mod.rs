@@ -119,6 +119,8 @@ struct Shared {
     secret: String,
     host_id: tokio::sync::RwLock<Option<i64>>,
     http: reqwest::Client,
+    /// The desired state pulled last, with its ETag.
+    desired: std::sync::Mutex<Option<(String, Arc<HostDesired>)>>,
 }
 
 /// A running agent; stops when dropped or shut down.
@@ -206,6 +208,7 @@ pub async fn start(
         host_id: tokio::sync::RwLock::new(None),
         http,
         config,
+        desired: std::sync::Mutex::new(None),
     });
     if let Some(services) = &shared.reconciler.services {
         services.set_relay(services::ControllerRelay {
@@ -410,19 +413,35 @@ async fn reconcile_once(shared: &Shared) -> Result<Vec<String>, AgentError> {
         .read()
         .await
         .ok_or(AgentError::NotRegistered)?;
-    let resp = shared
+    // The copy pulled last, sent back by its ETag: while nothing of this host changed the
+    // controller answers 304 and the agent converges to the copy it holds.
+    let held = shared.desired.lock().expect("held desired state").clone();
+    let mut req = shared
         .http
         .get(controller_url(
             shared,
             &format!("/v1/hosts/{host_id}/desired"),
         ))
-        .bearer_auth(&shared.config.token)
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        return Err(AgentError::Desired(error_message(resp).await));
+        .bearer_auth(&shared.config.token);
+    if let Some((etag, _)) = &held {
+        req = req.header(reqwest::header::IF_NONE_MATCH, etag);
     }
-    let desired: HostDesired = resp.json().await?;
+    let resp = req.send().await?;
+    let desired = match (resp.status(), held) {
+        (reqwest::StatusCode::NOT_MODIFIED, Some((_, held))) => held,
+        (status, _) if status.is_success() => {
+            let etag = resp
+                .headers()
+                .get(reqwest::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let desired: Arc<HostDesired> = Arc::new(resp.json().await?);
+            *shared.desired.lock().expect("held desired state") =
+                etag.map(|e| (e, desired.clone()));
+            desired
+        }
+        _ => return Err(AgentError::Desired(error_message(resp).await)),
+    };
     let errors = shared.reconciler.reconcile(&desired).await?;
     Ok(errors)
 }

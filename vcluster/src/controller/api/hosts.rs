@@ -5,7 +5,7 @@
 use crate::model::NodeState;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api_error::{ApiError, ApiJson, ApiPath};
@@ -271,19 +271,47 @@ pub async fn heartbeat(
 }
 
 /// Everything the host must have, with the store revision it was read at.
+///
+/// The answer carries an `ETag` of what the host must have (its clusters, not the
+/// revision, which moves with every write anywhere); an agent that sends it back in
+/// `If-None-Match` gets `304 Not Modified` while nothing of its host changed, and
+/// reconciles against the copy it holds. The periodic pull then costs a few hundred bytes
+/// instead of the whole state (about 170 bytes a node), which across a WAN adds up: 134
+/// nodes pulled every 5 s are 5 MB in a quarter of an hour.
 #[utoipa::path(get, path = "/v1/hosts/{host}/desired", tag = "hosts",
-    params(("host" = String, Path, description = "host name or id")),
-    responses((status = 200, body = HostDesired), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+    params(("host" = String, Path, description = "host name or id"),
+           ("If-None-Match" = Option<String>, Header, description = "the ETag of the copy the agent holds")),
+    responses((status = 200, body = HostDesired), (status = 304, description = "the copy the agent holds is current"),
+               (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
 pub async fn desired_state(
     State(app): State<App>,
     who: Principal,
     ApiPath(host): ApiPath<String>,
-) -> Result<ApiJson<HostDesired>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     who.require_agent_or_admin()?;
     let mut rx = app.store.read().await?;
     let row = host_or_404(rx.conn(), &host).await?;
     require_owner(&who, &row)?;
     let d = desired::host_desired(rx.conn(), row.id).await?;
     rx.finish().await?;
-    Ok(ApiJson(d))
+    let tag = desired_etag(&d);
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    let etag = HeaderValue::from_str(&tag).expect("an ETag is ASCII hex in quotes");
+    if held == Some(tag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok(([(header::ETAG, etag)], ApiJson(d)).into_response())
+}
+
+/// The strong ETag of what a host must have: a hash of its clusters (and its id),
+/// whatever the revision it was read at.
+pub fn desired_etag(d: &HostDesired) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(d.host_id.to_le_bytes());
+    h.update(serde_json::to_vec(&d.clusters).expect("the desired state serializes"));
+    format!("\"{}\"", crate::cache::store::hex(&h.finalize()[..16]))
 }
