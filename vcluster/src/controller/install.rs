@@ -24,8 +24,8 @@ use rand::RngCore;
 use super::App;
 use super::store::{self, ClusterRow, InstallRow, NewEvent, NodeRow, StoreError, now_ms};
 use crate::model::{
-    FrontendSpec, InstallState, LeaseSpec, NetworkId, NodeState, NodeTarget, ServicesSpec,
-    service_addresses, service_macs,
+    FrontendSpec, InstallState, LeaseSpec, NetworkId, NodeState, NodeTarget, PowerAction,
+    ServicesSpec, service_addresses, service_macs,
 };
 
 /// A fresh install token: 32 random bytes, base64url.
@@ -60,6 +60,58 @@ fn present(n: &NodeRow) -> bool {
 
 /// The cluster's frontend host: the one chosen at create, else the host of its
 /// lowest-index present node.
+/// Has each node whose install was just started (the store already says `pending`, with a
+/// fresh token) remade by its host, once the cluster's frontend has learned the new
+/// installs: what `vcluster reinstall` and a recovery's reinstall both do. A node its host
+/// cannot remake has its install marked failed with the host's answer. Each node's
+/// outcome, in order.
+pub async fn remake_for_install(
+    app: &App,
+    cluster_id: i64,
+    nodes: &[(NodeRow, store::HostRow)],
+) -> Vec<Result<(), String>> {
+    if let Err(e) = super::tasks::converge(app, cluster_id, true).await {
+        // A fenced node's own host answers that it is not up: the remake below is what
+        // changes that, so this is no reason to stop.
+        tracing::info!(cluster = cluster_id, error = %e, "pushing new installs");
+    }
+    let mut outcomes = Vec::with_capacity(nodes.len());
+    for (node, host) in nodes {
+        let remade = app
+            .agents
+            .power(
+                host,
+                &node.name,
+                PowerAction::Reinstall,
+                std::time::Duration::from_secs(120),
+            )
+            .await
+            .map(|_| ());
+        if let Err(e) = &remade {
+            tracing::warn!(node = %node.name, error = %e, "remaking a node for its install failed");
+            let reason = format!("failed in phase pending: its host could not remake it: {e}");
+            let write = async {
+                let mut tx = app.store.write().await?;
+                store::update_install(
+                    tx.conn(),
+                    node.id,
+                    InstallState::Failed,
+                    &store::InstallProgress::default(),
+                    Some(&reason),
+                    now_ms(),
+                )
+                .await?;
+                tx.commit().await
+            };
+            if let Err(e) = write.await {
+                tracing::warn!(node = %node.name, error = %e, "marking the install failed");
+            }
+        }
+        outcomes.push(remade);
+    }
+    outcomes
+}
+
 pub fn frontend_host(cluster: &ClusterRow, nodes: &[NodeRow]) -> Option<i64> {
     cluster.frontend_host_id.or_else(|| {
         nodes

@@ -394,24 +394,24 @@ async fn reinstall_provisioned(
     host: &store::HostRow,
 ) -> Result<(), String> {
     let mut tx = app.store.write().await.map_err(|e| e.to_string())?;
+    let cluster = store::cluster_by_id(tx.conn(), node.cluster_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("its cluster is gone")?;
+    // What it will install must render, or its install would fail later and less clearly.
+    crate::controller::api::profiles::render_every_node(tx.conn(), &cluster)
+        .await
+        .map_err(|e| e.message)?;
     store::start_install(tx.conn(), node.id, &super::install::new_token(), now_ms())
         .await
         .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())?;
-    // The frontend learns the new install. The node's own host answers that the fenced
-    // node is not up, which is why it is remade next: not a reason to stop here.
-    if let Err(e) = super::tasks::converge(app, node.cluster_id, true).await {
-        tracing::info!(node = %node.name, "pushing the reinstall: {e}");
-    }
-    app.agents
-        .power(
-            host,
-            &node.name,
-            PowerAction::Reinstall,
-            Duration::from_secs(120),
-        )
+    let pair = [(node.clone(), host.clone())];
+    super::install::remake_for_install(app, node.cluster_id, &pair)
         .await
-        .map(|_| ())
+        .into_iter()
+        .next()
+        .unwrap_or(Ok(()))
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! profile), each authenticated twice: the agent for its host, the install's one-time
 //! token for the node (docs/provisioning.md).
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,10 +11,10 @@ use super::App;
 use crate::api_error::{ApiError, ApiJson, ApiPath};
 use crate::controller::auth::Principal;
 use crate::controller::install;
-use crate::controller::store::{self, ClusterRow, InstallRow, NewEvent, NodeRow, now_ms};
+use crate::controller::store::{self, ClusterRow, HostRow, InstallRow, NewEvent, NodeRow, now_ms};
 use crate::model::{
     ApiErrorBody, InstallReport, InstallState, MAX_INSTALL_FIGURE, MAX_INSTALL_REASON, NodeState,
-    PowerAction, ReinstallRequest,
+    ReinstallRequest,
 };
 
 /// `POST /v1/hosts/{host}/install-profile`.
@@ -330,43 +328,16 @@ pub async fn reinstall(
     tx.commit().await?;
     // The frontend learns the new installs first, then each node is remade by its host.
     let names: Vec<String> = chosen.iter().map(|n| n.name.clone()).collect();
-    let app2 = app.clone();
-    let cluster_id = row.id;
+    let remake: Vec<(NodeRow, HostRow)> = chosen
+        .into_iter()
+        .filter_map(|n| {
+            let host = hosts.iter().find(|h| h.id == n.host_id)?.clone();
+            Some((n, host))
+        })
+        .collect();
+    let (app2, cluster_id) = (app.clone(), row.id);
     tokio::spawn(async move {
-        if let Err(e) = crate::controller::tasks::converge(&app2, cluster_id, true).await {
-            tracing::warn!(cluster = cluster_id, error = %e, "pushing the reinstall failed");
-        }
-        for n in chosen {
-            let Some(host) = hosts.iter().find(|h| h.id == n.host_id) else {
-                continue;
-            };
-            if let Err(e) = app2
-                .agents
-                .power(
-                    host,
-                    &n.name,
-                    PowerAction::Reinstall,
-                    Duration::from_secs(120),
-                )
-                .await
-            {
-                tracing::warn!(node = %n.name, error = %e, "remaking a node for its reinstall failed");
-                if let Ok(mut tx) = app2.store.write().await {
-                    let _ = store::update_install(
-                        tx.conn(),
-                        n.id,
-                        InstallState::Failed,
-                        &store::InstallProgress::default(),
-                        Some(&format!(
-                            "failed in phase pending: its host could not remake it: {e}"
-                        )),
-                        now_ms(),
-                    )
-                    .await;
-                    let _ = tx.commit().await;
-                }
-            }
-        }
+        install::remake_for_install(&app2, cluster_id, &remake).await;
     });
     Ok(ApiJson(names))
 }
