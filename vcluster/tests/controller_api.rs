@@ -1010,10 +1010,16 @@ async fn the_desired_state_is_pulled_whole_only_when_it_changed(b: Backend) {
             }
             let resp = req.send().await.unwrap();
             let status = resp.status().as_u16();
-            let etag = resp
-                .headers()
-                .get("etag")
-                .map(|v| v.to_str().unwrap().to_string());
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let etag = header("etag");
+            if status == 304 {
+                let revision = header("x-vcluster-revision").expect("a 304 names its revision");
+                assert!(revision.parse::<i64>().unwrap() > 0, "{revision}");
+            }
             (status, etag, resp.text().await.unwrap())
         }
     };

@@ -428,7 +428,23 @@ async fn reconcile_once(shared: &Shared) -> Result<Vec<String>, AgentError> {
     }
     let resp = req.send().await?;
     let desired = match (resp.status(), held) {
-        (reqwest::StatusCode::NOT_MODIFIED, Some((_, held))) => held,
+        (reqwest::StatusCode::NOT_MODIFIED, Some((_, held))) => {
+            // Unchanged as of the revision the controller read it at: the copy is
+            // current at that revision (so it is not taken for a stale statement).
+            let revision = resp
+                .headers()
+                .get(crate::controller::api::hosts::REVISION_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    AgentError::Desired("a 304 without the revision it was read at".into())
+                })?;
+            let mut current = HostDesired::clone(&held);
+            current.revision = revision;
+            for c in &mut current.clusters {
+                c.revision = revision;
+            }
+            Arc::new(current)
+        }
         (status, _) if status.is_success() => {
             let etag = resp
                 .headers()

@@ -5,7 +5,7 @@
 use crate::model::NodeState;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api_error::{ApiError, ApiJson, ApiPath};
@@ -301,17 +301,37 @@ pub async fn desired_state(
         .and_then(|v| v.to_str().ok());
     let etag = HeaderValue::from_str(&tag).expect("an ETag is ASCII hex in quotes");
     if held == Some(tag.as_str()) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+        // The revision it was read at: the agent's copy holds as of this revision.
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag),
+                (
+                    HeaderName::from_static(REVISION_HEADER),
+                    HeaderValue::from(d.revision),
+                ),
+            ],
+        )
+            .into_response());
     }
     Ok(([(header::ETAG, etag)], ApiJson(d)).into_response())
 }
 
+/// Sent with a 304: the store revision the unchanged desired state was read at.
+pub const REVISION_HEADER: &str = "x-vcluster-revision";
+
 /// The strong ETag of what a host must have: a hash of its clusters (and its id),
-/// whatever the revision it was read at.
+/// whatever the revision they were read at.
 pub fn desired_etag(d: &HostDesired) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(d.host_id.to_le_bytes());
-    h.update(serde_json::to_vec(&d.clusters).expect("the desired state serializes"));
+    for c in &d.clusters {
+        let c = crate::model::ClusterOnHost {
+            revision: 0,
+            ..c.clone()
+        };
+        h.update(serde_json::to_vec(&c).expect("the desired state serializes"));
+    }
     format!("\"{}\"", crate::cache::store::hex(&h.finalize()[..16]))
 }
