@@ -81,11 +81,13 @@ fn vm_dir(topo: &Topology, node: &str) -> PathBuf {
     topo.dir().join("agent2").join("vms").join(node)
 }
 
-/// How many live processes run `node`'s VM (QEMU with its QMP socket on the command line).
+/// How many live QEMU processes run `node`'s VM (its QMP socket on their command line).
+/// QEMU's `-daemonize` forks: while the child starts the machine, its parent waits for it
+/// and runs no guest, so a process whose child is one of them is not counted.
 fn qemu_processes(topo: &Topology, node: &str) -> usize {
     let socket = vm_dir(topo, node).join("qmp.sock");
     let needle = socket.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
+    let ours: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
@@ -95,6 +97,20 @@ fn qemu_processes(topo: &Topology, node: &str) -> usize {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
                 && alive(pid)
         })
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    ours.iter()
+        .filter(|(pid, _)| !ours.iter().any(|(_, ppid)| ppid == pid))
         .count()
 }
 
