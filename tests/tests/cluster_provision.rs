@@ -82,36 +82,32 @@ fn vm_dir(topo: &Topology, node: &str) -> PathBuf {
 }
 
 /// How many live QEMU processes run `node`'s VM (its QMP socket on their command line).
-/// QEMU's `-daemonize` forks: while the child starts the machine, its parent waits for it
-/// and runs no guest, so a process whose child is one of them is not counted.
+/// Launching one shows two for a moment (QEMU's `-daemonize` forks twice and the first
+/// process waits for the last to be ready, running no guest), and a process killed with
+/// SIGKILL takes a moment to go: two are counted again after a few seconds, and only two
+/// that last are two VMs.
 fn qemu_processes(topo: &Topology, node: &str) -> usize {
     let socket = vm_dir(topo, node).join("qmp.sock");
     let needle = socket.to_string_lossy().into_owned();
-    let ours: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
-                && alive(pid)
-        })
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    ours.iter()
-        .filter(|(pid, _)| !ours.iter().any(|(_, ppid)| ppid == pid))
-        .count()
+    let count = || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+                    && alive(pid)
+            })
+            .count()
+    };
+    let n = count();
+    if n <= 1 {
+        return n;
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    count()
 }
 
 fn alive(pid: u32) -> bool {
