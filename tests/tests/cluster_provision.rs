@@ -77,6 +77,14 @@ fn qemu_pids(topo: &Topology) -> BTreeMap<String, u32> {
     m
 }
 
+/// Where the first event of `story` containing `what` is; panics with the story if none.
+fn event_at(story: &[String], what: &str) -> usize {
+    story
+        .iter()
+        .position(|m| m.contains(what))
+        .unwrap_or_else(|| panic!("no event '{what}': {story:#?}"))
+}
+
 fn vm_dir(topo: &Topology, node: &str) -> PathBuf {
     topo.dir().join("agent2").join("vms").join(node)
 }
@@ -474,14 +482,9 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
     // it running, so it is down after the same beats as a silent agent, fenced (confirmed
     // off), and started again from its disk; never two QEMUs for it.
     let victim = &nodes[1];
-    let boots = |node: &str| {
-        std::fs::read_to_string(vm_dir(&bed.topo, node).join("console.log"))
-            .unwrap_or_default()
-            .matches(&format!("VC-BOOTED node={node}"))
-            .count()
-    };
-    let booted_before = boots(victim);
-    assert!(booted_before >= 1, "{victim} booted once from its disk");
+    // Its serial console, appended across boots: what comes after the kill is the restart.
+    let console = vm_dir(&bed.topo, victim).join("console.log");
+    let console_at_kill = std::fs::metadata(&console).map_or(0, |m| m.len()) as usize;
     let killed = qemu_pids(&bed.topo)[victim];
     // SAFETY: kill(2) on the pid of a QEMU this test's host agent started.
     assert_eq!(unsafe { libc::kill(killed as i32, libc::SIGKILL) }, 0);
@@ -499,12 +502,7 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
         },
     );
     let story = bed.story(victim);
-    let at = |what: &str| {
-        story
-            .iter()
-            .position(|m| m.contains(what))
-            .unwrap_or_else(|| panic!("no event '{what}' for {victim}: {story:#?}"))
-    };
+    let at = |what: &str| event_at(&story, what);
     assert!(
         at("its host has not seen its VM running") < at("fencing it"),
         "{story:#?}"
@@ -541,11 +539,16 @@ fn two_qemu_nodes_pxe_install_across_sites_through_their_site_cache_and_one_is_r
         Some(InstallState::Booted),
         "the other node's install was left alone by its recovery"
     );
-    // The restarted VM booted its installed system again, and is up.
+    // The restarted VM booted its installed system again (its getty's prompt: the
+    // first-boot marker is printed once), and is up.
     wait_until(
-        "the restarted VM boots from its disk",
+        "the restarted VM boots its installed system",
         Duration::from_secs(300),
-        || boots(victim) > booted_before,
+        || {
+            let text = std::fs::read(&console).unwrap_or_default();
+            String::from_utf8_lossy(&text[console_at_kill.min(text.len())..])
+                .contains(&format!("{victim} login:"))
+        },
     );
     assert_eq!(qemu_processes(&bed.topo, victim), 1);
     let c = bed.plane.cluster(&name);
@@ -766,12 +769,7 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
         },
     );
     let story = bed.story(victim);
-    let at = |what: &str| {
-        story
-            .iter()
-            .position(|m| m.contains(what))
-            .unwrap_or_else(|| panic!("no event '{what}' for {victim}: {story:#?}"))
-    };
+    let at = |what: &str| event_at(&story, what);
     assert!(at("is down") < at("fenced"), "{story:#?}");
     assert!(at("fenced") < at("no installed system"), "{story:#?}");
     assert!(

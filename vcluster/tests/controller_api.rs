@@ -875,14 +875,7 @@ async fn openapi_metrics_and_timeline_are_served(b: Backend) {
         assert!(doc["paths"][path].is_object(), "openapi has {path}");
     }
     assert!(doc["components"]["schemas"]["Cluster"].is_object());
-    let metrics = common::http()
-        .get(format!("{}/metrics", w.ctl.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.ctl.metrics().await;
     assert!(
         metrics.contains("vcluster_site_capacity_cpus{site=\"east\"} 8"),
         "{metrics}"
@@ -972,14 +965,7 @@ async fn the_cli_drives_the_api_and_prints_server_errors(b: Backend) {
 
 /// How many answers of `status` the controller gave to its agents' pulls.
 async fn desired_pulls(w: &World, status: u16) -> u64 {
-    let metrics = common::http()
-        .get(format!("{}/metrics", w.ctl.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.ctl.metrics().await;
     metrics
         .lines()
         .filter(|l| {

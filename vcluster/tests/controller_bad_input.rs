@@ -272,14 +272,7 @@ async fn unknown_fields_are_refused_naming_them(b: Backend) {
 async fn made_up_methods_and_paths_add_no_metrics_series(b: Backend) {
     let w = one_site(&b).await;
     let series = async || {
-        let text = common::http()
-            .get(format!("{}/metrics", w.ctl.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = w.ctl.metrics().await;
         text.lines()
             .filter(|l| l.starts_with("vcluster_http_requests_total{"))
             .map(str::to_string)
@@ -333,14 +326,7 @@ async fn made_up_methods_and_paths_add_no_metrics_series(b: Backend) {
         "{after_two:#?}"
     );
     // Every node state is exported, from the closed set.
-    let text = common::http()
-        .get(format!("{}/metrics", w.ctl.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = w.ctl.metrics().await;
     for state in vcluster::model::NodeState::ALL {
         assert!(
             text.contains(&format!("vcluster_nodes{{state=\"{state}\"}}")),

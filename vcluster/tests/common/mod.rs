@@ -203,6 +203,18 @@ impl TestController {
         panic!("controller did not restart: {:?}", last);
     }
 
+    /// The controller's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics page")
+    }
+
     pub fn client(&self, token: &str) -> ApiClient {
         ApiClient::connect(&self.url, token, self.trust().as_ref(), false).expect("API client")
     }
