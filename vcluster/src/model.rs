@@ -1049,6 +1049,10 @@ pub struct HostDesired {
     pub clusters: Vec<ClusterOnHost>,
 }
 
+/// The header of a `304 Not Modified` answer to a host's desired-state pull: the store
+/// revision its held copy stands for now.
+pub const REVISION_HEADER: &str = "x-vcluster-revision";
+
 /// A node an agent found on its host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

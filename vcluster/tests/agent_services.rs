@@ -1,5 +1,6 @@
 //! A provisioned cluster's services on one host, for real: the site-local address relayed
-//! to a (stand-in) site cache, and the frontend (a real dnsmasq, the frontend's HTTP), met
+//! to a (stand-in) site cache and taking its nodes' install reports for a (stand-in)
+//! controller, and the frontend (a real dnsmasq, the frontend's HTTP), met
 //! by clients in network namespaces on the cluster's bridge and by a QEMU VM whose iPXE
 //! firmware follows the whole chain. Needs root, dnsmasq and busybox and curl (and QEMU with
 //! Debian's ipxe-qemu ROM for the VM); skips loudly without them. A Drop guard removes
@@ -14,10 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vcluster::agent::driver::{HostBridges, VmDriver};
 use vcluster::agent::netns::LinuxBridges;
 use vcluster::agent::qemu::{Accel, AccelChoice, QemuDriver, QemuSettings};
-use vcluster::agent::services::{ClusterServices, ServicesConfig};
+use vcluster::agent::services::{ClusterServices, ControllerRelay, ServicesConfig};
 use vcluster::model::{
-    BootDevice, FrontendSpec, LeaseSpec, NetworkDevices, NetworkId, NodeSlot, NodeSpec,
-    ServicesSpec, service_addresses, service_macs,
+    BootDevice, FrontendSpec, InstallReport, InstallReportBatch, InstallReportOutcome,
+    InstallReportOutcomes, InstallState, LeaseSpec, NetworkDevices, NetworkId, NodeSlot, NodeSpec,
+    SITE_REPORTS_PORT, ServicesSpec, service_addresses, service_macs,
 };
 
 fn have(program: &str, arg: &str) -> bool {
@@ -232,6 +234,8 @@ struct World {
     dir: PathBuf,
     config: ServicesConfig,
     spec: ServicesSpec,
+    /// The cluster's nodes on this host (all of them, here).
+    nodes: Vec<NodeSpec>,
     seen: Arc<Mutex<Vec<String>>>,
     cleanup: Cleanup,
 }
@@ -261,7 +265,7 @@ async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
         .unwrap();
     let (site_ip, fe_ip) = service_addresses(subnet);
     let (site_mac, fe_mac) = service_macs(net);
-    let leases = nodes
+    let leases: Vec<LeaseSpec> = nodes
         .iter()
         .map(|&(i, name)| LeaseSpec {
             node: name.to_string(),
@@ -274,6 +278,21 @@ async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
             address: std::net::Ipv4Addr::from(u32::from(subnet.network()) + i).to_string(),
             ipxe: format!("#!ipxe\necho {name}\nchain http://{site_ip}/provision/{name}.ipxe\n"),
             token: None,
+        })
+        .collect();
+    let node_specs: Vec<NodeSpec> = leases
+        .iter()
+        .zip(nodes)
+        .map(|(l, &(index, _))| NodeSpec {
+            firmware: Default::default(),
+            index,
+            name: l.node.clone(),
+            mac: l.mac.clone(),
+            address: format!("{}/24", l.address),
+            running: true,
+            cpus: 1,
+            memory_mib: 128,
+            boot: BootDevice::Network,
         })
         .collect();
     let spec = ServicesSpec {
@@ -292,6 +311,7 @@ async fn world(offset: u32, nodes: &[(u32, &str)]) -> World {
         dir,
         config,
         spec,
+        nodes: node_specs,
         seen,
         cleanup,
     }
@@ -309,7 +329,7 @@ async fn the_frontend_leases_known_macs_only_serves_each_node_its_own_script_and
     let mut w = world(1, &[(1, &name1), (2, &name2)]).await;
     let services = ClusterServices::new(w.config.clone());
     services
-        .ensure(w.net, &w.cluster, &w.bridge, &w.spec)
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec, &w.nodes)
         .await
         .unwrap();
     let fe = w.spec.frontend.clone().unwrap();
@@ -415,7 +435,7 @@ async fn the_frontend_leases_known_macs_only_serves_each_node_its_own_script_and
     // A lease change on the way: node 2 gone.
     w.spec.frontend.as_mut().unwrap().leases.truncate(1);
     services
-        .ensure(w.net, &w.cluster, &w.bridge, &w.spec)
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec, &w.nodes)
         .await
         .unwrap();
     assert_eq!(
@@ -473,7 +493,7 @@ async fn a_qemu_node_pxe_boots_through_the_frontend_and_fetches_from_the_site_ad
     let w = world(2, &[(1, &name)]).await;
     let services = ClusterServices::new(w.config.clone());
     services
-        .ensure(w.net, &w.cluster, &w.bridge, &w.spec)
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec, &w.nodes)
         .await
         .unwrap();
     let driver = QemuDriver::new(
@@ -532,4 +552,202 @@ async fn a_qemu_node_pxe_boots_through_the_frontend_and_fetches_from_the_site_ad
     );
     driver.remove(slot, Some(&name)).await.unwrap();
     services.remove(w.net).await.unwrap();
+}
+
+/// A stand-in controller: records each batch of install reports (host, `Authorization`,
+/// reports) and answers each report 204, or 409 when its step is `refuse-me`.
+type Batches = Arc<Mutex<Vec<(String, String, Vec<InstallReport>)>>>;
+
+async fn fake_controller() -> (String, Batches) {
+    let calls: Batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/hosts/{host}/install-reports/batch",
+        axum::routing::post(
+            move |axum::extract::Path(host): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  axum::Json(b): axum::Json<InstallReportBatch>| {
+                let seen = seen.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let results = b
+                        .reports
+                        .iter()
+                        .map(|r| {
+                            if r.step.as_deref() == Some("refuse-me") {
+                                InstallReportOutcome {
+                                    status: 409,
+                                    error: Some("refused by the test".into()),
+                                }
+                            } else {
+                                InstallReportOutcome {
+                                    status: 204,
+                                    error: None,
+                                }
+                            }
+                        })
+                        .collect();
+                    seen.lock().unwrap().push((host, auth, b.reports));
+                    axum::Json(InstallReportOutcomes { results })
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, calls)
+}
+
+/// POSTs `body` from namespace `ns` (at address `from`, with prefix, if given) with bearer
+/// `token`; the status, 0 when nothing answered.
+fn post(ns: &str, from: Option<&str>, url: &str, token: Option<&str>, body: &str) -> u16 {
+    if let Some(addr) = from {
+        // The only address: the request leaves from it.
+        for args in [
+            &["-n", ns, "addr", "flush", "dev", "eth0"][..],
+            &["-n", ns, "addr", "add", addr, "dev", "eth0"][..],
+        ] {
+            let _ = Command::new("ip").args(args).output();
+        }
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "curl", "-s", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "-m", "10"])
+        .args(["-H", "Content-Type: application/json", "-d", body]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_controller_in_batches()
+{
+    let test =
+        "the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_controller_in_batches";
+    if !can_run(test, false) {
+        return;
+    }
+    let name1 = format!("r{}-node-1", std::process::id());
+    let name2 = format!("r{}-node-2", std::process::id());
+    let mut w = world(3, &[(1, &name1), (2, &name2)]).await;
+    let (base, calls) = fake_controller().await;
+    let services = ClusterServices::new(w.config.clone());
+    services.set_relay(ControllerRelay {
+        http: reqwest::Client::new(),
+        base,
+        token: "agent-secret".to_string(),
+        host: "h1".to_string(),
+    });
+    // Node 1 runs on this host; node 2 elsewhere.
+    let mine = vec![w.nodes[0].clone()];
+    services
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec, &mine)
+        .await
+        .unwrap();
+    let site_ip = w.spec.site_address.split('/').next().unwrap().to_string();
+    let url = format!("http://{site_ip}:{SITE_REPORTS_PORT}/install/callback");
+    let ns = format!("q{}", std::process::id());
+    w.cleanup.clients.push(ns.clone());
+    client(
+        &ns,
+        &format!("vq{}", std::process::id() % 100000),
+        &w.bridge,
+        &w.nodes[0].mac,
+    );
+    let (addr1, addr2) = (w.nodes[0].address.clone(), w.nodes[1].address.clone());
+
+    // Four reports at once from node 1: sent together, each answered with its own outcome.
+    let _ = post(&ns, Some(&addr1), &url, None, "{}");
+    let threads: Vec<_> = ["a", "b", "refuse-me", "c"]
+        .into_iter()
+        .map(|step| {
+            let (ns, url) = (ns.clone(), url.clone());
+            std::thread::spawn(move || {
+                let body =
+                    format!(r#"{{"phase":"installing","step":"{step}","packages_total":9}}"#);
+                (step, post(&ns, None, &url, Some("tok-1"), &body))
+            })
+        })
+        .collect();
+    let mut answers: Vec<(&str, u16)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        [("a", 204), ("b", 204), ("c", 204), ("refuse-me", 409)]
+    );
+    let batches = calls.lock().unwrap().clone();
+    let reports: Vec<&InstallReport> = batches.iter().flat_map(|b| &b.2).collect();
+    assert_eq!(reports.len(), 4, "{batches:?}");
+    assert!(
+        batches.len() <= 2,
+        "4 reports in {} requests: not batched",
+        batches.len()
+    );
+    for (host, auth, rs) in &batches {
+        assert_eq!(host, "h1");
+        assert_eq!(auth, "Bearer agent-secret", "sent as this host's agent");
+        for r in rs {
+            assert_eq!(
+                (r.node.as_str(), r.token.as_str()),
+                (name1.as_str(), "tok-1")
+            );
+            assert_eq!(r.state, InstallState::Installing);
+            assert_eq!(r.packages_total, Some(9));
+        }
+    }
+
+    // Refused at the site, nothing sent: another host's node, a stranger, no token, a
+    // made-up field.
+    let body = r#"{"phase":"installing"}"#;
+    assert_eq!(post(&ns, Some(&addr2), &url, Some("tok-2"), body), 403);
+    let stranger = format!(
+        "{}/24",
+        std::net::Ipv4Addr::from(u32::from(host_part(&addr1)) + 100,)
+    );
+    assert_eq!(post(&ns, Some(&stranger), &url, Some("tok-1"), body), 403);
+    assert_eq!(post(&ns, Some(&addr1), &url, None, body), 401);
+    assert_eq!(
+        post(
+            &ns,
+            None,
+            &url,
+            Some("tok-1"),
+            r#"{"phase":"installing","x":1}"#
+        ),
+        422
+    );
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        batches.len(),
+        "nothing more sent"
+    );
+
+    // Node 2 moves here: its reports are taken from now on.
+    services
+        .ensure(w.net, &w.cluster, &w.bridge, &w.spec, &w.nodes)
+        .await
+        .unwrap();
+    assert_eq!(post(&ns, Some(&addr2), &url, Some("tok-2"), body), 204);
+    let last = calls.lock().unwrap().last().unwrap().2.clone();
+    assert_eq!((last.len(), last[0].node.as_str()), (1, name2.as_str()));
+
+    // Removed: nothing listens there any more.
+    services.remove(w.net).await.unwrap();
+    assert_eq!(post(&ns, None, &url, Some("tok-2"), body), 0);
+}
+
+fn host_part(with_prefix: &str) -> std::net::Ipv4Addr {
+    with_prefix.split('/').next().unwrap().parse().unwrap()
 }

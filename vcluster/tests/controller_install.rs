@@ -189,7 +189,10 @@ async fn an_install_moves_from_pending_to_booted_on_its_frontends_reports(b: Bac
     let (s, e) = report(&w, &w.other_agent_token, "lyon-h0", body("pxe", json!({}))).await;
     assert_eq!(s, 403);
     assert!(
-        e["error"].as_str().unwrap().contains("not the frontend"),
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("neither inst-node-1's own host nor the frontend"),
         "{e}"
     );
     let (s, e) = report(
@@ -536,11 +539,24 @@ async fn a_frontend_at_another_site_joins_the_overlay_and_speaks_for_the_nodes(b
         "paris's overlay reaches the frontend"
     );
     let token = fe.leases[0].token.clone().unwrap();
-    let body = json!({"node": "far-node-1", "token": token, "state": "pxe"});
-    let (s, e) = report(&w, &w.agent_token, "paris-h0", body.clone()).await;
-    assert_eq!(s, 403, "paris is not the frontend: {e}");
-    let (s, e) = report(&w, &w.other_agent_token, "lyon-h0", body).await;
+    // The frontend's host speaks for the node, and so does its own host (which takes its
+    // reports at its site).
+    let (s, e) = report(
+        &w,
+        &w.other_agent_token,
+        "lyon-h0",
+        json!({"node": "far-node-1", "token": token, "state": "pxe"}),
+    )
+    .await;
     assert_eq!(s, 204, "{e}");
+    let (s, e) = report(
+        &w,
+        &w.agent_token,
+        "paris-h0",
+        json!({"node": "far-node-1", "token": token, "state": "installing"}),
+    )
+    .await;
+    assert_eq!(s, 204, "the node's own host: {e}");
     // Refused at create: an unknown site, a frontend without a profile.
     for (body, needle) in [
         (
@@ -586,6 +602,132 @@ async fn a_frontend_at_another_site_joins_the_overlay_and_speaks_for_the_nodes(b
     let a: Accepted = w.alice.delete("/v1/clusters/far").await.unwrap();
     wait_task(&w.alice, a.task.id).await;
     assert!(desired_of(&w, "lyon-h0").await.clusters.is_empty());
+}
+
+async fn batch(w: &World, agent_token: &str, host: &str, reports: Vec<Value>) -> (u16, Value) {
+    raw(
+        Method::POST,
+        &format!("{}/v1/hosts/{host}/install-reports/batch", w.ctl.url),
+        Some(agent_token),
+        Some(&json!({ "reports": reports }).to_string()),
+    )
+    .await
+}
+
+async fn a_nodes_own_host_sends_its_reports_in_batches(b: Backend) {
+    let w = world(TestController::start(&b).await).await;
+    let a: Accepted = w
+        .alice
+        .post(
+            "/v1/clusters",
+            &json!({"name": "bat", "sites": [{"site": "paris", "nodes": 2}], "profile": "plain",
+                    "frontend_site": "lyon"}),
+        )
+        .await
+        .expect("create");
+    wait_task(&w.alice, a.task.id).await;
+    let fe = desired_of(&w, "lyon-h0").await.clusters[0]
+        .services
+        .clone()
+        .unwrap()
+        .frontend
+        .unwrap();
+    let token = |node: &str| {
+        fe.leases
+            .iter()
+            .find(|l| l.node == node)
+            .and_then(|l| l.token.clone())
+            .unwrap()
+    };
+    let (t1, t2) = (token("bat-node-1"), token("bat-node-2"));
+    let r = |node: &str, token: &str, state: &str| json!({"node": node, "token": token, "state": state, "packages_total": 10});
+
+    // Refused whole, nothing applied: too many, a made-up field, a user, another agent's
+    // host.
+    let (s, e) = batch(
+        &w,
+        &w.agent_token,
+        "paris-h0",
+        vec![r("bat-node-1", &t1, "pxe"); vcluster::model::MAX_REPORT_BATCH + 1],
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert_eq!(e["field"], "reports", "{e}");
+    let (s, e) = raw(
+        Method::POST,
+        &format!("{}/v1/hosts/paris-h0/install-reports/batch", w.ctl.url),
+        Some(&w.agent_token),
+        Some(&json!({"reports": [], "urgent": true}).to_string()),
+    )
+    .await;
+    assert_eq!(s, 422, "an unknown field: {e}");
+    let (s, _) = batch(
+        &w,
+        &w.alice_token,
+        "paris-h0",
+        vec![r("bat-node-1", &t1, "pxe")],
+    )
+    .await;
+    assert_eq!(s, 403, "a user is no agent");
+    let (s, e) = batch(
+        &w,
+        &w.other_agent_token,
+        "paris-h0",
+        vec![r("bat-node-1", &t1, "pxe")],
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(
+        e["results"][0]["status"], 403,
+        "another agent cannot speak for this host: {e}"
+    );
+    assert_eq!(
+        state_of(&w, "bat", "bat-node-1").await,
+        Some(InstallState::Pending)
+    );
+
+    // Each report's own outcome, in the batch's order; one node's in order.
+    let (s, e) = batch(
+        &w,
+        &w.agent_token,
+        "paris-h0",
+        vec![
+            r("bat-node-1", &t1, "pxe"),
+            r("bat-node-2", &t1, "pxe"),
+            r("bat-node-1", &t1, "installing"),
+            r("bat-node-9", &t1, "pxe"),
+            r("bat-node-2", &t2, "pxe"),
+            r("bat-node-2", &t2, "booted"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    let statuses: Vec<i64> = e["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, [204, 403, 204, 404, 204, 409], "{e}");
+    assert!(
+        e["results"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the token"),
+        "{e}"
+    );
+    assert!(e["results"][0].get("error").is_none(), "{e}");
+    assert_eq!(
+        state_of(&w, "bat", "bat-node-1").await,
+        Some(InstallState::Installing)
+    );
+    assert_eq!(
+        state_of(&w, "bat", "bat-node-2").await,
+        Some(InstallState::Pxe)
+    );
+    // An empty batch is answered with nothing.
+    let (s, e) = batch(&w, &w.agent_token, "paris-h0", vec![]).await;
+    assert_eq!((s, e["results"].as_array().unwrap().len()), (200, 0), "{e}");
 }
 
 async fn reinstall_needs_a_profile(b: Backend) {
@@ -674,4 +816,5 @@ both_backends!(
     nodes_are_powered_as_a_set_and_their_console_is_asked_of_their_host,
     a_frontend_at_another_site_joins_the_overlay_and_speaks_for_the_nodes,
     reinstall_needs_a_profile,
+    a_nodes_own_host_sends_its_reports_in_batches,
 );

@@ -433,7 +433,7 @@ async fn reconcile_once(shared: &Shared) -> Result<Vec<String>, AgentError> {
             // current at that revision (so it is not taken for a stale statement).
             let revision = resp
                 .headers()
-                .get(crate::controller::api::hosts::REVISION_HEADER)
+                .get(crate::model::REVISION_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
                 .ok_or_else(|| {
                     AgentError::Desired("a 304 without the revision it was read at".into())

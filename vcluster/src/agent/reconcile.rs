@@ -257,7 +257,7 @@ impl Reconciler {
         match (&self.services, &share.services) {
             (Some(services), Some(spec)) => {
                 services
-                    .ensure(net, &share.network.name, &bridge, spec)
+                    .ensure(net, &share.network.name, &bridge, spec, &share.nodes)
                     .await?
             }
             (Some(services), None) => services.remove(net).await?,

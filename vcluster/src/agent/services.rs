@@ -7,7 +7,9 @@
 //!   WAN). A relay process (`vcluster site-relay`) accepts there on ports 80 and 3142 and
 //!   forwards each connection to the site's package cache (`--site-cache`): every site
 //!   serves the same URL from its own cache, so boot files and packages cross the WAN
-//!   once per site.
+//!   once per site. On port 8080 ([`SITE_REPORTS_PORT`]) this agent itself takes the
+//!   install reports of its own nodes (`POST /install/callback`, the node known by its
+//!   address) and sends them to the controller in batches ([`ReportBatcher`]).
 //! * **Frontend** (the frontend host only): a namespace `<cluster>-frontend-<host>` (veth `vc<hex>f`) with
 //!   the frontend address, a real dnsmasq (DHCP with one static lease per node and
 //!   nothing for unknown MACs; TFTP of iPXE for firmware without it; iPXE clients sent to
@@ -34,14 +36,17 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::process::Command;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, RwLock, oneshot};
 use tokio::task::JoinHandle;
 
 use super::driver::DriverError;
 use super::netns::{
     ip, is_zombie, kill_everything_in, link_exists, netns_exists, write_atomically,
 };
-use crate::model::{FrontendSpec, LeaseSpec, NetworkId, ServicesSpec};
+use crate::model::{
+    FrontendSpec, InstallReport, InstallReportBatch, InstallReportOutcomes, LeaseSpec,
+    MAX_REPORT_BATCH, NetworkId, NodeSpec, SITE_REPORTS_PORT, ServicesSpec,
+};
 
 /// Where the site's cache is and where the services keep their files.
 #[derive(Debug, Clone)]
@@ -92,19 +97,31 @@ pub struct ControllerRelay {
     pub host: String,
 }
 
+/// A running site-local reports server: the addresses of this host's nodes it answers.
+struct SiteHttp {
+    nodes: Arc<RwLock<BTreeMap<Ipv4Addr, String>>>,
+    address: Ipv4Addr,
+    task: JoinHandle<()>,
+}
+
 /// The services of every provisioned cluster on this host.
 pub struct ClusterServices {
     config: ServicesConfig,
     http: Mutex<BTreeMap<u32, FrontendHttp>>,
+    site_http: Mutex<BTreeMap<u32, SiteHttp>>,
     relay: Arc<std::sync::OnceLock<ControllerRelay>>,
+    batcher: Arc<ReportBatcher>,
 }
 
 impl ClusterServices {
     pub fn new(config: ServicesConfig) -> ClusterServices {
+        let relay = Arc::new(std::sync::OnceLock::new());
         ClusterServices {
             config,
             http: Mutex::new(BTreeMap::new()),
-            relay: Arc::new(std::sync::OnceLock::new()),
+            site_http: Mutex::new(BTreeMap::new()),
+            batcher: Arc::new(ReportBatcher::new(relay.clone(), REPORT_BATCH_WINDOW)),
+            relay,
         }
     }
 
@@ -139,13 +156,15 @@ impl ClusterServices {
         format!("{}-frontend-{}", self.cluster_name(net), self.config.host)
     }
 
-    /// Brings the cluster's services on this host to `spec`.
+    /// Brings the cluster's services on this host to `spec`; `nodes` are the cluster's
+    /// nodes on this host, whose reports its site-local address takes.
     pub async fn ensure(
         &self,
         net: NetworkId,
         cluster: &str,
         bridge: &str,
         spec: &ServicesSpec,
+        nodes: &[NodeSpec],
     ) -> Result<(), DriverError> {
         let plain = !cluster.is_empty()
             && cluster.len() <= 48
@@ -180,6 +199,7 @@ impl ClusterServices {
             )
         })?;
         self.ensure_relay(net, &sv, site_ip).await?;
+        self.ensure_site_reports(net, &sv, site_ip, nodes).await?;
         match &spec.frontend {
             Some(fe) => self.ensure_frontend(net, bridge, fe).await,
             None => self.remove_frontend(net).await,
@@ -189,6 +209,9 @@ impl ClusterServices {
     /// Removes everything of the cluster's services from this host.
     pub async fn remove(&self, net: NetworkId) -> Result<(), DriverError> {
         self.remove_frontend(net).await?;
+        if let Some(h) = self.site_http.lock().await.remove(&net.0) {
+            h.task.abort();
+        }
         stop_pid(&self.dir(net).join("relay.pid"));
         detach(&self.sv_netns(net), &format!("vc{:x}s", net.0)).await?;
         let _ = std::fs::remove_dir_all(self.dir(net));
@@ -233,6 +256,69 @@ impl ClusterServices {
             net,
             format!("the site relay did not start (see {})", log.display()),
         ))
+    }
+
+    /// The site-local address's reports server (port [`SITE_REPORTS_PORT`]), in this
+    /// agent, answering this host's `nodes` only.
+    async fn ensure_site_reports(
+        &self,
+        net: NetworkId,
+        ns: &str,
+        address: Ipv4Addr,
+        nodes: &[NodeSpec],
+    ) -> Result<(), DriverError> {
+        let mut by_address = BTreeMap::new();
+        for n in nodes {
+            let a = host_part(&n.address).ok_or_else(|| {
+                fail(
+                    net,
+                    format!("node {}: address {:?}: not an address", n.name, n.address),
+                )
+            })?;
+            by_address.insert(a, n.name.clone());
+        }
+        let mut http = self.site_http.lock().await;
+        if let Some(h) = http.get(&net.0)
+            && h.address == address
+            && !h.task.is_finished()
+        {
+            *h.nodes.write().await = by_address;
+            return Ok(());
+        }
+        if let Some(old) = http.remove(&net.0) {
+            old.task.abort();
+        }
+        let listener = listen_retrying(ns, SocketAddr::from((address, SITE_REPORTS_PORT)))
+            .await
+            .map_err(|e| {
+                fail(
+                    net,
+                    format!("the site's reports server on {address}:{SITE_REPORTS_PORT}: {e}"),
+                )
+            })?;
+        let nodes = Arc::new(RwLock::new(by_address));
+        let app = Router::new()
+            .route("/install/callback", axum::routing::post(site_callback))
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+            .with_state(SiteState {
+                nodes: nodes.clone(),
+                batcher: self.batcher.clone(),
+            });
+        let task = tokio::spawn(async move {
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).await {
+                tracing::warn!(error = %e, "the site's reports server stopped");
+            }
+        });
+        http.insert(
+            net.0,
+            SiteHttp {
+                nodes,
+                address,
+                task,
+            },
+        );
+        Ok(())
     }
 
     async fn ensure_frontend(
@@ -286,24 +372,9 @@ impl ClusterServices {
                 if let Some(old) = http.remove(&net.0) {
                     old.task.abort();
                 }
-                // A server just stopped (an agent restarting in this process, in tests)
-                // may hold the port for a moment.
-                let mut tries = 0;
-                let listener = loop {
-                    match listen_in(&ns, SocketAddr::from((address, 80))) {
-                        Ok(l) => break l,
-                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
-                            tries += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(e) => {
-                            return Err(fail(
-                                net,
-                                format!("the frontend's HTTP on {address}:80: {e}"),
-                            ));
-                        }
-                    }
-                };
+                let listener = listen_retrying(&ns, SocketAddr::from((address, 80)))
+                    .await
+                    .map_err(|e| fail(net, format!("the frontend's HTTP on {address}:80: {e}")))?;
                 let leases = Arc::new(RwLock::new(leases));
                 let app = Router::new()
                     .route("/boot.ipxe", get(chain_script))
@@ -413,14 +484,205 @@ impl ClusterServices {
     }
 }
 
-/// The frontends' HTTP servers live in this agent: they stop with it (dnsmasq and the
-/// relays do not).
+/// The frontends' and the sites' HTTP servers live in this agent: they stop with it
+/// (dnsmasq and the relays do not).
 impl Drop for ClusterServices {
     fn drop(&mut self) {
         for h in self.http.get_mut().values() {
             h.task.abort();
         }
+        for h in self.site_http.get_mut().values() {
+            h.task.abort();
+        }
     }
+}
+
+/// Listens on `addr` in namespace `ns`; a server just stopped (an agent restarting in
+/// this process, in tests) may hold the port for a moment, so an address in use is tried
+/// again for a second.
+async fn listen_retrying(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match listen_in(ns, addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long the first report of a batch waits for others before the batch leaves.
+pub const REPORT_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
+/// A report waiting for its batch, and where its outcome goes.
+type Waiting = (InstallReport, oneshot::Sender<(StatusCode, String)>);
+
+/// Gathers the reports this host's nodes post at its site-local address and sends them to
+/// the controller in batches (`POST /v1/hosts/{host}/install-reports/batch`): the first
+/// report of a batch waits `window` for others; each node's request is answered with its
+/// own report's outcome once the batch is answered. At hundreds of nodes this sends a
+/// request a second instead of one per report, and no report crosses the WAN inside the
+/// overlay on its own TCP connection.
+pub struct ReportBatcher {
+    relay: Arc<std::sync::OnceLock<ControllerRelay>>,
+    window: Duration,
+    /// The reports waiting, and whether a task is on its way to send them.
+    queue: std::sync::Mutex<(Vec<Waiting>, bool)>,
+}
+
+impl ReportBatcher {
+    pub fn new(relay: Arc<std::sync::OnceLock<ControllerRelay>>, window: Duration) -> Self {
+        ReportBatcher {
+            relay,
+            window,
+            queue: std::sync::Mutex::new((Vec::new(), false)),
+        }
+    }
+
+    /// Queues `report`; its outcome once its batch is answered (502 with the reason when
+    /// the controller could not be asked).
+    pub async fn submit(self: &Arc<Self>, report: InstallReport) -> (StatusCode, String) {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().expect("report queue");
+            q.0.push((report, tx));
+            !std::mem::replace(&mut q.1, true)
+        };
+        if start {
+            tokio::spawn(self.clone().send_batches());
+        }
+        rx.await.unwrap_or((
+            StatusCode::BAD_GATEWAY,
+            "the report's batch was dropped\n".to_string(),
+        ))
+    }
+
+    /// Sends what waits, a window after the first, until nothing is left.
+    async fn send_batches(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.window).await;
+            let batch: Vec<Waiting> = {
+                let mut q = self.queue.lock().expect("report queue");
+                if q.0.is_empty() {
+                    q.1 = false;
+                    return;
+                }
+                let n = q.0.len().min(MAX_REPORT_BATCH);
+                q.0.drain(..n).collect()
+            };
+            self.send(batch).await;
+        }
+    }
+
+    async fn send(&self, batch: Vec<Waiting>) {
+        let (reports, waiters): (Vec<InstallReport>, Vec<_>) = batch.into_iter().unzip();
+        let answer = |waiters: Vec<oneshot::Sender<(StatusCode, String)>>,
+                      status: StatusCode,
+                      body: String| {
+            for w in waiters {
+                let _ = w.send((status, body.clone()));
+            }
+        };
+        let Some(relay) = self.relay.get() else {
+            return answer(
+                waiters,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this host has no controller yet\n".to_string(),
+            );
+        };
+        let url = format!(
+            "{}/v1/hosts/{}/install-reports/batch",
+            relay.base.trim_end_matches('/'),
+            relay.host
+        );
+        let n = reports.len();
+        let sent = relay
+            .http
+            .post(&url)
+            .bearer_auth(&relay.token)
+            .timeout(Duration::from_secs(30))
+            .json(&InstallReportBatch { reports })
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(reports = n, error = %e, "sending install reports failed");
+                return answer(
+                    waiters,
+                    StatusCode::BAD_GATEWAY,
+                    format!("the controller is unreachable: {e}\n"),
+                );
+            }
+        };
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status != StatusCode::OK {
+            let body = resp.text().await.unwrap_or_default();
+            tracing::warn!(reports = n, %status, %body, "the controller refused a batch of install reports");
+            return answer(waiters, status, body);
+        }
+        match resp.json::<InstallReportOutcomes>().await {
+            Ok(o) if o.results.len() == n => {
+                for (w, r) in waiters.into_iter().zip(o.results) {
+                    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let _ = w.send((status, r.error.map(|e| e + "\n").unwrap_or_default()));
+                }
+            }
+            Ok(o) => answer(
+                waiters,
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the controller answered {} outcomes to {n} reports\n",
+                    o.results.len()
+                ),
+            ),
+            Err(e) => answer(
+                waiters,
+                StatusCode::BAD_GATEWAY,
+                format!("the controller's answer to a batch: {e}\n"),
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SiteState {
+    /// This host's nodes of the cluster, by address.
+    nodes: Arc<RwLock<BTreeMap<Ipv4Addr, String>>>,
+    batcher: Arc<ReportBatcher>,
+}
+
+/// A report from one of this host's nodes, at its site: batched to the controller with
+/// the node's name, known from its address.
+async fn site_callback(
+    State(s): State<SiteState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    crate::api_error::ApiJson(cb): crate::api_error::ApiJson<crate::model::InstallCallback>,
+) -> Response {
+    let Some(token) = install_token(&headers) else {
+        return no_token();
+    };
+    let node = match peer.ip() {
+        std::net::IpAddr::V4(a) => s.nodes.read().await.get(&a).cloned(),
+        std::net::IpAddr::V6(_) => None,
+    };
+    let Some(node) = node else {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("{} is no address of this host's nodes\n", peer.ip()),
+        )
+            .into_response();
+    };
+    let (status, body) = s.batcher.submit(cb.into_report(node.clone(), token)).await;
+    if !status.is_success() {
+        tracing::warn!(%node, %status, %body, "an install report was refused");
+    }
+    (status, body).into_response()
 }
 
 /// dnsmasq's configuration for a frontend: DHCP for known MACs only (static leases from

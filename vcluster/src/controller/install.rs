@@ -195,11 +195,12 @@ fn ipxe_script(
              echo vcluster: {name} installs profile {profile} from its site's cache\n\
              kernel http://{site_ip}/provision/vmlinuz initrd=installer.img console=ttyS0,115200 \
              quiet vc.repo=http://{site_ip}/debian vc.profile=http://{fe_ip}/install/profile \
-             vc.callback=http://{fe_ip}/install/callback vc.progress={progress} vc.token={token}\n\
+             vc.callback=http://{site_ip}:{reports_port}/install/callback vc.progress={progress} vc.token={token}\n\
              initrd --name installer.img http://{site_ip}/provision/installer.img\n\
              boot\n",
             profile = cluster.profile_name.as_deref().unwrap_or("-"),
             token = i.token,
+            reports_port = crate::model::SITE_REPORTS_PORT,
         ),
         _ => format!("#!ipxe\necho vcluster: {name} boots from its disk\nexit\n"),
     }

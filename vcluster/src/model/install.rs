@@ -191,6 +191,43 @@ impl InstallCallback {
     }
 }
 
+/// Reports in one batch at most (`POST /v1/hosts/{host}/install-reports/batch`): a site's
+/// host agent sends what its nodes reported in the last second, so a batch holds a few
+/// reports a node at most even at hundreds of nodes.
+pub const MAX_REPORT_BATCH: usize = 256;
+
+/// The port of the site-local address where a node's installer (and its installed
+/// system's first boot) posts its reports (`POST /install/callback`): its own host's agent
+/// takes them there, at the node's site, and sends them to the controller in batches, so
+/// they never cross the WAN one by one inside the overlay.
+pub const SITE_REPORTS_PORT: u16 = 8080;
+
+/// What a site's host agent sends the controller for the nodes it runs
+/// (`POST /v1/hosts/{host}/install-reports/batch`): their reports, each with its install's
+/// token, applied in order for each node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReportBatch {
+    pub reports: Vec<InstallReport>,
+}
+
+/// What became of one report of a batch: the status a report on its own would have had
+/// (204 taken, 403 a foreign token, 409 a state it cannot take, ...), and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReportOutcome {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The answer to a batch: one outcome per report, in the batch's order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReportOutcomes {
+    pub results: Vec<InstallReportOutcome>,
+}
+
 /// `POST /v1/clusters/{cluster}/reinstall`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

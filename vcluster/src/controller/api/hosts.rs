@@ -2,7 +2,7 @@
 //! site, capacity, agent URL, overlay endpoint and vpnd public key), heartbeat, and read
 //! the host's desired state; admins list, disable and remove hosts.
 
-use crate::model::NodeState;
+use crate::model::{NodeState, REVISION_HEADER};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -316,9 +316,6 @@ pub async fn desired_state(
     }
     Ok(([(header::ETAG, etag)], ApiJson(d)).into_response())
 }
-
-/// Sent with a 304: the store revision the unchanged desired state was read at.
-pub const REVISION_HEADER: &str = "x-vcluster-revision";
 
 /// The strong ETag of what a host must have: a hash of its clusters (and its id),
 /// whatever the revision they were read at.

@@ -1,7 +1,8 @@
-//! Installs over the API: `reinstall` for a cluster's owner, and the two routes a
-//! cluster's frontend agent relays its nodes through (their reports and their rendered
-//! profile), each authenticated twice: the agent for its host, the install's one-time
-//! token for the node (docs/provisioning.md).
+//! Installs over the API: `reinstall` for a cluster's owner, and the routes host agents
+//! relay their nodes through: their reports (one at a time from a cluster's frontend, in
+//! batches from the node's own host, which takes them at its site) and their rendered
+//! profile (from the frontend), each authenticated twice: the agent for its host, the
+//! install's one-time token for the node (docs/provisioning.md).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +14,8 @@ use crate::controller::auth::Principal;
 use crate::controller::install;
 use crate::controller::store::{self, ClusterRow, HostRow, InstallRow, NewEvent, NodeRow, now_ms};
 use crate::model::{
-    ApiErrorBody, InstallReport, InstallState, MAX_INSTALL_FIGURE, MAX_INSTALL_REASON, NodeState,
+    ApiErrorBody, InstallReport, InstallReportBatch, InstallReportOutcome, InstallReportOutcomes,
+    InstallState, MAX_INSTALL_FIGURE, MAX_INSTALL_REASON, MAX_REPORT_BATCH, NodeState,
     ReinstallRequest,
 };
 
@@ -59,12 +61,17 @@ async fn authenticate(
     let cluster = store::cluster_by_id(conn, node.cluster_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no cluster of node {}", node.name)))?;
-    let nodes = store::nodes_of_cluster(conn, cluster.id).await?;
-    if install::frontend_host(&cluster, &nodes) != Some(host.id) {
-        return Err(ApiError::forbidden(format!(
-            "host {} is not the frontend of cluster {}: it does not speak for {}",
-            host.name, cluster.name, node.name
-        )));
+    // The node's own host (whose site takes its reports) or its cluster's frontend host
+    // (which serves its boot script and profile).
+    if node.host_id != host.id {
+        let nodes = store::nodes_of_cluster(conn, cluster.id).await?;
+        if install::frontend_host(&cluster, &nodes) != Some(host.id) {
+            return Err(ApiError::forbidden(format!(
+                "host {} is neither {}'s own host nor the frontend of cluster {}: it does not \
+                 speak for it",
+                host.name, node.name, cluster.name
+            )));
+        }
     }
     let install = store::install_of(conn, node.id)
         .await?
@@ -88,10 +95,10 @@ fn check_figure(field: &str, v: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
-/// A node's install report, relayed by its cluster's frontend agent.
+/// A node's install report, relayed by its cluster's frontend agent or its own host's.
 #[utoipa::path(post, path = "/v1/hosts/{host}/install-reports", tag = "hosts",
     request_body = InstallReport,
-    params(("host" = String, Path, description = "the frontend host's name or id")),
+    params(("host" = String, Path, description = "the node's own host, or its cluster's frontend host (name or id)")),
     responses((status = 204), (status = 403, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
                (status = 422, body = ApiErrorBody)))]
 pub async fn install_report(
@@ -100,6 +107,84 @@ pub async fn install_report(
     ApiPath(host): ApiPath<String>,
     ApiJson(report): ApiJson<InstallReport>,
 ) -> Result<Response, ApiError> {
+    apply_report(&app, &who, &host, report).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The reports of the nodes a site's host agent runs, batched (at most
+/// [`MAX_REPORT_BATCH`]): each is applied as `install-reports` would apply it on its own,
+/// one node's in the batch's order, different nodes' side by side; the answer has each
+/// one's outcome in the batch's order. The batch itself is refused (nothing applied) only
+/// when it is malformed, too large, or its caller is no agent.
+#[utoipa::path(post, path = "/v1/hosts/{host}/install-reports/batch", tag = "hosts",
+    request_body = InstallReportBatch,
+    params(("host" = String, Path, description = "the nodes' own host (name or id)")),
+    responses((status = 200, body = InstallReportOutcomes), (status = 403, body = ApiErrorBody),
+               (status = 422, body = ApiErrorBody)))]
+pub async fn install_report_batch(
+    State(app): State<App>,
+    who: Principal,
+    ApiPath(host): ApiPath<String>,
+    ApiJson(batch): ApiJson<InstallReportBatch>,
+) -> Result<axum::Json<InstallReportOutcomes>, ApiError> {
+    who.require_agent_or_admin()?;
+    let n = batch.reports.len();
+    if n > MAX_REPORT_BATCH {
+        return Err(ApiError::invalid(
+            "reports",
+            format!("{n} reports in one batch; at most {MAX_REPORT_BATCH}"),
+        ));
+    }
+    let mut by_node: std::collections::BTreeMap<String, Vec<(usize, InstallReport)>> =
+        std::collections::BTreeMap::new();
+    for (i, r) in batch.reports.into_iter().enumerate() {
+        by_node.entry(r.node.clone()).or_default().push((i, r));
+    }
+    let runs = by_node.into_values().map(|reports| {
+        let (app, who, host) = (&app, &who, host.as_str());
+        async move {
+            let mut out = Vec::with_capacity(reports.len());
+            for (i, r) in reports {
+                out.push((i, apply_report(app, who, host, r).await));
+            }
+            out
+        }
+    });
+    let mut results = vec![
+        InstallReportOutcome {
+            status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+            error: Some("not applied".to_string()),
+        };
+        n
+    ];
+    for (i, outcome) in futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        results[i] = match outcome {
+            Ok(()) => InstallReportOutcome {
+                status: StatusCode::NO_CONTENT.as_u16(),
+                error: None,
+            },
+            Err(e) => InstallReportOutcome {
+                status: e.status.as_u16(),
+                error: Some(e.message),
+            },
+        };
+    }
+    Ok(axum::Json(InstallReportOutcomes { results }))
+}
+
+/// Applies one node's report: its figures checked, its token and its relaying host
+/// authenticated, its state moved on (an event when it changes), and its host and
+/// frontend told when what the node boots from changes.
+async fn apply_report(
+    app: &App,
+    who: &Principal,
+    host: &str,
+    report: InstallReport,
+) -> Result<(), ApiError> {
     check_figure("packages_done", report.packages_done)?;
     check_figure("packages_total", report.packages_total)?;
     check_figure("bytes", report.bytes)?;
@@ -114,7 +199,7 @@ pub async fn install_report(
     let now = now_ms();
     let mut tx = app.store.write().await?;
     let (node, cluster, current) =
-        authenticate(tx.conn(), &who, &host, &report.node, &report.token).await?;
+        authenticate(tx.conn(), who, host, &report.node, &report.token).await?;
     if !current.state.may_become(report.state) {
         return Err(ApiError::conflict(format!(
             "{}'s install is {}: it cannot become {}",
@@ -230,7 +315,7 @@ pub async fn install_report(
             tokio::spawn(push);
         }
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }
 
 /// How long a `rebooting` report waits for the node's host to switch its boot order.

@@ -87,6 +87,7 @@ pub fn router(app: App) -> Router {
         .routes(routes!(nodes::node_console))
         .routes(routes!(nodes::power_nodes))
         .routes(routes!(install::install_report))
+        .routes(routes!(install::install_report_batch))
         .routes(routes!(install::install_profile))
         .routes(routes!(profiles::list_roles, profiles::create_role))
         .routes(routes!(
