@@ -686,6 +686,19 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
             .all(|n| n.health.as_ref().is_some_and(|h| h.health.as_str() == "up"))
     });
     bed.assert_install_events(&nodes);
+    // Their reports went to their own host at their site, which sent them on in batches:
+    // only the frontend's `pxe` reports came one by one.
+    let batches = requests_on(&bed, "/v1/hosts/{host}/install-reports/batch", 200);
+    let single = requests_on(&bed, "/v1/hosts/{host}/install-reports", 204);
+    eprintln!("install reports: {batches} batches, {single} single reports");
+    assert!(
+        batches > 0,
+        "no batch of install reports reached the controller"
+    );
+    assert!(
+        single <= 2 * nodes.len() as u64,
+        "{single} reports came one by one (the frontend's pxe only: one a node)"
+    );
     // The token never reached a log.
     let log = std::fs::read_to_string(
         bed.topo
@@ -800,4 +813,36 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
             "{n}'s root is left after the delete"
         );
     }
+}
+
+/// Requests the controller answered on `route` (a route template) with `status`, from its
+/// `/metrics`.
+fn requests_on(bed: &Bed, route: &str, status: u16) -> u64 {
+    let out = bed
+        .topo
+        .wan()
+        .command(
+            "curl",
+            [
+                "-sS",
+                "--fail",
+                "--cacert",
+                &bed.plane.ca_file().display().to_string(),
+                &format!("{}/metrics", bed.plane.url()),
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
+    text.lines()
+        .filter(|l| l.starts_with("vcluster_http_requests_total{"))
+        .filter(|l| l.contains(&route) && l.contains(&status))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
