@@ -406,6 +406,31 @@ impl ControlPlane {
         &self.ca_file
     }
 
+    /// The body of `GET <controller>{path}` (e.g. `/metrics`), fetched with curl from the
+    /// WAN's namespace, pinning the controller's CA; panics on any failure.
+    pub fn get_text(&self, topo: &Topology, path: &str) -> String {
+        let out = topo
+            .wan()
+            .command(
+                "curl",
+                [
+                    "-sS",
+                    "--fail",
+                    "--cacert",
+                    &self.ca_file.display().to_string(),
+                    &format!("{}{path}", self.url),
+                ],
+            )
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The token of user `alice`, who owns the clusters made through this control plane.
     pub fn user_token(&self) -> &str {
         &self.user_token

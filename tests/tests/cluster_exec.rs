@@ -461,7 +461,7 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
     });
     let up = events("node-up");
     assert!(up.iter().any(|e| e.message.contains(&hung)), "{up:?}");
-    let metrics = curl_text(&plane, &topo, "/metrics");
+    let metrics = plane.get_text(&topo, "/metrics");
     assert!(
         metrics.contains("vcluster_nodes_health{health=\"down\"} 1"),
         "{metrics}"
@@ -525,28 +525,4 @@ fn exec_runs_on_each_node_folds_alike_output_and_reports_every_end() {
     plane.delete_cluster(&name);
     let left = plane.leftovers(&topo, &overlay, &c);
     assert!(left.is_empty(), "left behind: {left:?}");
-}
-
-/// `GET path` from the wan namespace with curl, pinned to the test CA; its body.
-fn curl_text(plane: &ControlPlane, topo: &Topology, path: &str) -> String {
-    let out = topo
-        .wan()
-        .command(
-            "curl",
-            [
-                "-sS",
-                "--fail",
-                "--cacert",
-                &plane.ca_file().display().to_string(),
-                &format!("{}{path}", plane.url()),
-            ],
-        )
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "curl {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

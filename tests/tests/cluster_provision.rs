@@ -818,27 +818,7 @@ fn eight_lightweight_nodes_install_in_parallel_through_the_same_pipeline_and_one
 /// Requests the controller answered on `route` (a route template) with `status`, from its
 /// `/metrics`.
 fn requests_on(bed: &Bed, route: &str, status: u16) -> u64 {
-    let out = bed
-        .topo
-        .wan()
-        .command(
-            "curl",
-            [
-                "-sS",
-                "--fail",
-                "--cacert",
-                &bed.plane.ca_file().display().to_string(),
-                &format!("{}/metrics", bed.plane.url()),
-            ],
-        )
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = bed.plane.get_text(&bed.topo, "/metrics");
     let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
     text.lines()
         .filter(|l| l.starts_with("vcluster_http_requests_total{"))

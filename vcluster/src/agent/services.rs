@@ -304,12 +304,7 @@ impl ClusterServices {
                 nodes: nodes.clone(),
                 batcher: self.batcher.clone(),
             });
-        let task = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                tracing::warn!(error = %e, "the site's reports server stopped");
-            }
-        });
+        let task = serve_in_task(listener, app, "the site's reports server");
         http.insert(
             net.0,
             SiteHttp {
@@ -387,12 +382,7 @@ impl ClusterServices {
                         address,
                         relay: self.relay.clone(),
                     });
-                let task = tokio::spawn(async move {
-                    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-                    if let Err(e) = axum::serve(listener, service).await {
-                        tracing::warn!(error = %e, "the frontend's HTTP server stopped");
-                    }
-                });
+                let task = serve_in_task(listener, app, "the frontend's HTTP server");
                 http.insert(
                     net.0,
                     FrontendHttp {
@@ -497,6 +487,20 @@ impl Drop for ClusterServices {
     }
 }
 
+/// Serves `app` on `listener` (handlers see the peer's address) in a task of its own.
+fn serve_in_task(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::warn!(error = %e, "{what} stopped");
+        }
+    })
+}
+
 /// Listens on `addr` in namespace `ns`; a server just stopped (an agent restarting in
 /// this process, in tests) may hold the port for a moment, so an address in use is tried
 /// again for a second.
@@ -593,33 +597,18 @@ impl ReportBatcher {
                 "this host has no controller yet\n".to_string(),
             );
         };
-        let url = format!(
-            "{}/v1/hosts/{}/install-reports/batch",
-            relay.base.trim_end_matches('/'),
-            relay.host
-        );
         let n = reports.len();
         let sent = relay
-            .http
-            .post(&url)
-            .bearer_auth(&relay.token)
-            .timeout(Duration::from_secs(30))
-            .json(&InstallReportBatch { reports })
-            .send()
+            .post("install-reports/batch", &InstallReportBatch { reports })
             .await;
         let resp = match sent {
             Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(reports = n, error = %e, "sending install reports failed");
-                return answer(
-                    waiters,
-                    StatusCode::BAD_GATEWAY,
-                    format!("the controller is unreachable: {e}\n"),
-                );
+            Err((status, body)) => {
+                tracing::warn!(reports = n, %body, "sending install reports failed");
+                return answer(waiters, status, body);
             }
         };
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status = status_of(&resp);
         if status != StatusCode::OK {
             let body = resp.text().await.unwrap_or_default();
             tracing::warn!(reports = n, %status, %body, "the controller refused a batch of install reports");
@@ -751,31 +740,45 @@ impl FrontendState {
                 "the frontend has no controller yet\n".to_string(),
             );
         };
+        match relay.post(what, body).await {
+            Ok(resp) => (status_of(&resp), resp.text().await.unwrap_or_default()),
+            Err(e) => e,
+        }
+    }
+}
+
+impl ControllerRelay {
+    /// POSTs `body` to the controller's `/v1/hosts/{this host}/{what}` as this host's
+    /// agent; without an answer, a 502 saying why.
+    async fn post<T: serde::Serialize>(
+        &self,
+        what: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, (StatusCode, String)> {
         let url = format!(
             "{}/v1/hosts/{}/{what}",
-            relay.base.trim_end_matches('/'),
-            relay.host
+            self.base.trim_end_matches('/'),
+            self.host
         );
-        match relay
-            .http
+        self.http
             .post(&url)
-            .bearer_auth(&relay.token)
+            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(30))
             .json(body)
             .send()
             .await
-        {
-            Ok(resp) => {
-                let status =
-                    StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-                (status, resp.text().await.unwrap_or_default())
-            }
-            Err(e) => (
-                StatusCode::BAD_GATEWAY,
-                format!("the controller is unreachable: {e}\n"),
-            ),
-        }
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("the controller is unreachable: {e}\n"),
+                )
+            })
     }
+}
+
+/// A controller's answer's status, as axum's type.
+fn status_of(resp: &reqwest::Response) -> StatusCode {
+    StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
 /// The install token (`Authorization: Bearer`, or `X-Install-Token`).
