@@ -521,6 +521,11 @@ async fn listen_retrying(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::n
 /// How long the first report of a batch waits for others before the batch leaves.
 pub const REPORT_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
+/// Reports one node may have waiting at once; more are answered 429 at once, so that a
+/// node posting in a loop cannot fill the queue and hold the other nodes' reports back
+/// (an installer waits for each answer: it never has more than one or two).
+pub const MAX_WAITING_PER_NODE: usize = 4;
+
 /// A report waiting for its batch, and where its outcome goes.
 type Waiting = (InstallReport, oneshot::Sender<(StatusCode, String)>);
 
@@ -547,11 +552,22 @@ impl ReportBatcher {
     }
 
     /// Queues `report`; its outcome once its batch is answered (502 with the reason when
-    /// the controller could not be asked).
+    /// the controller could not be asked; 429 at once when its node has
+    /// [`MAX_WAITING_PER_NODE`] reports waiting).
     pub async fn submit(self: &Arc<Self>, report: InstallReport) -> (StatusCode, String) {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().expect("report queue");
+            let waiting = q.0.iter().filter(|(r, _)| r.node == report.node).count();
+            if waiting >= MAX_WAITING_PER_NODE {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "{} has {waiting} reports waiting already (at most {MAX_WAITING_PER_NODE})\n",
+                        report.node
+                    ),
+                );
+            }
             q.0.push((report, tx));
             !std::mem::replace(&mut q.1, true)
         };
