@@ -1049,6 +1049,27 @@ pub struct HostDesired {
     pub clusters: Vec<ClusterOnHost>,
 }
 
+/// The strong ETag of what a host must have: a hash of its id and its clusters (in the
+/// order of their networks), whatever the revision they were read at. The controller
+/// tags its answers to a host's pull with it; the agent computes it too, over the copy
+/// it holds once a push changed one cluster of it, so that the next pull of what it
+/// already has is a `304`.
+pub fn desired_etag(d: &HostDesired) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(d.host_id.to_le_bytes());
+    let mut clusters: Vec<&ClusterOnHost> = d.clusters.iter().collect();
+    clusters.sort_by_key(|c| c.network.id);
+    for c in clusters {
+        let c = ClusterOnHost {
+            revision: 0,
+            ..c.clone()
+        };
+        h.update(serde_json::to_vec(&c).expect("the desired state serializes"));
+    }
+    format!("\"{}\"", crate::cache::store::hex(&h.finalize()[..16]))
+}
+
 /// The header of a `304 Not Modified` answer to a host's desired-state pull: the store
 /// revision its held copy stands for now.
 pub const REVISION_HEADER: &str = "x-vcluster-revision";

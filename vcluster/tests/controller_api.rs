@@ -1052,7 +1052,71 @@ async fn the_desired_state_is_pulled_whole_only_when_it_changed(b: Backend) {
     assert_eq!(desired_pulls(&w, 200).await, full, "no whole state pulled");
 }
 
+/// What the controller pushes, the agent holds: after a push of a changed cluster (a node
+/// added, the overlay stopped) or its removal, the agent's next pull is answered `304`,
+/// not with the whole state again (a copy unlike the controller's has another ETag and
+/// is pulled whole: `the_desired_state_is_pulled_whole_only_when_it_changed`).
+async fn a_pushed_change_is_not_pulled_again(b: Backend) {
+    let ctl = common::TestController::start(&b).await;
+    ctl.site("east").await;
+    let token = ctl.user("agent-east-h0", "agent").await;
+    // No periodic pulls but the first: every pull below is the test's.
+    let agent = TestAgent::start_every(
+        &ctl,
+        &token,
+        "east-h0",
+        "east",
+        4,
+        std::time::Duration::from_secs(3600),
+    )
+    .await;
+    let user_token = ctl.user("alice", "user").await;
+    let w = World {
+        user: ctl.client(&user_token),
+        user_token,
+        ctl,
+        agents: vec![agent],
+    };
+    let running = w.agents[0].agent.as_ref().unwrap();
+    let pull = async || {
+        let (full, not_modified) = (desired_pulls(&w, 200).await, desired_pulls(&w, 304).await);
+        let errors = running.reconcile_now().await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        (
+            desired_pulls(&w, 200).await - full,
+            desired_pulls(&w, 304).await - not_modified,
+        )
+    };
+    let a = create(
+        &w.user,
+        json!({"name": "held", "sites": [{"site": "east", "nodes": 1}]}),
+    )
+    .await;
+    expect_success(&w.user, &a).await;
+    assert_eq!(pull().await, (0, 1), "the created cluster was pushed");
+    let add: Accepted = w
+        .user
+        .post("/v1/clusters/held/nodes", &json!({"count": 2}))
+        .await
+        .unwrap();
+    expect_success(&w.user, &add).await;
+    assert_eq!(pull().await, (0, 1), "the added nodes were pushed");
+    assert_eq!(w.agents[0].driver.names().len(), 3);
+    let stop: Accepted = w
+        .user
+        .post("/v1/clusters/held/overlay/stop", &json!({}))
+        .await
+        .unwrap();
+    expect_success(&w.user, &stop).await;
+    assert_eq!(pull().await, (0, 1), "the stopped overlay was pushed");
+    let gone: Accepted = w.user.delete("/v1/clusters/held").await.unwrap();
+    expect_success(&w.user, &gone).await;
+    assert_eq!(pull().await, (0, 1), "the removal was pushed");
+    assert!(w.agents[0].driver.names().is_empty());
+}
+
 both_backends!(
+    a_pushed_change_is_not_pulled_again,
     the_desired_state_is_pulled_whole_only_when_it_changed,
     roles_are_enforced_and_errors_are_json,
     bad_input_is_refused_naming_the_field_and_leaves_nothing,

@@ -550,3 +550,127 @@ async fn the_agent_api_refuses_bad_requests_with_json_naming_the_field() {
     // Nothing of the refused requests reached the host.
     assert!(w.agent.vpnd.networks().is_empty());
 }
+
+/// The controller gzips its pushes to agents; the agent unpacks them, and what it unpacks
+/// is held to the same bounds as a plain body: a small body that unpacks past the limit
+/// (a gzip bomb), a body that is not gzip, and an encoding it does not know are refused
+/// with an error, and nothing reaches the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_unpacks_gzipped_pushes_within_its_body_limit() {
+    use std::io::Write;
+    let gzip = |bytes: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    };
+    let b = Backend::sqlite().await;
+    let w = one_site(&b).await;
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(w.agent.config.state_dir.join("agent.json")).unwrap(),
+    )
+    .unwrap();
+    let secret = state["agent_secret"].as_str().unwrap().to_string();
+    let target = format!("{}/agent/v1/networks/9", w.agent.url());
+    let agent_http = w.agent.http();
+    let share = json!({
+        "revision": i64::MAX / 2,
+        "network": {"id": 9, "name": "x", "psk": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "subnet": "10.9.0.0/24", "running": true, "peers": []},
+        "nodes": [],
+    })
+    .to_string();
+    let put = |body: Vec<u8>, encoding: &'static str| {
+        let req = agent_http
+            .put(&target)
+            .bearer_auth(&secret)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+
+    // Spaces after the JSON up to twice the agent's body limit
+    // (vcluster::exec::MAX_EXEC_BODY_BYTES) once unpacked: a thousandth of that gzipped,
+    // small enough to be sent whole before the agent answers.
+    let mut bomb = share.clone().into_bytes();
+    bomb.resize(2 * vcluster::exec::MAX_EXEC_BODY_BYTES, b' ');
+    let bomb = gzip(&bomb);
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    let (s, text) = put(bomb, "gzip").await;
+    assert_eq!(s, 413, "{text}");
+    assert!(text.contains("larger than"), "{text}");
+    let (s, text) = put(b"not gzip at all".to_vec(), "gzip").await;
+    assert!(s == 400 || s == 422, "{s} {text}");
+    assert!(text.contains("gzip"), "{text}");
+    let (s, text) = put(gzip(share.as_bytes()), "br").await;
+    assert_eq!(s, 415, "{text}");
+    assert!(text.contains("only gzip"), "{text}");
+    assert!(
+        w.agent.vpnd.networks().is_empty(),
+        "refused pushes reached the host"
+    );
+
+    // The same share gzipped is applied.
+    let (s, text) = put(gzip(share.as_bytes()), "gzip").await;
+    assert_eq!(s, 200, "{text}");
+    assert!(text.contains("\"applied\":true"), "{text}");
+    assert_eq!(w.agent.vpnd.networks().len(), 1);
+}
+
+/// What a push costs across the WAN: a remote host's share of 134 nodes gzips to a
+/// small fraction of its JSON; a frontend's share (it carries install tokens) is sent as
+/// it is.
+#[test]
+fn pushes_are_gzipped_unless_they_carry_install_tokens() {
+    use vcluster::controller::agent_client::push_body;
+    use vcluster::model::{ClusterOnHost, FrontendSpec, NodeSpec, ServicesSpec};
+    let nodes: Vec<NodeSpec> = (1..=134u32)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "index": i, "name": format!("bench-node-{i}"),
+                "mac": format!("52:54:00:12:{:02x}:{:02x}", i >> 8, i & 0xff),
+                "address": format!("10.77.{}.{}/16", i >> 8, i & 0xff), "running": true,
+                "boot": if i % 2 == 0 { "disk" } else { "network" },
+            }))
+            .unwrap()
+        })
+        .collect();
+    let network = serde_json::from_value(json!({
+        "id": 9, "name": "bench", "psk": "", "subnet": "10.77.0.0/16", "running": true, "peers": []
+    }))
+    .unwrap();
+    let mut share = ClusterOnHost {
+        revision: 7,
+        network,
+        nodes,
+        services: Some(ServicesSpec {
+            site_address: "10.77.255.254/16".into(),
+            site_mac: "52:54:00:ff:ff:fe".into(),
+            frontend: None,
+        }),
+    };
+    let json = serde_json::to_vec(&share).unwrap();
+    let (body, gzipped) = push_body(&share);
+    assert!(gzipped);
+    assert!(
+        body.len() * 5 < json.len(),
+        "{} bytes gzipped of {}",
+        body.len(),
+        json.len()
+    );
+    let mut unpacked = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut unpacked)
+        .unwrap();
+    assert_eq!(unpacked, json);
+
+    share.services.as_mut().unwrap().frontend = Some(FrontendSpec {
+        address: "10.77.255.253/16".into(),
+        mac: "52:54:00:ff:ff:fd".into(),
+        leases: vec![],
+    });
+    let (body, gzipped) = push_body(&share);
+    assert!(!gzipped);
+    assert_eq!(body, serde_json::to_vec(&share).unwrap());
+}

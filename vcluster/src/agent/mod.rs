@@ -645,9 +645,14 @@ impl FromRequestParts<Arc<Shared>> for FromController {
 
 fn api_router(shared: Arc<Shared>) -> Router {
     Router::new()
+        // The controller gzips its pushes (controller::agent_client::push_body); the
+        // body limit below holds for what they unpack to.
         .route(
             "/agent/v1/networks/{id}",
-            put(put_network).delete(delete_network),
+            put(put_network)
+                .delete(delete_network)
+                .layer(tower_http::decompression::RequestDecompressionLayer::new())
+                .layer(axum::middleware::map_response(name_the_encoding)),
         )
         .route("/agent/v1/state", get(get_state))
         .route("/agent/v1/exec", axum::routing::post(exec_on_nodes))
@@ -666,6 +671,21 @@ fn api_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The decompression layer refuses an encoding other than gzip with an empty `415`: say
+/// what was wrong, as every other refusal does.
+async fn name_the_encoding(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-encoding: only gzip (or none) is accepted",
+        )
+        .with_field("content-encoding")
+        .into_response();
+    }
+    resp
+}
+
 async fn put_network(
     State(shared): State<Arc<Shared>>,
     _: FromController,
@@ -678,7 +698,30 @@ async fn put_network(
             format!("path says network {id}, body says {}", share.network.id),
         ));
     }
-    Ok(ApiJson(shared.reconciler.apply(&share).await?))
+    let applied = shared.reconciler.apply(&share).await?;
+    if applied.applied {
+        hold_pushed(&shared, share.network.id, Some(share));
+    }
+    Ok(ApiJson(applied))
+}
+
+/// Keeps the copy of the desired state the agent holds current with what the controller
+/// pushed (one cluster made or changed, or removed when `share` is `None`), with the
+/// ETag of the copy as it now stands: the next pull of what the host already has is then
+/// a `304` and not the whole state again (the controller pushes on every change, an
+/// install's steps included; across a WAN the pulls were most of what it sent a host).
+/// A copy that differs from the controller's in any way has another ETag and is pulled
+/// whole, as before.
+fn hold_pushed(shared: &Shared, network: u32, share: Option<ClusterOnHost>) {
+    let mut held = shared.desired.lock().expect("held desired state");
+    let Some((etag, desired)) = held.as_mut() else {
+        return;
+    };
+    let mut next = HostDesired::clone(desired);
+    next.clusters.retain(|c| c.network.id != network);
+    next.clusters.extend(share);
+    *etag = crate::model::desired_etag(&next);
+    *desired = Arc::new(next);
 }
 
 #[derive(Deserialize)]
@@ -693,7 +736,9 @@ async fn delete_network(
     ApiPath(id): ApiPath<u32>,
     ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    shared.reconciler.remove(id, q.revision).await?;
+    if shared.reconciler.remove(id, q.revision).await? {
+        hold_pushed(&shared, id, None);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -297,6 +297,18 @@ impl TestAgent {
         site: &str,
         cpus: i64,
     ) -> TestAgent {
+        Self::start_every(ctl, token, name, site, cpus, Duration::from_secs(1)).await
+    }
+
+    /// An agent that pulls the desired state every `reconcile_every` (and once at start).
+    pub async fn start_every(
+        ctl: &TestController,
+        token: &str,
+        name: &str,
+        site: &str,
+        cpus: i64,
+        reconcile_every: Duration,
+    ) -> TestAgent {
         let vpnd = FakeVpnd::start().await;
         let state = tempfile::tempdir().expect("tempdir");
         let config = AgentConfig {
@@ -313,7 +325,7 @@ impl TestAgent {
             overlay_endpoint: vpnd.endpoint.clone(),
             vpnd_socket: vpnd.socket.clone(),
             state_dir: state.path().to_path_buf(),
-            reconcile_every: Duration::from_secs(1),
+            reconcile_every,
             services: None,
         };
         let driver = Arc::new(MemDriver::default());

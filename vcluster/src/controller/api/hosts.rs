@@ -295,7 +295,7 @@ pub async fn desired_state(
     require_owner(&who, &row)?;
     let d = desired::host_desired(rx.conn(), row.id).await?;
     rx.finish().await?;
-    let tag = desired_etag(&d);
+    let tag = crate::model::desired_etag(&d);
     let held = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
@@ -315,20 +315,4 @@ pub async fn desired_state(
             .into_response());
     }
     Ok(([(header::ETAG, etag)], ApiJson(d)).into_response())
-}
-
-/// The strong ETag of what a host must have: a hash of its clusters (and its id),
-/// whatever the revision they were read at.
-pub fn desired_etag(d: &HostDesired) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(d.host_id.to_le_bytes());
-    for c in &d.clusters {
-        let c = crate::model::ClusterOnHost {
-            revision: 0,
-            ..c.clone()
-        };
-        h.update(serde_json::to_vec(&c).expect("the desired state serializes"));
-    }
-    format!("\"{}\"", crate::cache::store::hex(&h.finalize()[..16]))
 }
