@@ -137,7 +137,7 @@ struct RunResult {
     wan_payload: u64,
     origin_bytes: u64,
     /// What crossed beside the package set: the overlay's UDP (the nodes' DHCP, boot
-    /// scripts, profiles and install reports to the frontend at site 1, whole frames) and
+    /// scripts and profiles from the frontend at site 1, whole frames) and
     /// the rest of the TCP payload (the controller and the agent; the cache's own
     /// requests), per node.
     overlay_per_node: f64,
@@ -661,8 +661,9 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
          boot files one node fetches) is {:.1} MB. WAN is the payload into site 2 (frame headers taken out), \
          as a multiple of one set. Hit ratio: 1 − origin bytes / bytes the nodes fetched. \
          Beside the set, per node: the overlay's UDP frames into site 2 \
-         (the nodes' DHCP, boot scripts, profiles and install reports from the frontend at \
-         site 1) and the rest of the TCP payload (controller and agent, the cache's requests). \
+         (the nodes' DHCP, boot scripts and profiles from the frontend at site 1; their \
+         install reports go to their own host) and the rest of the TCP payload (controller \
+         and agent, the cache's requests). \
          CPU: machine-wide CPU seconds during the run (2 cores).\n",
         std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         if args.rate_mbit > 0 {
