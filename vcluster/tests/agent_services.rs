@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vcluster::agent::driver::{HostBridges, VmDriver};
 use vcluster::agent::netns::LinuxBridges;
 use vcluster::agent::qemu::{Accel, AccelChoice, QemuDriver, QemuSettings};
-use vcluster::agent::services::{ClusterServices, ControllerRelay, ServicesConfig};
+use vcluster::agent::services::{
+    ClusterServices, ControllerRelay, REPORT_BATCH_WINDOW, ServicesConfig,
+};
 use vcluster::model::{
     BootDevice, FrontendSpec, InstallReport, InstallReportBatch, InstallReportOutcome,
     InstallReportOutcomes, InstallState, LeaseSpec, NetworkDevices, NetworkId, NodeSlot, NodeSpec,
@@ -668,28 +670,47 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
     );
     let (addr1, addr2) = (w.nodes[0].address.clone(), w.nodes[1].address.clone());
 
-    // Four reports at once from node 1: sent together, each answered with its own outcome.
+    // Four progress reports at once from node 1: each answered 202 as soon as it is
+    // queued, then sent together.
     let _ = post(&ns, Some(&addr1), &url, None, "{}");
-    let threads: Vec<_> = ["a", "b", "refuse-me", "c"]
-        .into_iter()
-        .map(|step| {
-            let (ns, url) = (ns.clone(), url.clone());
-            std::thread::spawn(move || {
-                let body =
-                    format!(r#"{{"phase":"installing","step":"{step}","packages_total":9}}"#);
-                (step, post(&ns, None, &url, Some("tok-1"), &body))
+    let concurrently = |bodies: Vec<String>| -> Vec<u16> {
+        let threads: Vec<_> = bodies
+            .into_iter()
+            .map(|body| {
+                let (ns, url) = (ns.clone(), url.clone());
+                std::thread::spawn(move || post(&ns, None, &url, Some("tok-1"), &body))
             })
-        })
-        .collect();
-    let mut answers: Vec<(&str, u16)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    answers.sort();
-    assert_eq!(
-        answers,
-        [("a", 204), ("b", 204), ("c", 204), ("refuse-me", 409)]
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    let answers = concurrently(
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|step| format!(r#"{{"phase":"installing","step":"{step}","packages_total":9}}"#))
+            .collect(),
     );
+    assert_eq!(answers, [202; 4]);
+    let sent = |n: usize| {
+        let calls = calls.clone();
+        async move {
+            for _ in 0..100 {
+                if calls
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.2.len())
+                    .sum::<usize>()
+                    >= n
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{n} reports not sent in 5 s: {:?}", calls.lock().unwrap());
+        }
+    };
+    sent(4).await;
     let batches = calls.lock().unwrap().clone();
-    let reports: Vec<&InstallReport> = batches.iter().flat_map(|b| &b.2).collect();
-    assert_eq!(reports.len(), 4, "{batches:?}");
     assert!(
         batches.len() <= 2,
         "4 reports in {} requests: not batched",
@@ -707,6 +728,13 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
             assert_eq!(r.packages_total, Some(9));
         }
     }
+    // A report of another state waits for its own outcome: taken, or refused with the
+    // controller's reason.
+    let answers = concurrently(vec![
+        r#"{"phase":"rebooting","step":"finish"}"#.to_string(),
+        r#"{"phase":"failed","step":"refuse-me","reason":"disk full"}"#.to_string(),
+    ]);
+    assert_eq!(answers, [204, 409]);
 
     // A node posting in a loop: past its few waiting reports it is told 429 at once (the
     // queue never holds more of one node's, so the others' are never held back).
@@ -724,10 +752,12 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
         .collect();
     flood.sort();
     assert!(
-        flood.contains(&204) && flood.contains(&429),
+        flood.contains(&202) && flood.contains(&429),
         "12 reports at once from one node: {flood:?}"
     );
-    assert!(flood.iter().all(|s| *s == 204 || *s == 429), "{flood:?}");
+    assert!(flood.iter().all(|s| *s == 202 || *s == 429), "{flood:?}");
+    let queued = flood.iter().filter(|s| **s == 202).count();
+    sent(4 + 2 + queued).await;
     let before = calls.lock().unwrap().len();
 
     // Refused at the site, nothing sent: another host's node, a stranger, no token, a
@@ -757,7 +787,24 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
         .ensure(w.net, &w.cluster, &w.bridge, &w.spec, &w.nodes)
         .await
         .unwrap();
-    assert_eq!(post(&ns, Some(&addr2), &url, Some("tok-2"), body), 204);
+    // After a quiet window a report leaves at once, without waiting for others.
+    tokio::time::sleep(REPORT_BATCH_WINDOW).await;
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        post(
+            &ns,
+            Some(&addr2),
+            &url,
+            Some("tok-2"),
+            r#"{"phase":"booted"}"#
+        ),
+        204
+    );
+    assert!(
+        asked.elapsed() < REPORT_BATCH_WINDOW,
+        "a lone report waited {:?}",
+        asked.elapsed()
+    );
     let last = calls.lock().unwrap().last().unwrap().2.clone();
     assert_eq!((last.len(), last[0].node.as_str()), (1, name2.as_str()));
 

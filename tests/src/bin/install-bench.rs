@@ -144,6 +144,9 @@ struct RunResult {
     management_per_node: f64,
     cpu_secs: f64,
     cpu_busy: f64,
+    /// Median seconds from the create request to each install state the nodes reached
+    /// (from the controller's events), in the order of the states.
+    steps: Vec<(InstallState, f64)>,
 }
 
 fn main() {
@@ -208,6 +211,7 @@ fn main() {
             r.cpu_secs,
             r.cpu_busy * 100.0
         );
+        eprintln!("   median time to each step: {}", steps_text(&r.steps));
         results.push(r);
         // Written after every run: an interrupted benchmark keeps what it measured.
         report(&args, &results, set_bytes, i + 1 == plans.len());
@@ -538,6 +542,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let cpu0 = cpu_jiffies();
     let name = unique_name("ib");
     let started = Instant::now();
+    let started_ms = chrono_now_ms();
     let mut body = json!({
         "name": name,
         "sites": [{"site": "site2", "nodes": p.nodes}],
@@ -611,6 +616,7 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
     let hz = 100.0; // USER_HZ
     let busy = (cpu1.0 - cpu0.0) as f64;
     let total = (cpu1.1 - cpu0.1).max(1) as f64;
+    let steps = step_medians(&plane, &name, started_ms);
     let task = plane.delete_cluster(&name);
     assert!(
         task.state == vcluster::model::TaskState::Succeeded,
@@ -629,9 +635,55 @@ fn run(args: &Args, assets: &Path, p: &Plan) -> (RunResult, u64) {
             management_per_node: tcp_payload.saturating_sub(origin_bytes) as f64 / p.nodes as f64,
             cpu_secs: busy / hz,
             cpu_busy: busy / total,
+            steps,
         },
         set,
     )
+}
+
+/// Milliseconds since the epoch (the events' clock: this machine's).
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Median seconds from `started_ms` to each install state of the cluster's nodes, read
+/// from the controller's `install-<state>` events.
+fn step_medians(plane: &ControlPlane, cluster: &str, started_ms: i64) -> Vec<(InstallState, f64)> {
+    let events: Vec<vcluster::model::Event> = plane
+        .block_on(
+            plane
+                .admin()
+                .get(&format!("/v1/events?cluster={cluster}&limit=1000")),
+        )
+        .expect("the cluster's events");
+    [
+        InstallState::Pxe,
+        InstallState::Installing,
+        InstallState::Rebooting,
+        InstallState::Booted,
+    ]
+    .into_iter()
+    .filter_map(|state| {
+        let kind = format!("install-{state}");
+        let mut at: Vec<f64> = events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| (e.at.timestamp_millis() - started_ms) as f64 / 1e3)
+            .collect();
+        at.sort_by(f64::total_cmp);
+        (!at.is_empty()).then(|| (state, median(&at)))
+    })
+    .collect()
+}
+
+fn steps_text(steps: &[(InstallState, f64)]) -> String {
+    steps
+        .iter()
+        .map(|(s, t)| format!("{s} {t:.1} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
@@ -701,6 +753,36 @@ fn report(args: &Args, results: &[RunResult], set_bytes: u64, last: bool) {
             (1.0 - r.origin_bytes as f64 / fetched).max(0.0),
             r.cpu_secs,
             r.cpu_busy * 100.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nMedian seconds from the create request to each step of the nodes' installs (the \
+         controller's events): `pxe` the node fetched its boot script, `installing` the \
+         installer runs, `rebooting` it has installed, `booted` the installed system is up.\n\n\
+         | nodes | kind | RTT | cache | pxe | installing | rebooting | booted |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    for r in results {
+        let p = &r.plan;
+        let at = |state: InstallState| {
+            r.steps
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or("-".to_string(), |(_, t)| format!("{t:.1} s"))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} ms | {}{} | {} | {} | {} | {} |",
+            p.nodes,
+            if p.qemu { "QEMU (TCG)" } else { "lightweight" },
+            p.rtt_ms,
+            p.cache,
+            if p.warm { " warm" } else { "" },
+            at(InstallState::Pxe),
+            at(InstallState::Installing),
+            at(InstallState::Rebooting),
+            at(InstallState::Booted),
         );
     }
     // Plot 1: time to all booted against N, one line per RTT (site cache, cold).

@@ -518,28 +518,35 @@ async fn listen_retrying(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::n
     }
 }
 
-/// How long the first report of a batch waits for others before the batch leaves.
+/// The least time between two batches: a report that comes while a batch left less than
+/// this ago waits for the rest of it (and for the others that come meanwhile); one that
+/// comes later leaves at once.
 pub const REPORT_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// Reports one node may have waiting at once; more are answered 429 at once, so that a
 /// node posting in a loop cannot fill the queue and hold the other nodes' reports back
-/// (an installer waits for each answer: it never has more than one or two).
+/// (an installer has one report waiting at a time, and a few progress reports queued).
 pub const MAX_WAITING_PER_NODE: usize = 4;
 
 /// A report waiting for its batch, and where its outcome goes.
 type Waiting = (InstallReport, oneshot::Sender<(StatusCode, String)>);
 
 /// Gathers the reports this host's nodes post at its site-local address and sends them to
-/// the controller in batches (`POST /v1/hosts/{host}/install-reports/batch`): the first
-/// report of a batch waits `window` for others; each node's request is answered with its
-/// own report's outcome once the batch is answered. At hundreds of nodes this sends a
-/// request a second instead of one per report, and no report crosses the WAN inside the
-/// overlay on its own TCP connection.
+/// the controller in batches (`POST /v1/hosts/{host}/install-reports/batch`), at most one
+/// batch a `window`: a report that finds the batcher idle for that long leaves at once,
+/// others wait for the window to end. A progress report (`installing`) is answered 202 as
+/// soon as it is queued (the installer goes on; what the controller says of it is logged
+/// here); any other (`rebooting`, `booted`, `failed`) is answered with its own outcome
+/// once its batch is answered. At hundreds of nodes this sends a request a second
+/// instead of one per report, and no report crosses the WAN inside the overlay on its own
+/// TCP connection; one node alone never waits for a window.
 pub struct ReportBatcher {
     relay: Arc<std::sync::OnceLock<ControllerRelay>>,
     window: Duration,
     /// The reports waiting, and whether a task is on its way to send them.
     queue: std::sync::Mutex<(Vec<Waiting>, bool)>,
+    /// When the last batch left.
+    last_sent: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl ReportBatcher {
@@ -548,14 +555,16 @@ impl ReportBatcher {
             relay,
             window,
             queue: std::sync::Mutex::new((Vec::new(), false)),
+            last_sent: std::sync::Mutex::new(None),
         }
     }
 
-    /// Queues `report`; its outcome once its batch is answered (502 with the reason when
-    /// the controller could not be asked; 429 at once when its node has
-    /// [`MAX_WAITING_PER_NODE`] reports waiting).
+    /// Queues `report`; 202 at once for a progress report, else its outcome once its
+    /// batch is answered (502 with the reason when the controller could not be asked);
+    /// 429 at once when its node has [`MAX_WAITING_PER_NODE`] reports waiting.
     pub async fn submit(self: &Arc<Self>, report: InstallReport) -> (StatusCode, String) {
         let (tx, rx) = oneshot::channel();
+        let progress = report.state == crate::model::InstallState::Installing;
         let start = {
             let mut q = self.queue.lock().expect("report queue");
             let waiting = q.0.iter().filter(|(r, _)| r.node == report.node).count();
@@ -574,16 +583,22 @@ impl ReportBatcher {
         if start {
             tokio::spawn(self.clone().send_batches());
         }
+        if progress {
+            return (StatusCode::ACCEPTED, String::new());
+        }
         rx.await.unwrap_or((
             StatusCode::BAD_GATEWAY,
             "the report's batch was dropped\n".to_string(),
         ))
     }
 
-    /// Sends what waits, a window after the first, until nothing is left.
+    /// Sends what waits, a batch a window at most, until nothing is left.
     async fn send_batches(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(self.window).await;
+            let last = *self.last_sent.lock().expect("last batch");
+            if let Some(last) = last {
+                tokio::time::sleep_until(last + self.window).await;
+            }
             let batch: Vec<Waiting> = {
                 let mut q = self.queue.lock().expect("report queue");
                 if q.0.is_empty() {
@@ -593,17 +608,29 @@ impl ReportBatcher {
                 let n = q.0.len().min(MAX_REPORT_BATCH);
                 q.0.drain(..n).collect()
             };
+            *self.last_sent.lock().expect("last batch") = Some(tokio::time::Instant::now());
             self.send(batch).await;
         }
     }
 
     async fn send(&self, batch: Vec<Waiting>) {
+        let nodes: Vec<String> = batch.iter().map(|(r, _)| r.node.clone()).collect();
         let (reports, waiters): (Vec<InstallReport>, Vec<_>) = batch.into_iter().unzip();
+        // A progress report's node was answered when it was queued: what the controller
+        // says of it is logged (a refusal is also seen in the install's state).
+        let tell = |node: &str,
+                    w: oneshot::Sender<(StatusCode, String)>,
+                    status: StatusCode,
+                    body: String| {
+            if w.send((status, body.clone())).is_err() && !status.is_success() {
+                tracing::warn!(%node, %status, body = %body.trim_end(), "a progress report was refused");
+            }
+        };
         let answer = |waiters: Vec<oneshot::Sender<(StatusCode, String)>>,
                       status: StatusCode,
                       body: String| {
-            for w in waiters {
-                let _ = w.send((status, body.clone()));
+            for (node, w) in nodes.iter().zip(waiters) {
+                tell(node, w, status, body.clone());
             }
         };
         let Some(relay) = self.relay.get() else {
@@ -632,9 +659,14 @@ impl ReportBatcher {
         }
         match resp.json::<InstallReportOutcomes>().await {
             Ok(o) if o.results.len() == n => {
-                for (w, r) in waiters.into_iter().zip(o.results) {
+                for ((node, w), r) in nodes.iter().zip(waiters).zip(o.results) {
                     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                    let _ = w.send((status, r.error.map(|e| e + "\n").unwrap_or_default()));
+                    tell(
+                        node,
+                        w,
+                        status,
+                        r.error.map(|e| e + "\n").unwrap_or_default(),
+                    );
                 }
             }
             Ok(o) => answer(
