@@ -91,6 +91,11 @@ impl Origin {
                     "-m",
                     "http.server",
                     port,
+                    // Keep-alive, as Debian's mirrors: a cache's misses share connections
+                    // (HTTP/1.0 made each a new connection, paying its handshake and slow
+                    // start across the WAN).
+                    "--protocol",
+                    "HTTP/1.1",
                     "--bind",
                     ip,
                     "--directory",
