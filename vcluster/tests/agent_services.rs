@@ -671,7 +671,7 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
     let (addr1, addr2) = (w.nodes[0].address.clone(), w.nodes[1].address.clone());
 
     // Four progress reports at once from node 1: each answered 202 as soon as it is
-    // queued, then sent together.
+    // queued; the later ones take the place of the one still waiting.
     let _ = post(&ns, Some(&addr1), &url, None, "{}");
     let concurrently = |bodies: Vec<String>| -> Vec<u16> {
         let threads: Vec<_> = bodies
@@ -683,6 +683,16 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
             .collect();
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     };
+    let total_sent = || -> usize { calls.lock().unwrap().iter().map(|b| b.2.len()).sum() };
+    let sent = async |n: usize| {
+        for _ in 0..100 {
+            if total_sent() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{n} reports not sent in 5 s: {:?}", calls.lock().unwrap());
+    };
     let answers = concurrently(
         ["a", "b", "c", "d"]
             .iter()
@@ -690,31 +700,12 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
             .collect(),
     );
     assert_eq!(answers, [202; 4]);
-    let sent = |n: usize| {
-        let calls = calls.clone();
-        async move {
-            for _ in 0..100 {
-                if calls
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|b| b.2.len())
-                    .sum::<usize>()
-                    >= n
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("{n} reports not sent in 5 s: {:?}", calls.lock().unwrap());
-        }
-    };
-    sent(4).await;
+    sent(1).await;
+    tokio::time::sleep(REPORT_BATCH_WINDOW * 2).await;
     let batches = calls.lock().unwrap().clone();
     assert!(
-        batches.len() <= 2,
-        "4 reports in {} requests: not batched",
-        batches.len()
+        (1..=2).contains(&total_sent()),
+        "4 progress reports at once: not folded: {batches:?}"
     );
     for (host, auth, rs) in &batches {
         assert_eq!(host, "h1");
@@ -728,36 +719,54 @@ async fn the_site_address_takes_its_own_nodes_reports_and_sends_them_to_the_cont
             assert_eq!(r.packages_total, Some(9));
         }
     }
-    // A report of another state waits for its own outcome: taken, or refused with the
-    // controller's reason.
-    let answers = concurrently(vec![
-        r#"{"phase":"rebooting","step":"finish"}"#.to_string(),
-        r#"{"phase":"failed","step":"refuse-me","reason":"disk full"}"#.to_string(),
-    ]);
-    assert_eq!(answers, [204, 409]);
+    // Reports of another state wait for their own outcome (taken, or refused with the
+    // controller's reason), and leave together.
+    let (sent_before, batches_before) = (total_sent(), calls.lock().unwrap().len());
+    let mut answers = concurrently(
+        ["s1", "s2", "refuse-me", "s3"]
+            .iter()
+            .map(|step| format!(r#"{{"phase":"failed","step":"{step}","reason":"disk full"}}"#))
+            .collect(),
+    );
+    answers.sort();
+    assert_eq!(answers, [204, 204, 204, 409]);
+    assert_eq!(total_sent() - sent_before, 4);
+    let requests = calls.lock().unwrap().len() - batches_before;
+    assert!(
+        requests <= 2,
+        "4 reports in {requests} requests: not batched"
+    );
 
-    // A node posting in a loop: past its few waiting reports it is told 429 at once (the
-    // queue never holds more of one node's, so the others' are never held back).
-    let mut flood: Vec<u16> = (0..12)
-        .map(|i| {
-            let (ns, url) = (ns.clone(), url.clone());
-            std::thread::spawn(move || {
-                let body = format!(r#"{{"phase":"installing","step":"f{i}"}}"#);
-                post(&ns, None, &url, Some("tok-1"), &body)
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
+    // A node posting progress in a loop: each report takes the place of its last one
+    // still waiting, so it never holds more than one place in the queue.
+    let sent_before = total_sent();
+    let flood = concurrently(
+        (0..12)
+            .map(|i| format!(r#"{{"phase":"installing","step":"f{i}"}}"#))
+            .collect(),
+    );
+    assert_eq!(flood, [202; 12]);
+    sent(sent_before + 1).await;
+    tokio::time::sleep(REPORT_BATCH_WINDOW * 2).await;
+    let flood_sent = total_sent() - sent_before;
+    assert!(
+        flood_sent <= 6,
+        "12 progress reports at once from one node: {flood_sent} sent, not folded"
+    );
+    // Reports that wait for their outcome, posted in a loop: past a few waiting the node
+    // is told 429 at once (the queue never holds more of one node's, so the others' are
+    // never held back).
+    let mut flood = concurrently(
+        (0..12)
+            .map(|i| format!(r#"{{"phase":"failed","step":"f{i}","reason":"r"}}"#))
+            .collect(),
+    );
     flood.sort();
     assert!(
-        flood.contains(&202) && flood.contains(&429),
-        "12 reports at once from one node: {flood:?}"
+        flood.contains(&204) && flood.contains(&429),
+        "12 failed reports at once from one node: {flood:?}"
     );
-    assert!(flood.iter().all(|s| *s == 202 || *s == 429), "{flood:?}");
-    let queued = flood.iter().filter(|s| **s == 202).count();
-    sent(4 + 2 + queued).await;
+    assert!(flood.iter().all(|s| *s == 204 || *s == 429), "{flood:?}");
     let before = calls.lock().unwrap().len();
 
     // Refused at the site, nothing sent: another host's node, a stranger, no token, a

@@ -525,7 +525,8 @@ pub const REPORT_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// Reports one node may have waiting at once; more are answered 429 at once, so that a
 /// node posting in a loop cannot fill the queue and hold the other nodes' reports back
-/// (an installer has one report waiting at a time, and a few progress reports queued).
+/// (an installer has one report waiting for its answer at a time, and its queued
+/// progress reports take one place: [`ReportBatcher::submit`]).
 pub const MAX_WAITING_PER_NODE: usize = 4;
 
 /// A report waiting for its batch, and where its outcome goes.
@@ -562,11 +563,22 @@ impl ReportBatcher {
     /// Queues `report`; 202 at once for a progress report, else its outcome once its
     /// batch is answered (502 with the reason when the controller could not be asked);
     /// 429 at once when its node has [`MAX_WAITING_PER_NODE`] reports waiting.
+    ///
+    /// A progress report takes the place of its node's progress report still waiting, if
+    /// that is the node's last one: the controller keeps a node's latest progress only,
+    /// so nothing is lost, and a node's progress never holds more than one place (an
+    /// installer whose steps come quickly, or one posting in a loop, cannot run into the
+    /// limit and have its `rebooting` refused).
     pub async fn submit(self: &Arc<Self>, report: InstallReport) -> (StatusCode, String) {
         let (tx, rx) = oneshot::channel();
         let progress = report.state == crate::model::InstallState::Installing;
         let start = {
             let mut q = self.queue.lock().expect("report queue");
+            let last = q.0.iter_mut().rev().find(|(r, _)| r.node == report.node);
+            if let Some(last) = last.filter(|(r, _)| progress && r.state == report.state) {
+                *last = (report, tx);
+                return (StatusCode::ACCEPTED, String::new());
+            }
             let waiting = q.0.iter().filter(|(r, _)| r.node == report.node).count();
             if waiting >= MAX_WAITING_PER_NODE {
                 return (
