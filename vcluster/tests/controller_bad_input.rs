@@ -469,6 +469,15 @@ async fn an_unknown_value_in_the_store_is_an_error_not_a_default() {
     );
 }
 
+/// The secret the agent gave the controller at registration, from its state file.
+fn agent_secret(agent: &TestAgent) -> String {
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.config.state_dir.join("agent.json")).unwrap(),
+    )
+    .unwrap();
+    state["agent_secret"].as_str().unwrap().to_string()
+}
+
 /// The host agent's API answers like the controller's: JSON errors naming the field,
 /// unknown fields and query parameters refused, and nobody but the controller (holding
 /// the agent's secret) gets past the door.
@@ -476,11 +485,7 @@ async fn an_unknown_value_in_the_store_is_an_error_not_a_default() {
 async fn the_agent_api_refuses_bad_requests_with_json_naming_the_field() {
     let b = Backend::sqlite().await;
     let w = one_site(&b).await;
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(w.agent.config.state_dir.join("agent.json")).unwrap(),
-    )
-    .unwrap();
-    let secret = state["agent_secret"].as_str().unwrap().to_string();
+    let secret = agent_secret(&w.agent);
     let url = w.agent.url();
     let agent_http = w.agent.http();
     let share = |extra: Value| {
@@ -565,11 +570,7 @@ async fn the_agent_unpacks_gzipped_pushes_within_its_body_limit() {
     };
     let b = Backend::sqlite().await;
     let w = one_site(&b).await;
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(w.agent.config.state_dir.join("agent.json")).unwrap(),
-    )
-    .unwrap();
-    let secret = state["agent_secret"].as_str().unwrap().to_string();
+    let secret = agent_secret(&w.agent);
     let target = format!("{}/agent/v1/networks/9", w.agent.url());
     let agent_http = w.agent.http();
     let share = json!({
