@@ -717,11 +717,10 @@ fn hold_pushed(shared: &Shared, network: u32, share: Option<ClusterOnHost>) {
     let Some((etag, desired)) = held.as_mut() else {
         return;
     };
-    let mut next = HostDesired::clone(desired);
+    let next = Arc::make_mut(desired);
     next.clusters.retain(|c| c.network.id != network);
     next.clusters.extend(share);
-    *etag = crate::model::desired_etag(&next);
-    *desired = Arc::new(next);
+    *etag = crate::model::desired_etag(next);
 }
 
 #[derive(Deserialize)]

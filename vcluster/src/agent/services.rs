@@ -628,14 +628,17 @@ impl ReportBatcher {
     async fn send(&self, batch: Vec<Waiting>) {
         let nodes: Vec<String> = batch.iter().map(|(r, _)| r.node.clone()).collect();
         let (reports, waiters): (Vec<InstallReport>, Vec<_>) = batch.into_iter().unzip();
-        // A progress report's node was answered when it was queued: what the controller
-        // says of it is logged (a refusal is also seen in the install's state).
+        // A progress report's node was answered when it was queued (and a node may have
+        // stopped waiting): what the controller says of a report nobody waits for is
+        // logged when it is a refusal (also seen in the install's state).
         let tell = |node: &str,
                     w: oneshot::Sender<(StatusCode, String)>,
                     status: StatusCode,
                     body: String| {
-            if w.send((status, body.clone())).is_err() && !status.is_success() {
-                tracing::warn!(%node, %status, body = %body.trim_end(), "a progress report was refused");
+            if let Err((status, body)) = w.send((status, body))
+                && !status.is_success()
+            {
+                tracing::warn!(%node, %status, body = %body.trim_end(), "an install report nobody waits for was refused");
             }
         };
         let answer = |waiters: Vec<oneshot::Sender<(StatusCode, String)>>,
