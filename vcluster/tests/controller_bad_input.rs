@@ -608,6 +608,21 @@ async fn the_agent_unpacks_gzipped_pushes_within_its_body_limit() {
     let (s, text) = put(gzip(share.as_bytes()), "br").await;
     assert_eq!(s, 415, "{text}");
     assert!(text.contains("only gzip"), "{text}");
+    // The handler's own 415 (no JSON content type) is not taken for an encoding's.
+    let resp = agent_http
+        .put(&target)
+        .bearer_auth(&secret)
+        .header("content-encoding", "gzip")
+        .body(gzip(share.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    let (s, text) = (resp.status().as_u16(), resp.text().await.unwrap());
+    assert_eq!(s, 415, "{text}");
+    assert!(
+        text.contains("Content-Type") && !text.contains("only gzip"),
+        "{text}"
+    );
     assert!(
         w.agent.vpnd.networks().is_empty(),
         "refused pushes reached the host"

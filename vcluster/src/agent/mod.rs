@@ -672,10 +672,15 @@ fn api_router(shared: Arc<Shared>) -> Router {
 }
 
 /// The decompression layer refuses an encoding other than gzip with an empty `415`: say
-/// what was wrong, as every other refusal does.
+/// what was wrong, as every other refusal does. (A JSON `415` is the handler's own: no
+/// `Content-Type: application/json`; it is left as it is.)
 async fn name_the_encoding(resp: axum::response::Response) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+    if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE
+        && !resp
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
         return ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content-encoding: only gzip (or none) is accepted",
